@@ -1,0 +1,550 @@
+// hwid: command-line access to the TPM for operators, hardware teams and the demo.
+// Exit codes: 0 success, 1 operational error, 2 usage error.
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/rand.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <functional>
+#include <iostream>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "absl/strings/cord.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "cli/args.h"
+#include "common/bytes.h"
+#include "common/ossl.h"
+#include "common/status_macros.h"
+#include "tpm/tpm.h"
+#include "tpm/wire/attest.h"
+#include "tpm/wire/credential.h"
+#include "tpm/wire/crypto.h"
+#include "tpm/wire/ekcert.h"
+#include "tpm/wire/keyfile.h"
+#include "tpm/wire/marshal.h"
+#include "tpm/wire/pcr.h"
+#include "tpm/wire/templates.h"
+
+namespace hwid::cli {
+namespace {
+
+constexpr int kExitOk = 0;
+constexpr int kExitError = 1;
+constexpr int kExitUsage = 2;
+
+constexpr char kUsagePayload[] = "hwid.cli/usage";
+
+// UsageError marks a Status as a usage error (exit code 2, usage text printed).
+absl::Status UsageError(std::string_view message) {
+  absl::Status st = absl::InvalidArgumentError(message);
+  st.SetPayload(kUsagePayload, absl::Cord("1"));
+  return st;
+}
+
+bool IsUsageError(const absl::Status& st) { return st.GetPayload(kUsagePayload).has_value(); }
+
+struct Command {
+  std::string usage;  // full help text
+  std::set<std::string> value_opts;
+  std::set<std::string> flag_opts;
+  std::function<absl::Status(const Args&)> run;
+};
+
+absl::StatusOr<std::unique_ptr<tpm::Tpm>> OpenTpm(const Args& a) {
+  return tpm::Tpm::Open(a.GetOr("tcti", ""));
+}
+
+std::string PemPublicKey(EVP_PKEY* pkey) {
+  OsslPtr<BIO> bio(BIO_new(BIO_s_mem()));
+  PEM_write_bio_PUBKEY(bio.get(), pkey);
+  char* data = nullptr;
+  long len = BIO_get_mem_data(bio.get(), &data);
+  return std::string(data, static_cast<size_t>(len));
+}
+
+std::string PemCertificate(X509* cert) {
+  OsslPtr<BIO> bio(BIO_new(BIO_s_mem()));
+  PEM_write_bio_X509(bio.get(), cert);
+  char* data = nullptr;
+  long len = BIO_get_mem_data(bio.get(), &data);
+  return std::string(data, static_cast<size_t>(len));
+}
+
+std::string FormatAsn1Time(const ASN1_TIME* t) {
+  OsslPtr<BIO> bio(BIO_new(BIO_s_mem()));
+  ASN1_TIME_print(bio.get(), t);
+  char* data = nullptr;
+  long len = BIO_get_mem_data(bio.get(), &data);
+  return std::string(data, static_cast<size_t>(len));
+}
+
+absl::StatusOr<SecureBytes> AuthFromArgs(const Args& a) {
+  SecureBytes auth;
+  if (auto var = a.Get("auth-env")) {
+    const char* v = std::getenv(var->c_str());
+    if (v == nullptr) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--auth-env ", *var, ": the environment variable is not set"));
+    }
+    auth.assign(v, v + std::strlen(v));
+  }
+  return auth;
+}
+
+// OpenKey loads a key named by a TSS2 PRIVATE KEY file path or "handle:0x81xxxxxx".
+absl::StatusOr<tpm::LoadedKey> OpenKey(tpm::Tpm& t, const std::string& ref, ByteSpan auth) {
+  if (absl::StartsWith(ref, "handle:")) {
+    ASSIGN_OR_RETURN(uint32_t h, tpm::ParseHandle(ref.substr(7)));
+    return t.LoadPersistentKey(h, auth);
+  }
+  ASSIGN_OR_RETURN(Bytes data, ReadFile(ref));
+  absl::StatusOr<wire::TpmKeyFile> kf = wire::ParseTpmKeyFile(data);
+  if (!kf.ok()) {
+    return absl::Status(kf.status().code(), absl::StrCat(ref, ": ", kf.status().message()));
+  }
+  return t.LoadKey(*kf, auth);
+}
+
+std::string PcrList(const std::vector<uint32_t>& pcrs) {
+  if (pcrs.empty()) {
+    return "none";
+  }
+  // Compress runs: 0-23.
+  std::vector<std::string> parts;
+  size_t i = 0;
+  while (i < pcrs.size()) {
+    size_t j = i;
+    while (j + 1 < pcrs.size() && pcrs[j + 1] == pcrs[j] + 1) {
+      ++j;
+    }
+    parts.push_back(j > i ? absl::StrCat(pcrs[i], "-", pcrs[j]) : absl::StrCat(pcrs[i]));
+    i = j + 1;
+  }
+  return absl::StrJoin(parts, ",");
+}
+
+// ---------------------------------------------------------------------------------------------
+
+absl::Status CmdTpmInfo(const Args& a) {
+  ASSIGN_OR_RETURN(auto t, OpenTpm(a));
+  ASSIGN_OR_RETURN(tpm::TpmInfo info, t->GetInfo());
+  std::cout << absl::StrFormat("TPM:              %s\n", t->tcti());
+  std::cout << absl::StrFormat("Manufacturer:     %s (0x%08x)\n", info.manufacturer, info.manufacturer_id);
+  std::cout << absl::StrFormat("Vendor:           %s\n", info.vendor);
+  std::cout << absl::StrFormat("Firmware:         %s\n", info.firmware_version);
+  std::cout << absl::StrFormat("Specification:    %s\n", info.spec);
+  std::vector<std::string> banks;
+  for (const auto& b : info.pcr_banks) {
+    banks.push_back(absl::StrCat(wire::HashAlgName(b.alg), " [", PcrList(b.pcrs), "]"));
+  }
+  std::cout << absl::StrFormat("PCR banks:        %s\n", absl::StrJoin(banks, ", "));
+  std::cout << absl::StrFormat(
+      "Lockout:          %s, failures %u of %u, interval %u s, recovery %u s\n",
+      info.in_lockout ? "IN LOCKOUT" : "not in lockout", info.lockout_counter,
+      info.max_auth_fail, info.lockout_interval, info.lockout_recovery);
+  std::cout << absl::StrFormat("Transient slots:  %u (%u in use)\n", info.transient_slots,
+                               info.loaded_transient);
+  return absl::OkStatus();
+}
+
+bool EkTypeSelected(const std::string& sel, const wire::EkSpec& spec) {
+  if (sel == "all") {
+    return true;
+  }
+  const bool rsa = absl::StartsWith(spec.name, "rsa");
+  if (sel == "rsa") {
+    return rsa;
+  }
+  if (sel == "ecc") {
+    return !rsa;
+  }
+  return sel == spec.name;
+}
+
+absl::Status CmdTpmEk(const Args& a) {
+  const std::string sel = a.GetOr("alg", "all");
+  std::vector<std::string> names = {"all", "rsa", "ecc"};
+  bool known = false;
+  for (const auto& s : wire::AllEkSpecs()) {
+    names.push_back(s.name);
+    known = known || EkTypeSelected(sel, s);
+  }
+  if (!known) {
+    return UsageError(absl::StrCat("--alg ", sel, ": expected one of ", absl::StrJoin(names, ", ")));
+  }
+  std::optional<wire::CaBundle> ca;
+  if (auto path = a.Get("ca")) {
+    ASSIGN_OR_RETURN(ca, wire::LoadCaBundleFile(*path));
+  }
+  const std::string out_dir = a.GetOr("out-dir", "");
+  ASSIGN_OR_RETURN(auto t, OpenTpm(a));
+  ASSIGN_OR_RETURN(std::vector<tpm::EkCertificate> certs, t->ReadEkCertificates());
+  std::map<wire::EkType, const tpm::EkCertificate*> by_type;
+  for (const auto& c : certs) {
+    by_type[c.type] = &c;
+  }
+  int failures = 0;
+  int shown = 0;
+  for (const wire::EkSpec& spec : wire::AllEkSpecs()) {
+    if (!EkTypeSelected(sel, spec)) {
+      continue;
+    }
+    auto it = by_type.find(spec.type);
+    const bool low_range = spec.persistent_handle != 0;
+    if (it == by_type.end() && !low_range) {
+      continue;  // high-range template without a certificate: nothing to show
+    }
+    ++shown;
+    std::cout << absl::StrFormat("EK %s\n", spec.name);
+    absl::StatusOr<tpm::Ek> ek = t->LoadEk(spec.type);
+    OsslPtr<EVP_PKEY> ek_key;
+    if (ek.ok()) {
+      auto key = wire::PublicToEvp(ek->pub.publicArea);
+      auto der = wire::PublicKeyDer(ek->pub.publicArea);
+      if (key.ok() && der.ok()) {
+        ek_key = std::move(*key);
+        ASSIGN_OR_RETURN(Bytes h, wire::Hash(TPM2_ALG_SHA256, *der));
+        std::cout << absl::StrFormat("  public key:     %s, %s, sha256(SPKI) %s\n",
+                                     ek->persistent_handle != 0
+                                         ? absl::StrCat("persistent ", tpm::FormatHandle(ek->persistent_handle))
+                                         : std::string("created from the TCG template"),
+                                     spec.name, HexEncode(h));
+      }
+    } else {
+      std::cout << absl::StrFormat("  public key:     unavailable: %s\n", ek.status().message());
+      ++failures;
+    }
+    if (it == by_type.end()) {
+      std::cout << absl::StrFormat("  certificate:    none at NV %s\n", tpm::FormatHandle(spec.cert_nv_index));
+    } else {
+      ASSIGN_OR_RETURN(OsslPtr<X509> cert, wire::ParseCertificateDer(it->second->der));
+      std::cout << absl::StrFormat("  certificate:    NV %s, %u bytes\n",
+                                   tpm::FormatHandle(spec.cert_nv_index), it->second->der.size());
+      std::cout << absl::StrFormat("    subject:      %s\n", wire::SubjectString(cert.get()));
+      std::cout << absl::StrFormat("    issuer:       %s\n", wire::IssuerString(cert.get()));
+      std::cout << absl::StrFormat("    valid:        %s .. %s\n",
+                                   FormatAsn1Time(X509_get0_notBefore(cert.get())),
+                                   FormatAsn1Time(X509_get0_notAfter(cert.get())));
+      absl::StatusOr<wire::TcgDeviceInfo> dev = wire::ParseTcgDeviceInfo(cert.get());
+      if (dev.ok()) {
+        std::cout << absl::StrFormat("    TPM:          manufacturer %s, model %s, version %s\n",
+                                     dev->manufacturer, dev->model, dev->version);
+      }
+      if (ca.has_value()) {
+        absl::Status v = wire::VerifyEkCertificate(cert.get(), *ca);
+        std::cout << absl::StrFormat("    chain:        %s\n", v.ok() ? "OK (verified against the CA bundle)"
+                                                                      : absl::StrCat("FAILED: ", v.message()));
+        failures += v.ok() ? 0 : 1;
+      }
+      if (ek.ok()) {
+        absl::Status m = wire::CheckCertificateMatchesPublic(cert.get(), ek->pub.publicArea);
+        std::cout << absl::StrFormat("    key match:    %s\n", m.ok() ? "OK (certificate key == EK public key)"
+                                                                      : absl::StrCat("FAILED: ", m.message()));
+        failures += m.ok() ? 0 : 1;
+      }
+      if (!out_dir.empty()) {
+        std::string pem = PemCertificate(cert.get());
+        RETURN_IF_ERROR(WriteFile(absl::StrCat(out_dir, "/ek-", spec.name, ".crt.pem"), AsSpan(pem)));
+      }
+    }
+    if (!out_dir.empty() && ek_key) {
+      std::string pem = PemPublicKey(ek_key.get());
+      RETURN_IF_ERROR(WriteFile(absl::StrCat(out_dir, "/ek-", spec.name, ".pub.pem"), AsSpan(pem)));
+    }
+  }
+  if (shown == 0) {
+    return absl::NotFoundError(absl::StrCat("no EK of type '", sel, "' found"));
+  }
+  if (failures > 0) {
+    return absl::PermissionDeniedError(absl::StrCat(failures, " EK check(s) failed (see above)"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CmdPcrRead(const Args& a) {
+  ASSIGN_OR_RETURN(TPML_PCR_SELECTION sel, wire::ParsePcrSelection(a.GetOr("pcrs", "sha256:0,1,2,3,4,5,6,7")));
+  ASSIGN_OR_RETURN(auto t, OpenTpm(a));
+  ASSIGN_OR_RETURN(wire::PcrValues values, t->PcrRead(sel));
+  for (const auto& [alg, idx] : wire::SelectedPcrs(sel)) {
+    std::cout << absl::StrFormat("%s:%-2u %s\n", wire::HashAlgName(alg), idx, HexEncode(values[alg][idx]));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<wire::EkType> ParseEkArg(const std::string& s) {
+  if (s == "rsa") return wire::EkType::kRsa2048;
+  if (s == "ecc") return wire::EkType::kEccP256;
+  for (const auto& spec : wire::AllEkSpecs()) {
+    if (s == spec.name) return spec.type;
+  }
+  return UsageError(absl::StrCat("--ek ", s, ": expected rsa, ecc or an EK name shown by `hwid tpm ek`"));
+}
+
+absl::Status CmdAttestSelftest(const Args& a) {
+  ASSIGN_OR_RETURN(wire::EkType ek_type, ParseEkArg(a.GetOr("ek", "rsa")));
+  absl::StatusOr<wire::KeyAlg> ak_alg = wire::ParseKeyAlg(a.GetOr("ak-alg", "ec-p256"));
+  if (!ak_alg.ok()) return UsageError(std::string(ak_alg.status().message()));
+  absl::StatusOr<uint32_t> ak_handle = tpm::ParseHandle(a.GetOr("ak-handle", "0x81000010"));
+  if (!ak_handle.ok()) return UsageError(std::string(ak_handle.status().message()));
+  absl::StatusOr<TPML_PCR_SELECTION> sel = wire::ParsePcrSelection(a.GetOr("pcrs", "sha256:0,1,2,3,4,5,6,7"));
+  if (!sel.ok()) return UsageError(std::string(sel.status().message()));
+
+  ASSIGN_OR_RETURN(auto t, OpenTpm(a));
+  const auto start = std::chrono::steady_clock::now();
+  const uint64_t cmds0 = t->command_count();
+  ASSIGN_OR_RETURN(tpm::LoadedKey ak, t->EnsureAk(*ak_alg, *ak_handle));
+  RETURN_IF_ERROR(wire::CheckAkAttributes(ak.pub.publicArea));
+  ASSIGN_OR_RETURN(Bytes ak_name, wire::ObjectName(ak.pub.publicArea));
+  std::cout << absl::StrFormat("[agent]  AK %s at %s, name %s (restricted signing key: OK)\n",
+                               wire::KeyAlgName(*ak_alg), tpm::FormatHandle(*ak_handle), HexEncode(ak_name));
+  ASSIGN_OR_RETURN(tpm::Ek ek, t->LoadEk(ek_type));
+  std::cout << absl::StrFormat("[agent]  EK %s: %s\n", a.GetOr("ek", "rsa"),
+                               ek.persistent_handle != 0 ? absl::StrCat("persistent ", tpm::FormatHandle(ek.persistent_handle))
+                                                         : std::string("created from the TCG template"));
+  // Verifier side, in software.
+  SecureBytes secret(32);
+  Bytes nonce(32);
+  if (RAND_bytes(secret.data(), 32) != 1 || RAND_bytes(nonce.data(), 32) != 1) {
+    return OpenSslError("RAND_bytes");
+  }
+  ASSIGN_OR_RETURN(wire::Credential cred, wire::MakeCredential(ek.pub.publicArea, AsSpan(secret), ak_name));
+  std::cout << absl::StrFormat("[server] MakeCredential in software: credential blob %u B, encrypted seed %u B\n",
+                               cred.id_object.size(), cred.encrypted_secret.size());
+  ASSIGN_OR_RETURN(SecureBytes recovered, t->ActivateCredential(ak, ek, cred.id_object, cred.encrypted_secret));
+  if (!ConstantTimeEquals(AsSpan(recovered), AsSpan(secret))) {
+    return absl::PermissionDeniedError("ActivateCredential returned a different secret");
+  }
+  std::cout << "[agent]  ActivateCredential (PolicySecret on the endorsement hierarchy): secret recovered\n";
+  std::cout << "[server] secret matches (constant-time compare): OK\n";
+  ASSIGN_OR_RETURN(tpm::Quote q, t->QuotePcrs(ak, nonce, *sel));
+  const uint64_t cmds = t->command_count() - cmds0;
+  const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+  std::cout << absl::StrFormat("[agent]  TPM2_Quote over %s with a fresh 32-byte nonce: attest %u B, signature %u B\n",
+                               wire::FormatPcrSelection(*sel), q.attest.size(), q.signature.size());
+  ASSIGN_OR_RETURN(wire::VerifiedQuote v, wire::VerifyQuote(ak.pub.publicArea, q.attest, q.signature, nonce, q.pcrs));
+  std::cout << "[server] quote verified in software: magic, type, nonce, PCR selection, PCR digest, AK signature: OK\n";
+  for (const auto& [alg, idx] : wire::SelectedPcrs(*sel)) {
+    std::cout << absl::StrFormat("           %s:%-2u %s\n", wire::HashAlgName(alg), idx, HexEncode(v.pcrs[alg][idx]));
+  }
+  std::cout << absl::StrFormat("attestation round: %u TPM commands, %.1f ms\n", cmds, ms);
+  return absl::OkStatus();
+}
+
+absl::Status CmdKeyCreate(const Args& a) {
+  absl::StatusOr<wire::KeyAlg> alg = wire::ParseKeyAlg(a.GetOr("alg", ""));
+  if (!alg.ok()) return UsageError(std::string(alg.status().message()));
+  auto out = a.Get("out");
+  if (!out.has_value()) return UsageError("--out FILE is required");
+  std::optional<uint32_t> persist;
+  if (auto h = a.Get("persist")) {
+    absl::StatusOr<uint32_t> ph = tpm::ParseHandle(*h);
+    if (!ph.ok()) return UsageError(std::string(ph.status().message()));
+    persist = *ph;
+  }
+  ASSIGN_OR_RETURN(SecureBytes auth, AuthFromArgs(a));
+  ASSIGN_OR_RETURN(auto t, OpenTpm(a));
+  ASSIGN_OR_RETURN(wire::TpmKeyFile key, t->CreateKey(*alg, AsSpan(auth)));
+  if (auto d = a.Get("description")) {
+    key.description = *d;
+  }
+  ASSIGN_OR_RETURN(std::string pem, wire::EncodeTpmKeyFilePem(key));
+  RETURN_IF_ERROR(WriteFile(*out, AsSpan(pem), 0600));
+  std::cout << absl::StrFormat("created %s key in the TPM, written to %s (TSS2 PRIVATE KEY)\n",
+                               wire::KeyAlgName(*alg), *out);
+  if (persist.has_value()) {
+    ASSIGN_OR_RETURN(tpm::LoadedKey loaded, t->LoadKey(key, AsSpan(auth)));
+    RETURN_IF_ERROR(t->Persist(loaded, *persist));
+    std::cout << absl::StrFormat("persisted at %s (use handle:%s)\n", tpm::FormatHandle(*persist),
+                                 tpm::FormatHandle(*persist));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CmdKeyPub(const Args& a) {
+  auto ref = a.Get("key");
+  if (!ref.has_value()) return UsageError("--key FILE|handle:0x81xxxxxx is required");
+  TPM2B_PUBLIC pub;
+  if (absl::StartsWith(*ref, "handle:")) {
+    ASSIGN_OR_RETURN(uint32_t h, tpm::ParseHandle(ref->substr(7)));
+    ASSIGN_OR_RETURN(auto t, OpenTpm(a));
+    ASSIGN_OR_RETURN(pub, t->ReadPublic(h));
+  } else {
+    // The public half is in the key file: no TPM needed.
+    ASSIGN_OR_RETURN(Bytes data, ReadFile(*ref));
+    ASSIGN_OR_RETURN(wire::TpmKeyFile kf, wire::ParseTpmKeyFile(data));
+    ASSIGN_OR_RETURN(pub, wire::ParsePublic(kf.pub));
+  }
+  ASSIGN_OR_RETURN(OsslPtr<EVP_PKEY> key, wire::PublicToEvp(pub.publicArea));
+  std::string pem = PemPublicKey(key.get());
+  if (auto out = a.Get("out")) {
+    RETURN_IF_ERROR(WriteFile(*out, AsSpan(pem)));
+  } else {
+    std::cout << pem;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CmdKeySign(const Args& a) {
+  auto ref = a.Get("key");
+  auto in = a.Get("in");
+  auto out = a.Get("out");
+  if (!ref || !in || !out) return UsageError("--key, --in and --out are required");
+  absl::StatusOr<TPMI_ALG_HASH> hash = wire::ParseHashAlg(a.GetOr("hash", "sha256"));
+  if (!hash.ok()) return UsageError(std::string(hash.status().message()));
+  ASSIGN_OR_RETURN(SecureBytes auth, AuthFromArgs(a));
+  ASSIGN_OR_RETURN(Bytes msg, ReadFile(*in, 1u << 30));
+  ASSIGN_OR_RETURN(Bytes digest, wire::Hash(*hash, msg));
+  ASSIGN_OR_RETURN(auto t, OpenTpm(a));
+  ASSIGN_OR_RETURN(tpm::LoadedKey key, OpenKey(*t, *ref, AsSpan(auth)));
+  tpm::SignScheme scheme;
+  const std::string s = a.GetOr("scheme", key.pub.publicArea.type == TPM2_ALG_ECC ? "ecdsa" : "pkcs1");
+  if (s == "ecdsa") {
+    scheme = tpm::SignScheme::kEcdsa;
+  } else if (s == "pkcs1" || s == "rsassa") {
+    scheme = tpm::SignScheme::kRsaSsa;
+  } else if (s == "pss" || s == "rsapss") {
+    scheme = tpm::SignScheme::kRsaPss;
+  } else {
+    return UsageError(absl::StrCat("--scheme ", s, ": expected ecdsa, pkcs1 or pss"));
+  }
+  ASSIGN_OR_RETURN(TPMT_SIGNATURE sig, t->Sign(key, digest, scheme, *hash));
+  // Check our own output with the public key before handing it out.
+  RETURN_IF_ERROR(wire::VerifySignature(key.pub.publicArea, msg, sig));
+  ASSIGN_OR_RETURN(Bytes der, wire::SignatureToDer(sig));
+  RETURN_IF_ERROR(WriteFile(*out, der));
+  std::cout << absl::StrFormat("signed %u bytes (%s, %s): %u-byte signature written to %s\n", msg.size(),
+                               s, wire::HashAlgName(*hash), der.size(), *out);
+  return absl::OkStatus();
+}
+
+absl::Status CmdKeyEvict(const Args& a) {
+  auto h = a.Get("handle");
+  if (!h) return UsageError("--handle 0x81xxxxxx is required");
+  absl::StatusOr<uint32_t> handle = tpm::ParseHandle(*h);
+  if (!handle.ok()) return UsageError(std::string(handle.status().message()));
+  ASSIGN_OR_RETURN(auto t, OpenTpm(a));
+  RETURN_IF_ERROR(t->EvictPersistent(*handle));
+  std::cout << "evicted " << tpm::FormatHandle(*handle) << "\n";
+  return absl::OkStatus();
+}
+
+const char kTopUsage[] =
+    "usage: hwid <group> <command> [options]\n"
+    "\n"
+    "  hwid tpm info                 TPM identity, firmware, PCR banks, lockout state\n"
+    "  hwid tpm ek                   EK certificates and public keys (--ca verifies the chain)\n"
+    "  hwid tpm pcrread              read PCR values\n"
+    "  hwid attest selftest          AK + credential activation + quote, verified in software\n"
+    "  hwid key create               create a TPM signing key (TSS2 PRIVATE KEY file)\n"
+    "  hwid key pub                  export a key's public half (PEM)\n"
+    "  hwid key sign                 sign a file with a TPM key\n"
+    "  hwid key evict                remove a persistent key\n"
+    "\n"
+    "Every command takes --tcti T (default $HWID_TCTI, else device:/dev/tpmrm0) and --help.\n"
+    "Exit status: 0 success, 1 operational error, 2 usage error.\n";
+
+std::map<std::string, Command> Commands() {
+  std::map<std::string, Command> c;
+  c["tpm info"] = {"usage: hwid tpm info [--tcti T]\n  Prints manufacturer, vendor, firmware, spec, PCR banks, lockout state.\n",
+                   {"tcti"}, {}, CmdTpmInfo};
+  c["tpm ek"] = {
+      "usage: hwid tpm ek [--alg all|rsa|ecc|NAME] [--ca BUNDLE.pem] [--out-dir DIR] [--tcti T]\n"
+      "  Reads every EK certificate from NV (low and high range), shows the EK public keys,\n"
+      "  checks that each certificate's key equals the EK public key, and with --ca verifies\n"
+      "  each certificate chain against BUNDLE (self-signed roots + intermediates).\n"
+      "  --out-dir writes ek-NAME.crt.pem and ek-NAME.pub.pem. Exit 1 when a check fails.\n",
+      {"tcti", "alg", "ca", "out-dir"}, {}, CmdTpmEk};
+  c["tpm pcrread"] = {"usage: hwid tpm pcrread [--pcrs sha256:0,1,2+sha1:0] [--tcti T]\n",
+                      {"tcti", "pcrs"}, {}, CmdPcrRead};
+  c["attest selftest"] = {
+      "usage: hwid attest selftest [--ek rsa|ecc|NAME] [--ak-alg ec-p256|ec-p384|rsa-2048|rsa-3072]\n"
+      "                            [--ak-handle 0x81000010] [--pcrs sha256:0-7] [--tcti T]\n"
+      "  Creates (first time) and persists a restricted attestation key, runs software\n"
+      "  MakeCredential + TPM ActivateCredential with the EK, quotes the PCRs over a fresh nonce\n"
+      "  and verifies the quote in software, as the hwid attestation server does.\n",
+      {"tcti", "ek", "ak-alg", "ak-handle", "pcrs"}, {}, CmdAttestSelftest};
+  c["key create"] = {
+      "usage: hwid key create --alg ec-p256|ec-p384|rsa-2048|rsa-3072 --out KEY.pem\n"
+      "                       [--persist 0x81xxxxxx] [--auth-env VAR] [--description TEXT] [--tcti T]\n"
+      "  Creates a signing key in the TPM (under the owner-hierarchy SRK) and writes it as a\n"
+      "  TSS2 PRIVATE KEY PEM (readable by tpm2-openssl and tpm2-tools). The private key never\n"
+      "  leaves the TPM unencrypted. --auth-env names an environment variable holding the key's\n"
+      "  password.\n",
+      {"tcti", "alg", "out", "persist", "auth-env", "description"}, {}, CmdKeyCreate};
+  c["key pub"] = {"usage: hwid key pub --key KEY.pem|handle:0x81xxxxxx [--out PUB.pem] [--tcti T]\n",
+                  {"tcti", "key", "out"}, {}, CmdKeyPub};
+  c["key sign"] = {
+      "usage: hwid key sign --key KEY.pem|handle:0x81xxxxxx --in FILE --out SIG\n"
+      "                     [--hash sha256|sha384|sha512] [--scheme ecdsa|pkcs1|pss] [--auth-env VAR]\n"
+      "  Hashes FILE in software and signs the digest in the TPM (one TPM2_Sign). Writes a DER\n"
+      "  ECDSA signature or a raw RSA signature, as `openssl dgst -verify` expects.\n",
+      {"tcti", "key", "in", "out", "hash", "scheme", "auth-env"}, {}, CmdKeySign};
+  c["key evict"] = {"usage: hwid key evict --handle 0x81xxxxxx [--tcti T]\n", {"tcti", "handle"}, {}, CmdKeyEvict};
+  return c;
+}
+
+int Main(int argc, char** argv) {
+  std::vector<std::string> args(argv + 1, argv + argc);
+  if (args.empty() || args[0] == "--help" || args[0] == "-h" || args[0] == "help") {
+    std::cout << kTopUsage;
+    return args.empty() ? kExitUsage : kExitOk;
+  }
+  auto commands = Commands();
+  if (args.size() < 2 || args[1] == "--help" || args[1] == "-h") {
+    bool group = false;
+    for (const auto& [name, cmd] : commands) {
+      if (absl::StartsWith(name, args[0] + " ")) {
+        std::cout << cmd.usage;
+        group = true;
+      }
+    }
+    if (!group) {
+      std::cerr << "hwid: unknown command group '" << args[0] << "'\n" << kTopUsage;
+      return kExitUsage;
+    }
+    return args.size() < 2 ? kExitUsage : kExitOk;
+  }
+  const std::string name = args[0] + " " + args[1];
+  auto it = commands.find(name);
+  if (it == commands.end()) {
+    std::cerr << "hwid: unknown command '" << name << "'\n" << kTopUsage;
+    return kExitUsage;
+  }
+  absl::StatusOr<Args> parsed = Args::Parse({args.begin() + 2, args.end()}, it->second.value_opts,
+                                            it->second.flag_opts);
+  if (!parsed.ok()) {
+    std::cerr << "hwid " << name << ": " << parsed.status().message() << "\n" << it->second.usage;
+    return kExitUsage;
+  }
+  if (parsed->help()) {
+    std::cout << it->second.usage;
+    return kExitOk;
+  }
+  if (!parsed->positional().empty()) {
+    std::cerr << "hwid " << name << ": unexpected argument '" << parsed->positional()[0] << "'\n"
+              << it->second.usage;
+    return kExitUsage;
+  }
+  absl::Status st = it->second.run(*parsed);
+  if (IsUsageError(st)) {
+    std::cerr << "hwid " << name << ": " << st.message() << "\n" << it->second.usage;
+    return kExitUsage;
+  }
+  if (!st.ok()) {
+    std::cerr << "hwid " << name << ": error: " << st.message() << "\n";
+    return kExitError;
+  }
+  return kExitOk;
+}
+
+}  // namespace
+}  // namespace hwid::cli
+
+int main(int argc, char** argv) { return hwid::cli::Main(argc, argv); }

@@ -1,0 +1,935 @@
+#include "tpm/tpm.h"
+
+#include <openssl/crypto.h>
+#include <tss2/tss2_esys.h>
+#include <tss2/tss2_tctildr.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <utility>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "common/status_macros.h"
+#include "tpm/error.h"
+#include "tpm/wire/attest.h"
+#include "tpm/wire/ekcert.h"
+#include "tpm/wire/marshal.h"
+
+namespace hwid::tpm {
+namespace {
+
+// EsysPtr owns memory ESAPI returns (freed with Esys_Free; wiped first, as outputs may hold
+// secrets such as credential-activation results).
+struct EsysFree {
+  size_t size = 0;
+  void operator()(void* p) const noexcept {
+    if (p != nullptr) {
+      Esys_Free(p);
+    }
+  }
+};
+template <typename T>
+using EsysPtr = std::unique_ptr<T, EsysFree>;
+
+template <typename T>
+void CleanseAndFree(EsysPtr<T>& p) {
+  if (p) {
+    OPENSSL_cleanse(p.get(), sizeof(T));
+    p.reset();
+  }
+}
+
+bool IsHandleGone(TSS2_RC rc) {
+  TSS2_RC base = TpmRcBase(rc);
+  return base == TPM2_RC_REFERENCE_H0 || base == TPM2_RC_HANDLE ||
+         rc == TSS2_ESYS_RC_BAD_TR;
+}
+
+std::string FourChars(uint32_t v) {
+  std::string s;
+  for (int shift = 24; shift >= 0; shift -= 8) {
+    char c = static_cast<char>((v >> shift) & 0xff);
+    if (c != '\0') {
+      s.push_back(c);
+    }
+  }
+  return std::string(absl::StripAsciiWhitespace(s));
+}
+
+// PublicShape returns a copy of `pub` with the unique field cleared, for comparing an object
+// against the template it should have been created from.
+TPMT_PUBLIC PublicShape(const TPMT_PUBLIC& pub) {
+  TPMT_PUBLIC p = pub;
+  std::memset(&p.unique, 0, sizeof(p.unique));
+  return p;
+}
+
+bool SameShape(const TPMT_PUBLIC& a, const TPMT_PUBLIC& b) {
+  auto ma = wire::MarshalTpmtPublic(PublicShape(a));
+  auto mb = wire::MarshalTpmtPublic(PublicShape(b));
+  return ma.ok() && mb.ok() && *ma == *mb;
+}
+
+bool SameKeyAlg(const TPMT_PUBLIC& a, const TPMT_PUBLIC& b) {
+  if (a.type != b.type) {
+    return false;
+  }
+  if (a.type == TPM2_ALG_ECC) {
+    return a.parameters.eccDetail.curveID == b.parameters.eccDetail.curveID;
+  }
+  return a.parameters.rsaDetail.keyBits == b.parameters.rsaDetail.keyBits;
+}
+
+constexpr uint32_t kSrkHandle = 0x81000001;
+
+}  // namespace
+
+struct Tpm::Impl {
+  TSS2_TCTI_CONTEXT* tcti = nullptr;
+  ESYS_CONTEXT* esys = nullptr;
+  uint16_t nv_buffer_max = 0;
+  ~Impl() {
+    if (esys != nullptr) {
+      Esys_Finalize(&esys);
+    }
+    if (tcti != nullptr) {
+      Tss2_TctiLdr_Finalize(&tcti);
+    }
+  }
+};
+
+std::string DefaultTcti() {
+  const char* env = std::getenv("HWID_TCTI");
+  if (env != nullptr && env[0] != '\0') {
+    return env;
+  }
+  return "device:/dev/tpmrm0";
+}
+
+std::string FormatHandle(uint32_t handle) { return absl::StrFormat("0x%08x", handle); }
+
+absl::StatusOr<uint32_t> ParseHandle(std::string_view s) {
+  std::string_view in = s;
+  if (absl::StartsWithIgnoreCase(in, "0x")) {
+    in.remove_prefix(2);
+  }
+  uint32_t v = 0;
+  if (in.empty() || in.size() > 8 || !absl::SimpleHexAtoi(in, &v)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("'", s, "' is not a TPM handle (expected hex such as 0x81000001)"));
+  }
+  return v;
+}
+
+// ---------------------------------------------------------------------------------------------
+// TpmObject
+
+TpmObject::TpmObject(Tpm* tpm, uint32_t tr, Kind kind, std::string label)
+    : tpm_(tpm), tr_(tr), kind_(kind), label_(std::move(label)) {}
+
+TpmObject::TpmObject(TpmObject&& other) noexcept
+    : tpm_(std::exchange(other.tpm_, nullptr)),
+      tr_(std::exchange(other.tr_, 0)),
+      kind_(other.kind_),
+      label_(std::move(other.label_)) {}
+
+TpmObject& TpmObject::operator=(TpmObject&& other) noexcept {
+  if (this != &other) {
+    Reset();
+    tpm_ = std::exchange(other.tpm_, nullptr);
+    tr_ = std::exchange(other.tr_, 0);
+    kind_ = other.kind_;
+    label_ = std::move(other.label_);
+  }
+  return *this;
+}
+
+TpmObject::~TpmObject() { Reset(); }
+
+void TpmObject::Reset() {
+  if (tpm_ != nullptr) {
+    tpm_->FlushOrClose(tr_, kind_);
+    tpm_ = nullptr;
+    tr_ = 0;
+  }
+}
+
+uint32_t TpmObject::Release() {
+  tpm_ = nullptr;
+  return std::exchange(tr_, 0);
+}
+
+void Tpm::FlushOrClose(uint32_t tr, TpmObject::Kind kind) {
+  std::lock_guard<std::recursive_mutex> lock(mu_);
+  if (kind == TpmObject::Kind::kTransient || kind == TpmObject::Kind::kSession) {
+    ++commands_;
+    TSS2_RC rc = Esys_FlushContext(impl_->esys, tr);
+    if (rc != TSS2_RC_SUCCESS) {
+      // The object is gone (TPM restarted): drop ESAPI's metadata for it.
+      ESYS_TR t = tr;
+      Esys_TR_Close(impl_->esys, &t);
+    }
+  } else {
+    ESYS_TR t = tr;
+    Esys_TR_Close(impl_->esys, &t);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tpm
+
+Tpm::Tpm(std::string tcti, std::unique_ptr<Impl> impl)
+    : tcti_(std::move(tcti)), impl_(std::move(impl)) {}
+
+Tpm::~Tpm() = default;
+
+absl::StatusOr<std::unique_ptr<Tpm>> Tpm::Open(const std::string& tcti_in) {
+  std::string tcti = tcti_in.empty() ? DefaultTcti() : tcti_in;
+  // The TSS logs every failed command to stderr (including expected ones, such as probing an
+  // absent NV index). hwid reports errors itself; keep the TSS quiet unless asked.
+  if (std::getenv("TSS2_LOG") == nullptr) {
+    setenv("TSS2_LOG", "all+NONE", 0);
+  }
+  auto impl = std::make_unique<Impl>();
+  TSS2_RC rc = Tss2_TctiLdr_Initialize(tcti.c_str(), &impl->tcti);
+  if (rc != TSS2_RC_SUCCESS) {
+    return absl::UnavailableError(absl::StrCat(
+        "cannot open TPM connection '", tcti, "': ", TssError(rc, "Tss2_TctiLdr_Initialize").message(),
+        "; check HWID_TCTI / tcti= (device:/dev/tpmrm0, tabrmd:, swtpm:host=H,port=P)"));
+  }
+  rc = Esys_Initialize(&impl->esys, impl->tcti, nullptr);
+  if (rc != TSS2_RC_SUCCESS) {
+    return absl::UnavailableError(
+        absl::StrCat("cannot open TPM '", tcti, "': ", TssError(rc, "Esys_Initialize").message()));
+  }
+  return std::unique_ptr<Tpm>(new Tpm(std::move(tcti), std::move(impl)));
+}
+
+absl::StatusOr<Bytes> Tpm::GetRandom(size_t n) {
+  std::lock_guard<std::recursive_mutex> lock(mu_);
+  Bytes out;
+  while (out.size() < n) {
+    EsysPtr<TPM2B_DIGEST> r;
+    TPM2B_DIGEST* raw = nullptr;
+    ++commands_;
+    TSS2_RC rc = Esys_GetRandom(impl_->esys, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE,
+                                static_cast<UINT16>(std::min<size_t>(n - out.size(), 32)), &raw);
+    r.reset(raw);
+    RETURN_IF_ERROR(TssError(rc, "TPM2_GetRandom"));
+    if (r->size == 0) {
+      return absl::InternalError("TPM2_GetRandom returned no bytes");
+    }
+    out.insert(out.end(), r->buffer, r->buffer + r->size);
+  }
+  out.resize(n);
+  return out;
+}
+
+absl::StatusOr<TpmInfo> Tpm::GetInfo() {
+  std::lock_guard<std::recursive_mutex> lock(mu_);
+  TpmInfo info;
+  std::map<uint32_t, uint32_t> props;
+  for (uint32_t group : {TPM2_PT_FIXED, TPM2_PT_VAR}) {
+    uint32_t next = group;
+    for (int guard = 0; guard < 16; ++guard) {
+      TPMS_CAPABILITY_DATA* raw = nullptr;
+      TPMI_YES_NO more = TPM2_NO;
+      ++commands_;
+      TSS2_RC rc = Esys_GetCapability(impl_->esys, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE,
+                                      TPM2_CAP_TPM_PROPERTIES, next, TPM2_MAX_TPM_PROPERTIES,
+                                      &more, &raw);
+      EsysPtr<TPMS_CAPABILITY_DATA> data(raw);
+      RETURN_IF_ERROR(TssError(rc, "TPM2_GetCapability(TPM_PROPERTIES)"));
+      const TPML_TAGGED_TPM_PROPERTY& list = data->data.tpmProperties;
+      if (list.count == 0) {
+        break;
+      }
+      for (uint32_t i = 0; i < list.count && i < TPM2_MAX_TPM_PROPERTIES; ++i) {
+        props[list.tpmProperty[i].property] = list.tpmProperty[i].value;
+      }
+      next = list.tpmProperty[list.count - 1].property + 1;
+      if (more == TPM2_NO || next >= group + 0x100) {
+        break;
+      }
+    }
+  }
+  auto get = [&](uint32_t p) -> uint32_t {
+    auto it = props.find(p);
+    return it == props.end() ? 0 : it->second;
+  };
+  info.manufacturer_id = get(TPM2_PT_MANUFACTURER);
+  info.manufacturer = FourChars(info.manufacturer_id);
+  info.vendor = absl::StrCat(FourChars(get(TPM2_PT_VENDOR_STRING_1)), FourChars(get(TPM2_PT_VENDOR_STRING_2)),
+                             FourChars(get(TPM2_PT_VENDOR_STRING_3)), FourChars(get(TPM2_PT_VENDOR_STRING_4)));
+  uint32_t fw1 = get(TPM2_PT_FIRMWARE_VERSION_1);
+  uint32_t fw2 = get(TPM2_PT_FIRMWARE_VERSION_2);
+  info.firmware_version =
+      absl::StrFormat("%u.%u.%u.%u", fw1 >> 16, fw1 & 0xffff, fw2 >> 16, fw2 & 0xffff);
+  info.spec = absl::StrFormat("%s level %u revision %u (%u, day %u)",
+                              FourChars(get(TPM2_PT_FAMILY_INDICATOR)), get(TPM2_PT_LEVEL),
+                              get(TPM2_PT_REVISION), get(TPM2_PT_YEAR), get(TPM2_PT_DAY_OF_YEAR));
+  info.in_lockout = (get(TPM2_PT_PERMANENT) & TPMA_PERMANENT_INLOCKOUT) != 0;
+  info.lockout_counter = get(TPM2_PT_LOCKOUT_COUNTER);
+  info.max_auth_fail = get(TPM2_PT_MAX_AUTH_FAIL);
+  info.lockout_interval = get(TPM2_PT_LOCKOUT_INTERVAL);
+  info.lockout_recovery = get(TPM2_PT_LOCKOUT_RECOVERY);
+  info.transient_slots = get(TPM2_PT_HR_TRANSIENT_MIN);
+  info.loaded_transient = get(TPM2_PT_HR_TRANSIENT_MIN) - get(TPM2_PT_HR_TRANSIENT_AVAIL);
+
+  TPMS_CAPABILITY_DATA* raw = nullptr;
+  TPMI_YES_NO more = TPM2_NO;
+  ++commands_;
+  TSS2_RC rc = Esys_GetCapability(impl_->esys, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE,
+                                  TPM2_CAP_PCRS, 0, TPM2_NUM_PCR_BANKS, &more, &raw);
+  EsysPtr<TPMS_CAPABILITY_DATA> pcrs(raw);
+  RETURN_IF_ERROR(TssError(rc, "TPM2_GetCapability(PCRS)"));
+  const TPML_PCR_SELECTION& sel = pcrs->data.assignedPCR;
+  for (uint32_t i = 0; i < sel.count && i < TPM2_NUM_PCR_BANKS; ++i) {
+    PcrBankInfo bank{sel.pcrSelections[i].hash, {}};
+    for (uint32_t byte = 0; byte < sel.pcrSelections[i].sizeofSelect && byte < TPM2_PCR_SELECT_MAX; ++byte) {
+      for (uint32_t bit = 0; bit < 8; ++bit) {
+        if (sel.pcrSelections[i].pcrSelect[byte] & (1u << bit)) {
+          bank.pcrs.push_back(byte * 8 + bit);
+        }
+      }
+    }
+    info.pcr_banks.push_back(std::move(bank));
+  }
+  return info;
+}
+
+// ---------------------------------------------------------------------------------------------
+// NV and EK certificates
+
+absl::StatusOr<Bytes> Tpm::NvRead(uint32_t nv_index) {
+  std::lock_guard<std::recursive_mutex> lock(mu_);
+  const std::string label = absl::StrCat("NV index ", FormatHandle(nv_index));
+  ESYS_TR nv = ESYS_TR_NONE;
+  ++commands_;
+  TSS2_RC rc = Esys_TR_FromTPMPublic(impl_->esys, nv_index, ESYS_TR_NONE, ESYS_TR_NONE,
+                                     ESYS_TR_NONE, &nv);
+  RETURN_IF_ERROR(TssError(rc, "TPM2_NV_ReadPublic", label));
+  TpmObject nv_obj(this, nv, TpmObject::Kind::kNv, label);
+
+  TPM2B_NV_PUBLIC* pub_raw = nullptr;
+  TPM2B_NAME* name_raw = nullptr;
+  ++commands_;
+  rc = Esys_NV_ReadPublic(impl_->esys, nv, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, &pub_raw,
+                          &name_raw);
+  EsysPtr<TPM2B_NV_PUBLIC> nv_pub(pub_raw);
+  EsysPtr<TPM2B_NAME> nv_name(name_raw);
+  RETURN_IF_ERROR(TssError(rc, "TPM2_NV_ReadPublic", label));
+  const uint16_t size = nv_pub->nvPublic.dataSize;
+  const TPMA_NV attrs = nv_pub->nvPublic.attributes;
+  if ((attrs & TPMA_NV_WRITTEN) == 0) {
+    return absl::NotFoundError(absl::StrCat(label, " is defined but was never written"));
+  }
+  ESYS_TR auth = nv;
+  if ((attrs & TPMA_NV_AUTHREAD) == 0) {
+    if ((attrs & TPMA_NV_OWNERREAD) != 0) {
+      auth = ESYS_TR_RH_OWNER;
+    } else if ((attrs & TPMA_NV_PPREAD) != 0) {
+      auth = ESYS_TR_RH_PLATFORM;
+    } else {
+      return absl::PermissionDeniedError(
+          absl::StrCat(label, " is not readable with index, owner or platform authorization"));
+    }
+  }
+  if (impl_->nv_buffer_max == 0) {
+    TPMS_CAPABILITY_DATA* raw = nullptr;
+    TPMI_YES_NO more = TPM2_NO;
+    ++commands_;
+    rc = Esys_GetCapability(impl_->esys, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE,
+                            TPM2_CAP_TPM_PROPERTIES, TPM2_PT_NV_BUFFER_MAX, 1, &more, &raw);
+    EsysPtr<TPMS_CAPABILITY_DATA> data(raw);
+    impl_->nv_buffer_max = 512;
+    if (rc == TSS2_RC_SUCCESS && data->data.tpmProperties.count == 1 &&
+        data->data.tpmProperties.tpmProperty[0].property == TPM2_PT_NV_BUFFER_MAX) {
+      impl_->nv_buffer_max = static_cast<uint16_t>(
+          std::min<uint32_t>(data->data.tpmProperties.tpmProperty[0].value, sizeof(TPM2B_MAX_NV_BUFFER::buffer)));
+    }
+  }
+  Bytes out;
+  out.reserve(size);
+  while (out.size() < size) {
+    uint16_t chunk = static_cast<uint16_t>(std::min<size_t>(impl_->nv_buffer_max, size - out.size()));
+    TPM2B_MAX_NV_BUFFER* data_raw = nullptr;
+    ++commands_;
+    rc = Esys_NV_Read(impl_->esys, auth, nv, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, chunk,
+                      static_cast<uint16_t>(out.size()), &data_raw);
+    EsysPtr<TPM2B_MAX_NV_BUFFER> data(data_raw);
+    RETURN_IF_ERROR(TssError(rc, "TPM2_NV_Read", label));
+    if (data->size == 0 || data->size > chunk) {
+      return absl::InternalError(absl::StrCat("TPM2_NV_Read on ", label, " returned ", data->size,
+                                              " bytes for a request of ", chunk));
+    }
+    out.insert(out.end(), data->buffer, data->buffer + data->size);
+  }
+  return out;
+}
+
+absl::StatusOr<std::vector<EkCertificate>> Tpm::ReadEkCertificates() {
+  std::vector<EkCertificate> out;
+  for (const wire::EkSpec& spec : wire::AllEkSpecs()) {
+    absl::StatusOr<Bytes> nv = NvRead(spec.cert_nv_index);
+    if (absl::IsNotFound(nv.status())) {
+      continue;
+    }
+    RETURN_IF_ERROR(nv.status());
+    ASSIGN_OR_RETURN(Bytes der, wire::ExtractEkCertificateDer(*nv));
+    out.push_back(EkCertificate{spec.type, spec.name, spec.cert_nv_index, std::move(der)});
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Primaries, EK, SRK
+
+absl::StatusOr<TpmObject> Tpm::CreatePrimaryLocked(uint32_t hierarchy, const TPM2B_PUBLIC& tmpl,
+                                                   TPM2B_PUBLIC* out_pub,
+                                                   const std::string& label) {
+  TPM2B_SENSITIVE_CREATE sensitive = {};
+  TPM2B_DATA outside = {};
+  TPML_PCR_SELECTION creation_pcr = {};
+  ESYS_TR handle = ESYS_TR_NONE;
+  TPM2B_PUBLIC* pub_raw = nullptr;
+  TPM2B_CREATION_DATA* cd_raw = nullptr;
+  TPM2B_DIGEST* ch_raw = nullptr;
+  TPMT_TK_CREATION* tk_raw = nullptr;
+  ++commands_;
+  TSS2_RC rc = Esys_CreatePrimary(impl_->esys, hierarchy, ESYS_TR_PASSWORD, ESYS_TR_NONE,
+                                  ESYS_TR_NONE, &sensitive, &tmpl, &outside, &creation_pcr,
+                                  &handle, &pub_raw, &cd_raw, &ch_raw, &tk_raw);
+  EsysPtr<TPM2B_PUBLIC> pub(pub_raw);
+  EsysPtr<TPM2B_CREATION_DATA> cd(cd_raw);
+  EsysPtr<TPM2B_DIGEST> ch(ch_raw);
+  EsysPtr<TPMT_TK_CREATION> tk(tk_raw);
+  RETURN_IF_ERROR(TssError(rc, "TPM2_CreatePrimary", label));
+  TpmObject obj(this, handle, TpmObject::Kind::kTransient, label);
+  if (out_pub != nullptr) {
+    *out_pub = *pub;
+  }
+  return obj;
+}
+
+absl::StatusOr<TpmObject> Tpm::FromPersistentLocked(uint32_t handle, TPM2B_PUBLIC* out_pub) {
+  const std::string label = absl::StrCat("persistent handle ", FormatHandle(handle));
+  if ((handle >> 24) != TPM2_HT_PERSISTENT) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(FormatHandle(handle), " is not a persistent handle (0x81xxxxxx)"));
+  }
+  ESYS_TR tr = ESYS_TR_NONE;
+  ++commands_;
+  TSS2_RC rc = Esys_TR_FromTPMPublic(impl_->esys, handle, ESYS_TR_NONE, ESYS_TR_NONE,
+                                     ESYS_TR_NONE, &tr);
+  RETURN_IF_ERROR(TssError(rc, "TPM2_ReadPublic", label));
+  TpmObject obj(this, tr, TpmObject::Kind::kPersistent, label);
+  if (out_pub != nullptr) {
+    TPM2B_PUBLIC* pub_raw = nullptr;
+    TPM2B_NAME* name_raw = nullptr;
+    TPM2B_NAME* qn_raw = nullptr;
+    ++commands_;
+    rc = Esys_ReadPublic(impl_->esys, tr, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, &pub_raw,
+                         &name_raw, &qn_raw);
+    EsysPtr<TPM2B_PUBLIC> pub(pub_raw);
+    EsysPtr<TPM2B_NAME> name(name_raw);
+    EsysPtr<TPM2B_NAME> qn(qn_raw);
+    RETURN_IF_ERROR(TssError(rc, "TPM2_ReadPublic", label));
+    *out_pub = *pub;
+  }
+  return obj;
+}
+
+absl::StatusOr<TPM2B_PUBLIC> Tpm::ReadPublic(uint32_t persistent_handle) {
+  std::lock_guard<std::recursive_mutex> lock(mu_);
+  TPM2B_PUBLIC pub = {};
+  ASSIGN_OR_RETURN(TpmObject obj, FromPersistentLocked(persistent_handle, &pub));
+  return pub;
+}
+
+absl::StatusOr<Ek> Tpm::LoadEk(wire::EkType type, bool allow_persistent) {
+  std::lock_guard<std::recursive_mutex> lock(mu_);
+  const wire::EkSpec* spec = nullptr;
+  for (const wire::EkSpec& s : wire::AllEkSpecs()) {
+    if (s.type == type) {
+      spec = &s;
+    }
+  }
+  if (spec == nullptr) {
+    return absl::InvalidArgumentError("unknown EK type");
+  }
+  const TPM2B_PUBLIC tmpl = wire::EkTemplate(type);
+  if (allow_persistent && spec->persistent_handle != 0) {
+    TPM2B_PUBLIC pub = {};
+    absl::StatusOr<TpmObject> obj = FromPersistentLocked(spec->persistent_handle, &pub);
+    if (obj.ok() && SameShape(pub.publicArea, tmpl.publicArea)) {
+      return Ek{std::move(*obj), pub, type, spec->persistent_handle};
+    }
+    if (!obj.ok() && !absl::IsNotFound(obj.status())) {
+      return obj.status();
+    }
+    // Absent, or a persistent object that is not the TCG default EK: derive it instead.
+  }
+  TPM2B_PUBLIC pub = {};
+  ASSIGN_OR_RETURN(TpmObject obj,
+                   CreatePrimaryLocked(ESYS_TR_RH_ENDORSEMENT, tmpl, &pub,
+                                       absl::StrCat("EK ", spec->name, " (endorsement hierarchy)")));
+  return Ek{std::move(obj), pub, type, 0};
+}
+
+absl::StatusOr<LoadedKey> Tpm::LoadSrkLocked(bool allow_persistent) {
+  const TPM2B_PUBLIC tmpl = wire::SrkTemplateEcc();
+  if (allow_persistent) {
+    TPM2B_PUBLIC pub = {};
+    absl::StatusOr<TpmObject> obj = FromPersistentLocked(kSrkHandle, &pub);
+    if (obj.ok() && SameShape(pub.publicArea, tmpl.publicArea)) {
+      return LoadedKey{std::move(*obj), pub, kSrkHandle, {}, std::nullopt};
+    }
+    if (!obj.ok() && !absl::IsNotFound(obj.status())) {
+      return obj.status();
+    }
+  }
+  TPM2B_PUBLIC pub = {};
+  ASSIGN_OR_RETURN(TpmObject obj, CreatePrimaryLocked(ESYS_TR_RH_OWNER, tmpl, &pub,
+                                                      "SRK (owner hierarchy, ECC P-256)"));
+  return LoadedKey{std::move(obj), pub, 0, {}, std::nullopt};
+}
+
+absl::StatusOr<LoadedKey> Tpm::LoadSrk(bool allow_persistent) {
+  std::lock_guard<std::recursive_mutex> lock(mu_);
+  return LoadSrkLocked(allow_persistent);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Keys
+
+namespace {
+struct CreateOut {
+  EsysPtr<TPM2B_PRIVATE> priv;
+  EsysPtr<TPM2B_PUBLIC> pub;
+};
+}  // namespace
+
+absl::StatusOr<wire::TpmKeyFile> Tpm::CreateKey(wire::KeyAlg alg, ByteSpan auth) {
+  std::lock_guard<std::recursive_mutex> lock(mu_);
+  if (auth.size() > sizeof(TPMU_HA)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("auth value is ", auth.size(), " bytes; the TPM allows at most ", sizeof(TPMU_HA)));
+  }
+  ASSIGN_OR_RETURN(LoadedKey srk, LoadSrkLocked(true));
+  TPM2B_SENSITIVE_CREATE sensitive = {};
+  sensitive.sensitive.userAuth.size = static_cast<UINT16>(auth.size());
+  if (!auth.empty()) {
+    std::memcpy(sensitive.sensitive.userAuth.buffer, auth.data(), auth.size());
+  }
+  const TPM2B_PUBLIC tmpl = wire::SigningKeyTemplate(alg);
+  TPM2B_DATA outside = {};
+  TPML_PCR_SELECTION creation_pcr = {};
+  TPM2B_PRIVATE* priv_raw = nullptr;
+  TPM2B_PUBLIC* pub_raw = nullptr;
+  TPM2B_CREATION_DATA* cd_raw = nullptr;
+  TPM2B_DIGEST* ch_raw = nullptr;
+  TPMT_TK_CREATION* tk_raw = nullptr;
+  ++commands_;
+  TSS2_RC rc = Esys_Create(impl_->esys, srk.object.tr(), ESYS_TR_PASSWORD, ESYS_TR_NONE,
+                           ESYS_TR_NONE, &sensitive, &tmpl, &outside, &creation_pcr, &priv_raw,
+                           &pub_raw, &cd_raw, &ch_raw, &tk_raw);
+  OPENSSL_cleanse(&sensitive, sizeof(sensitive));
+  EsysPtr<TPM2B_PRIVATE> priv(priv_raw);
+  EsysPtr<TPM2B_PUBLIC> pub(pub_raw);
+  EsysPtr<TPM2B_CREATION_DATA> cd(cd_raw);
+  EsysPtr<TPM2B_DIGEST> ch(ch_raw);
+  EsysPtr<TPMT_TK_CREATION> tk(tk_raw);
+  RETURN_IF_ERROR(TssError(rc, "TPM2_Create", absl::StrCat(wire::KeyAlgName(alg), " signing key")));
+  wire::TpmKeyFile key;
+  key.parent = TPM2_RH_OWNER;
+  key.empty_auth = auth.empty();
+  ASSIGN_OR_RETURN(key.pub, wire::MarshalPublic(*pub));
+  ASSIGN_OR_RETURN(key.priv, wire::MarshalPrivate(*priv));
+  return key;
+}
+
+absl::StatusOr<LoadedKey> Tpm::LoadKeyLocked(const wire::TpmKeyFile& key, ByteSpan auth) {
+  ASSIGN_OR_RETURN(TPM2B_PUBLIC pub, wire::ParsePublic(key.pub));
+  ASSIGN_OR_RETURN(TPM2B_PRIVATE priv, wire::ParsePrivate(key.priv));
+  if (!key.empty_auth && auth.empty()) {
+    // Allowed: a key may have an empty password even if the file does not say so.
+  }
+  if (auth.size() > sizeof(TPMU_HA)) {
+    return absl::InvalidArgumentError("auth value too long");
+  }
+  LoadedKey parent;
+  const std::string parent_label = FormatHandle(key.parent);
+  if (key.parent == TPM2_RH_OWNER || key.parent == 0) {
+    if (key.rsa_parent) {
+      TPM2B_PUBLIC ppub = {};
+      ASSIGN_OR_RETURN(parent.object, CreatePrimaryLocked(ESYS_TR_RH_OWNER, wire::SrkTemplateRsa(),
+                                                          &ppub, "SRK (owner hierarchy, RSA-2048)"));
+      parent.pub = ppub;
+    } else {
+      ASSIGN_OR_RETURN(parent, LoadSrkLocked(true));
+    }
+  } else if ((key.parent >> 24) == TPM2_HT_PERSISTENT) {
+    TPM2B_PUBLIC ppub = {};
+    ASSIGN_OR_RETURN(parent.object, FromPersistentLocked(key.parent, &ppub));
+    parent.pub = ppub;
+  } else {
+    return absl::UnimplementedError(absl::StrCat(
+        "key parent ", parent_label,
+        " is not supported (expected the owner hierarchy 0x40000001 or a persistent handle)"));
+  }
+  ESYS_TR handle = ESYS_TR_NONE;
+  ++commands_;
+  TSS2_RC rc = Esys_Load(impl_->esys, parent.object.tr(), ESYS_TR_PASSWORD, ESYS_TR_NONE,
+                         ESYS_TR_NONE, &priv, &pub, &handle);
+  RETURN_IF_ERROR(TssError(rc, "TPM2_Load", absl::StrCat("key under parent ", parent_label)));
+  LoadedKey out;
+  out.object = TpmObject(this, handle, TpmObject::Kind::kTransient, "signing key");
+  out.pub = pub;
+  out.auth.assign(auth.begin(), auth.end());
+  out.blob = key;
+  if (!auth.empty()) {
+    TPM2B_AUTH a = {};
+    a.size = static_cast<UINT16>(auth.size());
+    std::memcpy(a.buffer, auth.data(), auth.size());
+    rc = Esys_TR_SetAuth(impl_->esys, handle, &a);
+    OPENSSL_cleanse(&a, sizeof(a));
+    RETURN_IF_ERROR(TssError(rc, "Esys_TR_SetAuth", "signing key"));
+  }
+  return out;
+}
+
+absl::StatusOr<LoadedKey> Tpm::LoadKey(const wire::TpmKeyFile& key, ByteSpan auth) {
+  std::lock_guard<std::recursive_mutex> lock(mu_);
+  return LoadKeyLocked(key, auth);
+}
+
+absl::StatusOr<LoadedKey> Tpm::LoadPersistentKey(uint32_t handle, ByteSpan auth) {
+  std::lock_guard<std::recursive_mutex> lock(mu_);
+  TPM2B_PUBLIC pub = {};
+  ASSIGN_OR_RETURN(TpmObject obj, FromPersistentLocked(handle, &pub));
+  LoadedKey out{std::move(obj), pub, handle, SecureBytes(auth.begin(), auth.end()), std::nullopt};
+  if (!auth.empty()) {
+    if (auth.size() > sizeof(TPMU_HA)) {
+      return absl::InvalidArgumentError("auth value too long");
+    }
+    TPM2B_AUTH a = {};
+    a.size = static_cast<UINT16>(auth.size());
+    std::memcpy(a.buffer, auth.data(), auth.size());
+    TSS2_RC rc = Esys_TR_SetAuth(impl_->esys, out.object.tr(), &a);
+    OPENSSL_cleanse(&a, sizeof(a));
+    RETURN_IF_ERROR(TssError(rc, "Esys_TR_SetAuth", FormatHandle(handle)));
+  }
+  return out;
+}
+
+absl::Status Tpm::Persist(LoadedKey& key, uint32_t handle) {
+  std::lock_guard<std::recursive_mutex> lock(mu_);
+  if ((handle >> 24) != TPM2_HT_PERSISTENT) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(FormatHandle(handle), " is not a persistent handle (0x81xxxxxx)"));
+  }
+  if (key.object.kind() != TpmObject::Kind::kTransient) {
+    return absl::FailedPreconditionError("only a transient key can be persisted");
+  }
+  ESYS_TR out = ESYS_TR_NONE;
+  ++commands_;
+  TSS2_RC rc = Esys_EvictControl(impl_->esys, ESYS_TR_RH_OWNER, key.object.tr(), ESYS_TR_PASSWORD,
+                                 ESYS_TR_NONE, ESYS_TR_NONE, handle, &out);
+  RETURN_IF_ERROR(TssError(rc, "TPM2_EvictControl", absl::StrCat("persistent handle ", FormatHandle(handle))));
+  key.object = TpmObject(this, out, TpmObject::Kind::kPersistent,
+                         absl::StrCat("persistent handle ", FormatHandle(handle)));
+  key.persistent_handle = handle;
+  if (!key.auth.empty()) {
+    TPM2B_AUTH a = {};
+    a.size = static_cast<UINT16>(key.auth.size());
+    std::memcpy(a.buffer, key.auth.data(), key.auth.size());
+    rc = Esys_TR_SetAuth(impl_->esys, out, &a);
+    OPENSSL_cleanse(&a, sizeof(a));
+    RETURN_IF_ERROR(TssError(rc, "Esys_TR_SetAuth", FormatHandle(handle)));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Tpm::EvictPersistent(uint32_t persistent_handle) {
+  std::lock_guard<std::recursive_mutex> lock(mu_);
+  ASSIGN_OR_RETURN(TpmObject obj, FromPersistentLocked(persistent_handle, nullptr));
+  ESYS_TR out = ESYS_TR_NONE;
+  ++commands_;
+  TSS2_RC rc = Esys_EvictControl(impl_->esys, ESYS_TR_RH_OWNER, obj.tr(), ESYS_TR_PASSWORD,
+                                 ESYS_TR_NONE, ESYS_TR_NONE, persistent_handle, &out);
+  RETURN_IF_ERROR(TssError(rc, "TPM2_EvictControl (remove)",
+                           absl::StrCat("persistent handle ", FormatHandle(persistent_handle))));
+  // ESAPI invalidates the evicted object's ESYS_TR itself.
+  obj.Release();
+  return absl::OkStatus();
+}
+
+absl::StatusOr<LoadedKey> Tpm::EnsureAk(wire::KeyAlg alg, uint32_t handle) {
+  std::lock_guard<std::recursive_mutex> lock(mu_);
+  const TPM2B_PUBLIC tmpl = wire::AkTemplate(alg);
+  TPM2B_PUBLIC pub = {};
+  absl::StatusOr<TpmObject> existing = FromPersistentLocked(handle, &pub);
+  if (existing.ok()) {
+    absl::Status attrs = wire::CheckAkAttributes(pub.publicArea);
+    if (!attrs.ok()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "the object at ", FormatHandle(handle), " is not usable as an attestation key: ",
+          attrs.message(), "; evict it or choose another handle"));
+    }
+    if (!SameKeyAlg(pub.publicArea, tmpl.publicArea)) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("the attestation key at ", FormatHandle(handle), " is not ",
+                       wire::KeyAlgName(alg), "; evict it or choose another handle"));
+    }
+    return LoadedKey{std::move(*existing), pub, handle, {}, std::nullopt};
+  }
+  if (!absl::IsNotFound(existing.status())) {
+    return existing.status();
+  }
+  ASSIGN_OR_RETURN(LoadedKey srk, LoadSrkLocked(true));
+  TPM2B_SENSITIVE_CREATE sensitive = {};
+  TPM2B_DATA outside = {};
+  TPML_PCR_SELECTION creation_pcr = {};
+  TPM2B_PRIVATE* priv_raw = nullptr;
+  TPM2B_PUBLIC* pub_raw = nullptr;
+  TPM2B_CREATION_DATA* cd_raw = nullptr;
+  TPM2B_DIGEST* ch_raw = nullptr;
+  TPMT_TK_CREATION* tk_raw = nullptr;
+  ++commands_;
+  TSS2_RC rc = Esys_Create(impl_->esys, srk.object.tr(), ESYS_TR_PASSWORD, ESYS_TR_NONE,
+                           ESYS_TR_NONE, &sensitive, &tmpl, &outside, &creation_pcr, &priv_raw,
+                           &pub_raw, &cd_raw, &ch_raw, &tk_raw);
+  EsysPtr<TPM2B_PRIVATE> priv(priv_raw);
+  EsysPtr<TPM2B_PUBLIC> apub(pub_raw);
+  EsysPtr<TPM2B_CREATION_DATA> cd(cd_raw);
+  EsysPtr<TPM2B_DIGEST> ch(ch_raw);
+  EsysPtr<TPMT_TK_CREATION> tk(tk_raw);
+  RETURN_IF_ERROR(TssError(rc, "TPM2_Create", absl::StrCat(wire::KeyAlgName(alg), " attestation key")));
+  ESYS_TR loaded = ESYS_TR_NONE;
+  ++commands_;
+  rc = Esys_Load(impl_->esys, srk.object.tr(), ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE,
+                 priv.get(), apub.get(), &loaded);
+  RETURN_IF_ERROR(TssError(rc, "TPM2_Load", "attestation key"));
+  srk.object.Reset();  // free the slot before EvictControl
+  LoadedKey ak{TpmObject(this, loaded, TpmObject::Kind::kTransient, "attestation key"), *apub, 0,
+               {}, std::nullopt};
+  RETURN_IF_ERROR(Persist(ak, handle));
+  return ak;
+}
+
+// ---------------------------------------------------------------------------------------------
+// PCRs and quotes
+
+absl::StatusOr<wire::PcrValues> Tpm::PcrReadLocked(const TPML_PCR_SELECTION& selection) {
+  wire::PcrValues out;
+  TPML_PCR_SELECTION remaining = selection;
+  auto empty = [](const TPML_PCR_SELECTION& s) {
+    for (uint32_t i = 0; i < s.count; ++i) {
+      for (uint32_t b = 0; b < s.pcrSelections[i].sizeofSelect; ++b) {
+        if (s.pcrSelections[i].pcrSelect[b] != 0) {
+          return false;
+        }
+      }
+    }
+    return true;
+  };
+  for (int guard = 0; guard < 64 && !empty(remaining); ++guard) {
+    UINT32 counter = 0;
+    TPML_PCR_SELECTION* sel_raw = nullptr;
+    TPML_DIGEST* val_raw = nullptr;
+    ++commands_;
+    TSS2_RC rc = Esys_PCR_Read(impl_->esys, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, &remaining,
+                               &counter, &sel_raw, &val_raw);
+    EsysPtr<TPML_PCR_SELECTION> sel_out(sel_raw);
+    EsysPtr<TPML_DIGEST> values(val_raw);
+    RETURN_IF_ERROR(TssError(rc, "TPM2_PCR_Read", wire::FormatPcrSelection(remaining)));
+    auto read = wire::SelectedPcrs(*sel_out);
+    if (read.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "PCRs ", wire::FormatPcrSelection(remaining),
+          " are not allocated in this TPM (check `hwid tpm info` for its PCR banks)"));
+    }
+    if (read.size() != values->count) {
+      return absl::InternalError("TPM2_PCR_Read returned a value count that does not match its selection");
+    }
+    for (size_t i = 0; i < read.size(); ++i) {
+      const auto& [alg, index] = read[i];
+      out[alg][index] = Bytes(values->digests[i].buffer, values->digests[i].buffer + values->digests[i].size);
+      for (uint32_t b = 0; b < remaining.count; ++b) {
+        if (remaining.pcrSelections[b].hash == alg) {
+          remaining.pcrSelections[b].pcrSelect[index / 8] &= static_cast<uint8_t>(~(1u << (index % 8)));
+        }
+      }
+    }
+  }
+  return out;
+}
+
+absl::StatusOr<wire::PcrValues> Tpm::PcrRead(const TPML_PCR_SELECTION& selection) {
+  std::lock_guard<std::recursive_mutex> lock(mu_);
+  return PcrReadLocked(selection);
+}
+
+absl::StatusOr<Quote> Tpm::QuotePcrs(LoadedKey& ak, ByteSpan nonce,
+                                     const TPML_PCR_SELECTION& selection) {
+  std::lock_guard<std::recursive_mutex> lock(mu_);
+  if (nonce.size() > sizeof(TPMU_HA)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("quote nonce is ", nonce.size(), " bytes; at most ", sizeof(TPMU_HA), " allowed"));
+  }
+  TPM2B_DATA qualifying = {};
+  qualifying.size = static_cast<UINT16>(nonce.size());
+  if (!nonce.empty()) {
+    std::memcpy(qualifying.buffer, nonce.data(), nonce.size());
+  }
+  TPMT_SIG_SCHEME scheme = {};
+  scheme.scheme = TPM2_ALG_NULL;
+  absl::Status last = absl::OkStatus();
+  for (int attempt = 0; attempt < 3; ++attempt) {
+    ASSIGN_OR_RETURN(wire::PcrValues pcrs, PcrReadLocked(selection));
+    TPM2B_ATTEST* attest_raw = nullptr;
+    TPMT_SIGNATURE* sig_raw = nullptr;
+    ++commands_;
+    TSS2_RC rc = Esys_Quote(impl_->esys, ak.object.tr(), ESYS_TR_PASSWORD, ESYS_TR_NONE,
+                            ESYS_TR_NONE, &qualifying, &scheme, &selection, &attest_raw, &sig_raw);
+    EsysPtr<TPM2B_ATTEST> attest(attest_raw);
+    EsysPtr<TPMT_SIGNATURE> sig(sig_raw);
+    RETURN_IF_ERROR(TssError(rc, "TPM2_Quote", ak.object.label()));
+    Quote q;
+    q.attest.assign(attest->attestationData, attest->attestationData + attest->size);
+    ASSIGN_OR_RETURN(q.signature, wire::MarshalSignature(*sig));
+    q.pcrs = std::move(pcrs);
+    // Self-check: a PCR extended between the read and the quote makes the digest disagree.
+    absl::StatusOr<wire::VerifiedQuote> v =
+        wire::VerifyQuote(ak.pub.publicArea, q.attest, q.signature, nonce, q.pcrs);
+    if (v.ok()) {
+      return q;
+    }
+    last = v.status();
+  }
+  return absl::InternalError(
+      absl::StrCat("TPM2_Quote: the quote does not verify against the PCR values read: ", last.message()));
+}
+
+absl::StatusOr<SecureBytes> Tpm::ActivateCredential(LoadedKey& ak, Ek& ek, ByteSpan id_object,
+                                                    ByteSpan encrypted_secret) {
+  std::lock_guard<std::recursive_mutex> lock(mu_);
+  ASSIGN_OR_RETURN(TPM2B_ID_OBJECT blob, wire::ParseIdObject(id_object));
+  ASSIGN_OR_RETURN(TPM2B_ENCRYPTED_SECRET secret, wire::ParseEncryptedSecret(encrypted_secret));
+  const wire::EkPolicy policy = wire::EkPolicyFor(ek.type);
+  TPMT_SYM_DEF sym = {};
+  sym.algorithm = TPM2_ALG_NULL;
+  ESYS_TR session = ESYS_TR_NONE;
+  ++commands_;
+  TSS2_RC rc = Esys_StartAuthSession(impl_->esys, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE,
+                                     ESYS_TR_NONE, ESYS_TR_NONE, nullptr, TPM2_SE_POLICY, &sym,
+                                     policy.name_alg, &session);
+  RETURN_IF_ERROR(TssError(rc, "TPM2_StartAuthSession", "EK policy session"));
+  TpmObject session_obj(this, session, TpmObject::Kind::kSession, "EK policy session");
+  TPM2B_TIMEOUT* timeout_raw = nullptr;
+  TPMT_TK_AUTH* ticket_raw = nullptr;
+  ++commands_;
+  rc = Esys_PolicySecret(impl_->esys, ESYS_TR_RH_ENDORSEMENT, session, ESYS_TR_PASSWORD,
+                         ESYS_TR_NONE, ESYS_TR_NONE, nullptr, nullptr, nullptr, 0, &timeout_raw,
+                         &ticket_raw);
+  EsysPtr<TPM2B_TIMEOUT> timeout(timeout_raw);
+  EsysPtr<TPMT_TK_AUTH> ticket(ticket_raw);
+  RETURN_IF_ERROR(TssError(rc, "TPM2_PolicySecret", "endorsement hierarchy (EK policy)"));
+  if (policy.needs_policy_or) {
+    TPML_DIGEST list = {};
+    if (policy.or_branches.size() > 8) {
+      return absl::InternalError("EK policy has more than 8 PolicyOR branches");
+    }
+    list.count = static_cast<UINT32>(policy.or_branches.size());
+    for (size_t i = 0; i < policy.or_branches.size(); ++i) {
+      list.digests[i].size = static_cast<UINT16>(policy.or_branches[i].size());
+      std::memcpy(list.digests[i].buffer, policy.or_branches[i].data(), policy.or_branches[i].size());
+    }
+    ++commands_;
+    rc = Esys_PolicyOR(impl_->esys, session, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, &list);
+    RETURN_IF_ERROR(TssError(rc, "TPM2_PolicyOR", "EK policy session"));
+  }
+  TPM2B_DIGEST* cert_raw = nullptr;
+  ++commands_;
+  rc = Esys_ActivateCredential(impl_->esys, ak.object.tr(), ek.object.tr(), ESYS_TR_PASSWORD,
+                               session, ESYS_TR_NONE, &blob, &secret, &cert_raw);
+  EsysPtr<TPM2B_DIGEST> cert(cert_raw);
+  RETURN_IF_ERROR(TssError(rc, "TPM2_ActivateCredential",
+                           absl::StrCat(ak.object.label(), " under ", ek.object.label())));
+  SecureBytes out(cert->buffer, cert->buffer + cert->size);
+  CleanseAndFree(cert);
+  return out;
+}
+
+absl::StatusOr<TPMT_SIGNATURE> Tpm::Sign(LoadedKey& key, ByteSpan digest, SignScheme scheme,
+                                         TPMI_ALG_HASH hash) {
+  std::lock_guard<std::recursive_mutex> lock(mu_);
+  if (digest.empty() || digest.size() > sizeof(TPMU_HA)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("digest of ", digest.size(), " bytes cannot be signed"));
+  }
+  TPM2B_DIGEST d = {};
+  d.size = static_cast<UINT16>(digest.size());
+  std::memcpy(d.buffer, digest.data(), digest.size());
+  TPMT_SIG_SCHEME s = {};
+  switch (scheme) {
+    case SignScheme::kEcdsa:
+      s.scheme = TPM2_ALG_ECDSA;
+      break;
+    case SignScheme::kRsaSsa:
+      s.scheme = TPM2_ALG_RSASSA;
+      break;
+    case SignScheme::kRsaPss:
+      s.scheme = TPM2_ALG_RSAPSS;
+      break;
+  }
+  s.details.any.hashAlg = hash;
+  TPMT_TK_HASHCHECK validation = {};
+  validation.tag = TPM2_ST_HASHCHECK;
+  validation.hierarchy = TPM2_RH_NULL;
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    TPMT_SIGNATURE* sig_raw = nullptr;
+    ++commands_;
+    TSS2_RC rc = Esys_Sign(impl_->esys, key.object.tr(), ESYS_TR_PASSWORD, ESYS_TR_NONE,
+                           ESYS_TR_NONE, &d, &s, &validation, &sig_raw);
+    EsysPtr<TPMT_SIGNATURE> sig(sig_raw);
+    if (rc == TSS2_RC_SUCCESS) {
+      return *sig;
+    }
+    if (attempt == 0 && IsHandleGone(rc) && key.blob.has_value() &&
+        key.object.kind() == TpmObject::Kind::kTransient) {
+      // The TPM lost the transient object (restart, or flushed by someone else): reload it.
+      ESYS_TR stale = key.object.Release();
+      Esys_TR_Close(impl_->esys, &stale);
+      SecureBytes auth = key.auth;
+      ASSIGN_OR_RETURN(LoadedKey fresh, LoadKeyLocked(*key.blob, AsSpan(auth)));
+      key.object = std::move(fresh.object);
+      continue;
+    }
+    return TssError(rc, "TPM2_Sign", key.object.label());
+  }
+  return absl::InternalError("TPM2_Sign: unreachable");
+}
+
+absl::StatusOr<std::vector<uint32_t>> Tpm::TransientHandles() {
+  std::lock_guard<std::recursive_mutex> lock(mu_);
+  TPMS_CAPABILITY_DATA* raw = nullptr;
+  TPMI_YES_NO more = TPM2_NO;
+  ++commands_;
+  TSS2_RC rc = Esys_GetCapability(impl_->esys, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE,
+                                  TPM2_CAP_HANDLES, TPM2_TRANSIENT_FIRST, TPM2_MAX_CAP_HANDLES,
+                                  &more, &raw);
+  EsysPtr<TPMS_CAPABILITY_DATA> data(raw);
+  RETURN_IF_ERROR(TssError(rc, "TPM2_GetCapability(HANDLES)"));
+  std::vector<uint32_t> out;
+  for (uint32_t i = 0; i < data->data.handles.count && i < TPM2_MAX_CAP_HANDLES; ++i) {
+    out.push_back(data->data.handles.handle[i]);
+  }
+  return out;
+}
+
+}  // namespace hwid::tpm

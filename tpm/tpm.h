@@ -1,0 +1,205 @@
+// The TPM device via ESAPI. One Tpm object owns the TCTI context, the ESYS context and the mutex
+// that serialises every call (ESAPI contexts are not thread-safe). Everything it loads is owned by
+// a TpmObject that flushes (transient objects, sessions) or closes (persistent objects) it, so a
+// TPM without a resource manager (3 transient slots on swtpm) never leaks a slot.
+#ifndef HWID_TPM_TPM_H_
+#define HWID_TPM_TPM_H_
+
+#include <tss2/tss2_tpm2_types.h>
+
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "common/bytes.h"
+#include "tpm/wire/keyfile.h"
+#include "tpm/wire/pcr.h"
+#include "tpm/wire/templates.h"
+
+namespace hwid::tpm {
+
+class Tpm;
+
+// DefaultTcti returns $HWID_TCTI when set and non-empty, else "device:/dev/tpmrm0".
+std::string DefaultTcti();
+
+// TpmObject owns one ESYS_TR. Transient objects and sessions are flushed on destruction,
+// persistent objects and NV indices are closed (Esys_TR_Close). Move-only.
+class TpmObject {
+ public:
+  enum class Kind { kTransient, kPersistent, kSession, kNv };
+  TpmObject() = default;
+  TpmObject(Tpm* tpm, uint32_t tr, Kind kind, std::string label);
+  TpmObject(TpmObject&& other) noexcept;
+  TpmObject& operator=(TpmObject&& other) noexcept;
+  TpmObject(const TpmObject&) = delete;
+  TpmObject& operator=(const TpmObject&) = delete;
+  ~TpmObject();
+
+  uint32_t tr() const { return tr_; }
+  Kind kind() const { return kind_; }
+  bool valid() const { return tpm_ != nullptr; }
+  const std::string& label() const { return label_; }
+  // Release gives up ownership without flushing (used after EvictControl makes it persistent).
+  uint32_t Release();
+  // Reset flushes/closes now.
+  void Reset();
+
+ private:
+  Tpm* tpm_ = nullptr;
+  uint32_t tr_ = 0;
+  Kind kind_ = Kind::kTransient;
+  std::string label_;
+};
+
+struct PcrBankInfo {
+  TPMI_ALG_HASH alg;
+  std::vector<uint32_t> pcrs;  // allocated PCR indices in this bank
+};
+
+struct TpmInfo {
+  std::string manufacturer;  // e.g. "IBM"
+  uint32_t manufacturer_id = 0;
+  std::string vendor;  // TPM2_PT_VENDOR_STRING_1..4
+  std::string firmware_version;  // "major.minor.x.y" from TPM2_PT_FIRMWARE_VERSION_1/2
+  std::string spec;  // e.g. "2.0 level 0 revision 164 (2019-23)"
+  std::vector<PcrBankInfo> pcr_banks;
+  bool in_lockout = false;
+  uint32_t lockout_counter = 0;
+  uint32_t max_auth_fail = 0;
+  uint32_t lockout_interval = 0;
+  uint32_t lockout_recovery = 0;
+  uint32_t transient_slots = 0;  // TPM2_PT_HR_TRANSIENT_MIN
+  uint32_t loaded_transient = 0;  // transient objects currently loaded (visible to us)
+};
+
+struct EkCertificate {
+  wire::EkType type;
+  std::string name;
+  uint32_t nv_index;
+  Bytes der;  // the certificate DER, NV padding removed
+};
+
+struct Ek {
+  TpmObject object;
+  TPM2B_PUBLIC pub;
+  wire::EkType type;
+  uint32_t persistent_handle = 0;  // 0 when created transiently from the template
+};
+
+// An attestation key or signing key loaded in the TPM.
+struct LoadedKey {
+  TpmObject object;
+  TPM2B_PUBLIC pub;
+  uint32_t persistent_handle = 0;  // 0 for transient
+  SecureBytes auth;                // the key's authValue (empty for emptyAuth keys)
+  std::optional<wire::TpmKeyFile> blob;  // for transient keys: the blob to reload from
+};
+
+struct Quote {
+  Bytes attest;     // TPMS_ATTEST bytes (the content of TPM2B_ATTEST)
+  Bytes signature;  // marshalled TPMT_SIGNATURE
+  wire::PcrValues pcrs;
+};
+
+enum class SignScheme { kEcdsa, kRsaSsa, kRsaPss };
+
+class Tpm {
+ public:
+  // Open connects to the TPM named by `tcti` ("" => DefaultTcti()). Accepts the tctildr forms
+  // "device:/dev/tpmrm0", "tabrmd:", "swtpm:host=...,port=...", "mssim:...".
+  static absl::StatusOr<std::unique_ptr<Tpm>> Open(const std::string& tcti = "");
+  ~Tpm();
+  Tpm(const Tpm&) = delete;
+  Tpm& operator=(const Tpm&) = delete;
+
+  const std::string& tcti() const { return tcti_; }
+
+  absl::StatusOr<TpmInfo> GetInfo();
+  absl::StatusOr<Bytes> GetRandom(size_t n);
+
+  // NV and EK certificates.
+  absl::StatusOr<Bytes> NvRead(uint32_t nv_index);
+  // ReadEkCertificates reads every standard EK certificate NV index (low and high range) that
+  // exists; absent indices are skipped.
+  absl::StatusOr<std::vector<EkCertificate>> ReadEkCertificates();
+
+  // LoadEk returns the EK of `type`: the persistent one (0x81010001 RSA / 0x81010002 ECC) when
+  // present and it matches the TCG template (unless allow_persistent is false), else one created
+  // with TPM2_CreatePrimary from the TCG default template (a transient object, flushed when the
+  // returned Ek is destroyed).
+  absl::StatusOr<Ek> LoadEk(wire::EkType type, bool allow_persistent = true);
+
+  // LoadSrk returns the storage primary: persistent 0x81000001 when present and it matches the
+  // TCG ECC template, else created under the owner hierarchy (transient).
+  absl::StatusOr<LoadedKey> LoadSrk(bool allow_persistent = true);
+
+  // EnsureAk returns the attestation key persisted at `handle`, creating it (under the SRK,
+  // restricted signing template for `alg`) and persisting it (EvictControl) on first use. An
+  // existing object at `handle` must be a restricted signing key of `alg`, else an error.
+  absl::StatusOr<LoadedKey> EnsureAk(wire::KeyAlg alg, uint32_t handle);
+
+  // ReadPublic of a persistent handle; NotFound when absent.
+  absl::StatusOr<TPM2B_PUBLIC> ReadPublic(uint32_t persistent_handle);
+  // EvictPersistent removes a persistent object (owner authorization). NotFound when absent.
+  absl::Status EvictPersistent(uint32_t persistent_handle);
+
+  absl::StatusOr<wire::PcrValues> PcrRead(const TPML_PCR_SELECTION& selection);
+  // QuotePcrs quotes `selection` with `ak` over `nonce` and returns the quote and the PCR values
+  // it covers (retried if a PCR changes between the read and the quote).
+  absl::StatusOr<Quote> QuotePcrs(LoadedKey& ak, ByteSpan nonce,
+                                  const TPML_PCR_SELECTION& selection);
+  // ActivateCredential recovers the secret bound by MakeCredential to `ak`'s name under `ek`,
+  // authorising the EK with its policy (PolicySecret on the endorsement hierarchy, plus
+  // PolicyOR for high-range templates).
+  absl::StatusOr<SecureBytes> ActivateCredential(LoadedKey& ak, Ek& ek, ByteSpan id_object,
+                                                 ByteSpan encrypted_secret);
+
+  // Signing keys. CreateKey makes an unrestricted signing key under the SRK and returns its blob
+  // (TSS2 PRIVATE KEY fields). `auth` empty => emptyAuth.
+  absl::StatusOr<wire::TpmKeyFile> CreateKey(wire::KeyAlg alg, ByteSpan auth = {});
+  absl::StatusOr<LoadedKey> LoadKey(const wire::TpmKeyFile& key, ByteSpan auth = {});
+  absl::StatusOr<LoadedKey> LoadPersistentKey(uint32_t handle, ByteSpan auth = {});
+  // Persist makes a loaded transient key persistent at `handle`; `key` then refers to it.
+  absl::Status Persist(LoadedKey& key, uint32_t handle);
+  // Sign signs `digest` (already hashed with `hash`) with one TPM2_Sign. For a transient key
+  // whose handle was lost (TPM restart), the key is reloaded from its blob and the call retried.
+  absl::StatusOr<TPMT_SIGNATURE> Sign(LoadedKey& key, ByteSpan digest, SignScheme scheme,
+                                      TPMI_ALG_HASH hash);
+
+  // TransientHandles lists the transient object handles currently loaded in the TPM.
+  absl::StatusOr<std::vector<uint32_t>> TransientHandles();
+  // CommandCount is the number of TPM commands this object has sent (for benchmarks).
+  uint64_t command_count() const { return commands_; }
+
+ private:
+  friend class TpmObject;
+  struct Impl;
+  Tpm(std::string tcti, std::unique_ptr<Impl> impl);
+  void FlushOrClose(uint32_t tr, TpmObject::Kind kind);  // takes the lock
+  absl::StatusOr<TpmObject> CreatePrimaryLocked(uint32_t hierarchy, const TPM2B_PUBLIC& tmpl,
+                                                TPM2B_PUBLIC* out_pub, const std::string& label);
+  absl::StatusOr<LoadedKey> LoadKeyLocked(const wire::TpmKeyFile& key, ByteSpan auth);
+  absl::StatusOr<LoadedKey> LoadSrkLocked(bool allow_persistent);
+  absl::StatusOr<TpmObject> FromPersistentLocked(uint32_t handle, TPM2B_PUBLIC* out_pub);
+  absl::StatusOr<wire::PcrValues> PcrReadLocked(const TPML_PCR_SELECTION& selection);
+
+  std::string tcti_;
+  std::unique_ptr<Impl> impl_;
+  std::recursive_mutex mu_;
+  uint64_t commands_ = 0;
+};
+
+// FormatHandle renders a TPM handle as "0x81010001".
+std::string FormatHandle(uint32_t handle);
+// ParseHandle parses "0x81000001" / "81000001"; errors name the input.
+absl::StatusOr<uint32_t> ParseHandle(std::string_view s);
+
+}  // namespace hwid::tpm
+
+#endif  // HWID_TPM_TPM_H_

@@ -1,0 +1,253 @@
+#include "tpm/wire/ekcert.h"
+
+#include <openssl/pem.h>
+#include <openssl/x509v3.h>
+
+#include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+#include "tpm/wire/crypto.h"
+
+namespace hwid::wire {
+namespace {
+
+std::string NameToString(X509_NAME* name) {
+  if (name == nullptr) {
+    return "";
+  }
+  OsslPtr<BIO> bio(BIO_new(BIO_s_mem()));
+  if (!bio || X509_NAME_print_ex(bio.get(), name, 0, XN_FLAG_RFC2253) < 0) {
+    DrainOpenSslErrors();
+    return "<unprintable name>";
+  }
+  char* data = nullptr;
+  long len = BIO_get_mem_data(bio.get(), &data);
+  return std::string(data, static_cast<size_t>(len));
+}
+
+constexpr char kEkCertificateEku[] = "2.23.133.8.1";
+constexpr char kTcgManufacturer[] = "2.23.133.2.1";
+constexpr char kTcgModel[] = "2.23.133.2.2";
+constexpr char kTcgVersion[] = "2.23.133.2.3";
+
+std::string ObjToText(const ASN1_OBJECT* obj) {
+  char buf[128];
+  int n = OBJ_obj2txt(buf, sizeof(buf), obj, 1);
+  if (n <= 0 || static_cast<size_t>(n) >= sizeof(buf)) {
+    return "";
+  }
+  return std::string(buf, static_cast<size_t>(n));
+}
+
+}  // namespace
+
+absl::StatusOr<Bytes> ExtractEkCertificateDer(ByteSpan nv) {
+  if (nv.size() < 4 || nv[0] != 0x30) {
+    return absl::InvalidArgumentError(
+        "EK certificate NV contents do not start with a DER SEQUENCE (not an X.509 DER "
+        "certificate)");
+  }
+  size_t header = 2;
+  size_t length = 0;
+  if ((nv[1] & 0x80) == 0) {
+    length = nv[1];
+  } else {
+    size_t n = nv[1] & 0x7f;
+    if (n == 0 || n > 3 || nv.size() < 2 + n) {
+      return absl::InvalidArgumentError("EK certificate NV contents: bad DER length field");
+    }
+    for (size_t i = 0; i < n; ++i) {
+      length = (length << 8) | nv[2 + i];
+    }
+    header += n;
+  }
+  const size_t total = header + length;
+  if (total > nv.size()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("EK certificate NV contents are truncated: the certificate needs ", total,
+                     " bytes, the NV index holds ", nv.size()));
+  }
+  for (size_t i = total; i < nv.size(); ++i) {
+    if (nv[i] != 0x00 && nv[i] != 0xff) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "EK certificate NV contents: ", nv.size() - total,
+          " unexpected bytes after the certificate (only 0x00/0xff padding is accepted)"));
+    }
+  }
+  Bytes der(nv.begin(), nv.begin() + static_cast<std::ptrdiff_t>(total));
+  RETURN_IF_ERROR(ParseCertificateDer(der).status());
+  return der;
+}
+
+absl::StatusOr<OsslPtr<X509>> ParseCertificateDer(ByteSpan der) {
+  const unsigned char* p = der.data();
+  OsslPtr<X509> cert(d2i_X509(nullptr, &p, static_cast<long>(der.size())));
+  if (!cert) {
+    return OpenSslError("cannot parse DER certificate", absl::StatusCode::kInvalidArgument);
+  }
+  if (p != der.data() + der.size()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "certificate DER has ", der.data() + der.size() - p, " trailing bytes"));
+  }
+  return cert;
+}
+
+absl::StatusOr<CaBundle> LoadCaBundlePem(ByteSpan pem) {
+  OsslPtr<BIO> bio(BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size())));
+  if (!bio) {
+    return OpenSslError("BIO_new_mem_buf");
+  }
+  CaBundle out;
+  for (;;) {
+    OsslPtr<X509> cert(PEM_read_bio_X509(bio.get(), nullptr, nullptr, nullptr));
+    if (!cert) {
+      break;
+    }
+    const bool self_signed = X509_check_issued(cert.get(), cert.get()) == X509_V_OK;
+    (self_signed ? out.roots : out.intermediates).push_back(std::move(cert));
+  }
+  DrainOpenSslErrors();  // PEM_read_bio_X509 leaves "no start line" at the end of the data
+  if (out.roots.empty() && out.intermediates.empty()) {
+    return absl::InvalidArgumentError("CA bundle holds no PEM certificate");
+  }
+  if (out.roots.empty()) {
+    return absl::InvalidArgumentError(
+        "CA bundle holds no self-signed root certificate (intermediates alone are never trust "
+        "anchors)");
+  }
+  return out;
+}
+
+absl::StatusOr<CaBundle> LoadCaBundleFile(const std::string& path) {
+  ASSIGN_OR_RETURN(Bytes data, ReadFile(path));
+  absl::StatusOr<CaBundle> bundle = LoadCaBundlePem(data);
+  if (!bundle.ok()) {
+    return absl::Status(bundle.status().code(), absl::StrCat(path, ": ", bundle.status().message()));
+  }
+  return bundle;
+}
+
+absl::Status VerifyEkCertificate(X509* cert, const CaBundle& ca, std::optional<time_t> at) {
+  OsslPtr<X509_STORE> store(X509_STORE_new());
+  OsslPtr<STACK_OF(X509)> untrusted(sk_X509_new_null());
+  OsslPtr<X509_STORE_CTX> ctx(X509_STORE_CTX_new());
+  if (!store || !untrusted || !ctx) {
+    return OpenSslError("allocating the X509 verification context");
+  }
+  for (const auto& root : ca.roots) {
+    if (X509_STORE_add_cert(store.get(), root.get()) != 1) {
+      return OpenSslError("adding a root certificate to the trust store");
+    }
+  }
+  for (const auto& inter : ca.intermediates) {
+    if (sk_X509_push(untrusted.get(), inter.get()) <= 0) {
+      return OpenSslError("adding an intermediate certificate");
+    }
+    X509_up_ref(inter.get());
+  }
+  if (X509_STORE_CTX_init(ctx.get(), store.get(), cert, untrusted.get()) != 1) {
+    return OpenSslError("X509_STORE_CTX_init");
+  }
+  X509_VERIFY_PARAM* param = X509_STORE_CTX_get0_param(ctx.get());
+  if (at.has_value()) {
+    X509_VERIFY_PARAM_set_time(param, *at);
+  }
+  // EK certificates are not TLS certificates: no purpose check; the EKU is checked below.
+  const int ok = X509_verify_cert(ctx.get());
+  if (ok != 1) {
+    const int err = X509_STORE_CTX_get_error(ctx.get());
+    const int depth = X509_STORE_CTX_get_error_depth(ctx.get());
+    X509* bad = X509_STORE_CTX_get_current_cert(ctx.get());
+    DrainOpenSslErrors();
+    return absl::PermissionDeniedError(absl::StrCat(
+        "EK certificate chain verification failed: ", X509_verify_cert_error_string(err),
+        " (at depth ", depth, ", certificate '", bad != nullptr ? SubjectString(bad) : "?",
+        "'); check that the CA bundle holds the TPM manufacturer's root and intermediates"));
+  }
+  int crit = 0;
+  OsslPtr<EXTENDED_KEY_USAGE> eku(static_cast<EXTENDED_KEY_USAGE*>(
+      X509_get_ext_d2i(cert, NID_ext_key_usage, &crit, nullptr)));
+  if (eku) {
+    bool found = false;
+    for (int i = 0; i < sk_ASN1_OBJECT_num(eku.get()); ++i) {
+      if (ObjToText(sk_ASN1_OBJECT_value(eku.get(), i)) == kEkCertificateEku) {
+        found = true;
+      }
+    }
+    if (!found) {
+      return absl::PermissionDeniedError(
+          "EK certificate has an extended key usage without tcg-kp-EKCertificate "
+          "(2.23.133.8.1): it is not an EK certificate");
+    }
+  } else if (crit != -1) {
+    DrainOpenSslErrors();
+    return absl::InvalidArgumentError("EK certificate has a malformed extended key usage");
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckCertificateMatchesPublic(X509* cert, const TPMT_PUBLIC& pub) {
+  ASSIGN_OR_RETURN(OsslPtr<EVP_PKEY> tpm_key, PublicToEvp(pub));
+  EVP_PKEY* cert_key = X509_get0_pubkey(cert);
+  if (cert_key == nullptr) {
+    return OpenSslError("EK certificate public key cannot be decoded",
+                        absl::StatusCode::kInvalidArgument);
+  }
+  if (!SamePublicKey(cert_key, tpm_key.get())) {
+    DrainOpenSslErrors();
+    return absl::PermissionDeniedError(absl::StrCat(
+        "the EK certificate '", SubjectString(cert),
+        "' certifies a different key than the EK public key presented"));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<TcgDeviceInfo> ParseTcgDeviceInfo(X509* cert) {
+  OsslPtr<GENERAL_NAMES> names(static_cast<GENERAL_NAMES*>(
+      X509_get_ext_d2i(cert, NID_subject_alt_name, nullptr, nullptr)));
+  DrainOpenSslErrors();
+  if (!names) {
+    return absl::NotFoundError("EK certificate has no subjectAltName");
+  }
+  TcgDeviceInfo info;
+  for (int i = 0; i < sk_GENERAL_NAME_num(names.get()); ++i) {
+    const GENERAL_NAME* gn = sk_GENERAL_NAME_value(names.get(), i);
+    if (gn->type != GEN_DIRNAME) {
+      continue;
+    }
+    X509_NAME* dn = gn->d.directoryName;
+    for (int j = 0; j < X509_NAME_entry_count(dn); ++j) {
+      X509_NAME_ENTRY* e = X509_NAME_get_entry(dn, j);
+      const std::string oid = ObjToText(X509_NAME_ENTRY_get_object(e));
+      const ASN1_STRING* v = X509_NAME_ENTRY_get_data(e);
+      std::string value(reinterpret_cast<const char*>(ASN1_STRING_get0_data(v)),
+                        static_cast<size_t>(ASN1_STRING_length(v)));
+      if (oid == kTcgManufacturer) {
+        info.manufacturer = value;
+      } else if (oid == kTcgModel) {
+        info.model = value;
+      } else if (oid == kTcgVersion) {
+        info.version = value;
+      }
+    }
+  }
+  if (info.manufacturer.empty() && info.model.empty() && info.version.empty()) {
+    return absl::NotFoundError("EK certificate subjectAltName has no TCG device attributes");
+  }
+  return info;
+}
+
+std::string SubjectString(X509* cert) { return NameToString(X509_get_subject_name(cert)); }
+std::string IssuerString(X509* cert) { return NameToString(X509_get_issuer_name(cert)); }
+
+std::string IssuerCommonName(X509* cert) {
+  X509_NAME* name = X509_get_issuer_name(cert);
+  int idx = X509_NAME_get_index_by_NID(name, NID_commonName, -1);
+  if (idx < 0) {
+    return "";
+  }
+  const ASN1_STRING* v = X509_NAME_ENTRY_get_data(X509_NAME_get_entry(name, idx));
+  return std::string(reinterpret_cast<const char*>(ASN1_STRING_get0_data(v)),
+                     static_cast<size_t>(ASN1_STRING_length(v)));
+}
+
+}  // namespace hwid::wire
