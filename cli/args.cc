@@ -1,5 +1,6 @@
 #include "cli/args.h"
 
+#include "absl/strings/string_view.h"
 #include "absl/strings/str_cat.h"
 
 namespace hwid::cli {

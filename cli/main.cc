@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/string_view.h"
 #include "absl/strings/cord.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -42,7 +43,7 @@ constexpr int kExitUsage = 2;
 constexpr char kUsagePayload[] = "hwid.cli/usage";
 
 // UsageError marks a Status as a usage error (exit code 2, usage text printed).
-absl::Status UsageError(std::string_view message) {
+absl::Status UsageError(absl::string_view message) {
   absl::Status st = absl::InvalidArgumentError(message);
   st.SetPayload(kUsagePayload, absl::Cord("1"));
   return st;

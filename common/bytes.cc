@@ -8,6 +8,7 @@
 #include <cerrno>
 #include <cstring>
 
+#include "absl/strings/string_view.h"
 #include "absl/strings/str_cat.h"
 
 namespace hwid {
@@ -49,7 +50,7 @@ int HexValue(char c) {
 }
 }  // namespace
 
-absl::StatusOr<Bytes> HexDecode(std::string_view hex) {
+absl::StatusOr<Bytes> HexDecode(absl::string_view hex) {
   if (hex.size() >= 2 && hex[0] == '0' && (hex[1] == 'x' || hex[1] == 'X')) {
     hex.remove_prefix(2);
   }

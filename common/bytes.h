@@ -8,6 +8,7 @@
 #include <string_view>
 #include <vector>
 
+#include "absl/strings/string_view.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 
@@ -42,7 +43,7 @@ void ZeroizingAllocator<T>::deallocate(T* p, std::size_t n) noexcept {
 using SecureBytes = std::vector<uint8_t, internal::ZeroizingAllocator<uint8_t>>;
 
 inline ByteSpan AsSpan(const SecureBytes& b) { return ByteSpan(b.data(), b.size()); }
-inline ByteSpan AsSpan(std::string_view s) {
+inline ByteSpan AsSpan(absl::string_view s) {
   return ByteSpan(reinterpret_cast<const uint8_t*>(s.data()), s.size());
 }
 
@@ -52,7 +53,7 @@ bool ConstantTimeEquals(ByteSpan a, ByteSpan b);
 // HexEncode returns lower-case hex.
 std::string HexEncode(ByteSpan data);
 // HexDecode accepts upper or lower case, optional "0x" prefix; odd length or non-hex is an error.
-absl::StatusOr<Bytes> HexDecode(std::string_view hex);
+absl::StatusOr<Bytes> HexDecode(absl::string_view hex);
 
 // ReadFile / WriteFile: whole-file I/O with errors that name the path.
 absl::StatusOr<Bytes> ReadFile(const std::string& path, std::size_t max_size = 16u << 20);

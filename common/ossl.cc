@@ -2,6 +2,7 @@
 
 #include <openssl/err.h>
 
+#include "absl/strings/string_view.h"
 #include "absl/strings/str_cat.h"
 
 namespace hwid {
@@ -27,7 +28,7 @@ std::string DrainOpenSslErrors() {
   return out;
 }
 
-absl::Status OpenSslError(std::string_view what, absl::StatusCode code) {
+absl::Status OpenSslError(absl::string_view what, absl::StatusCode code) {
   std::string errors = DrainOpenSslErrors();
   if (errors.empty()) {
     return absl::Status(code, what);

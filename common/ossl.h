@@ -16,6 +16,7 @@
 #include <string>
 #include <string_view>
 
+#include "absl/strings/string_view.h"
 #include "absl/status/status.h"
 
 namespace hwid {
@@ -49,8 +50,6 @@ HWID_OSSL_DELETER(ECDSA_SIG, ECDSA_SIG_free);
 HWID_OSSL_DELETER(EC_POINT, EC_POINT_free);
 HWID_OSSL_DELETER(EC_GROUP, EC_GROUP_free);
 HWID_OSSL_DELETER(ASN1_OBJECT, ASN1_OBJECT_free);
-HWID_OSSL_DELETER(ASN1_INTEGER, ASN1_INTEGER_free);
-HWID_OSSL_DELETER(ASN1_OCTET_STRING, ASN1_OCTET_STRING_free);
 #undef HWID_OSSL_DELETER
 
 template <>
@@ -75,7 +74,7 @@ using OsslPtr = std::unique_ptr<T, internal::OsslDeleter<T>>;
 
 // OpenSslError returns an absl::Status with `code` whose message is `what` followed by every
 // entry of the calling thread's OpenSSL error queue. The queue is always emptied.
-absl::Status OpenSslError(std::string_view what,
+absl::Status OpenSslError(absl::string_view what,
                           absl::StatusCode code = absl::StatusCode::kInternal);
 
 // DrainOpenSslErrors empties the thread's OpenSSL error queue and returns its entries joined by

@@ -3,6 +3,7 @@
 #include <tss2/tss2_rc.h>
 #include <tss2/tss2_tpm2_types.h>
 
+#include "absl/strings/string_view.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 
@@ -119,7 +120,7 @@ Classified Classify(TSS2_RC rc) {
 
 }  // namespace
 
-absl::Status TssError(TSS2_RC rc, std::string_view operation, std::string_view object) {
+absl::Status TssError(TSS2_RC rc, absl::string_view operation, absl::string_view object) {
   if (rc == TSS2_RC_SUCCESS) {
     return absl::OkStatus();
   }

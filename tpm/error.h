@@ -7,6 +7,7 @@
 
 #include <string_view>
 
+#include "absl/strings/string_view.h"
 #include "absl/status/status.h"
 
 namespace hwid::tpm {
@@ -17,7 +18,7 @@ namespace hwid::tpm {
 // kNotFound (handle/NV index absent), kPermissionDenied (authorization failure, lockout),
 // kResourceExhausted (out of object/session memory), kInvalidArgument (bad parameters),
 // kInternal otherwise.
-absl::Status TssError(TSS2_RC rc, std::string_view operation, std::string_view object = "");
+absl::Status TssError(TSS2_RC rc, absl::string_view operation, absl::string_view object = "");
 
 // TpmRcBase strips the layer and the handle/session/parameter number from a TPM format-one code
 // so it can be compared with TPM2_RC_* constants. Returns rc unchanged for non-TPM layers.

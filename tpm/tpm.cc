@@ -8,7 +8,9 @@
 #include <cstring>
 #include <utility>
 
+#include "absl/strings/string_view.h"
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -111,8 +113,8 @@ std::string DefaultTcti() {
 
 std::string FormatHandle(uint32_t handle) { return absl::StrFormat("0x%08x", handle); }
 
-absl::StatusOr<uint32_t> ParseHandle(std::string_view s) {
-  std::string_view in = s;
+absl::StatusOr<uint32_t> ParseHandle(absl::string_view s) {
+  absl::string_view in = s;
   if (absl::StartsWithIgnoreCase(in, "0x")) {
     in.remove_prefix(2);
   }

@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/string_view.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "common/bytes.h"
@@ -198,7 +199,7 @@ class Tpm {
 // FormatHandle renders a TPM handle as "0x81010001".
 std::string FormatHandle(uint32_t handle);
 // ParseHandle parses "0x81000001" / "81000001"; errors name the input.
-absl::StatusOr<uint32_t> ParseHandle(std::string_view s);
+absl::StatusOr<uint32_t> ParseHandle(absl::string_view s);
 
 }  // namespace hwid::tpm
 
