@@ -21,8 +21,8 @@
 namespace hwid::tpm {
 namespace {
 
-// Run executes a shell command with the test's TCTI; returns its exit status and stdout+stderr.
-std::pair<int, std::string> Run(const std::string& cmd) {
+// Shell executes a shell command with the test's TCTI; returns its exit status and stdout+stderr.
+std::pair<int, std::string> Shell(const std::string& cmd) {
   std::string full = absl::StrCat("TPM2TOOLS_TCTI='", testing::GlobalSwtpm().tcti(), "' ", cmd, " 2>&1");
   FILE* p = popen(full.c_str(), "r");
   std::string out;
@@ -46,11 +46,11 @@ class InteropTest : public ::testing::Test {
     tpm_ = std::move(*t);
   }
   void TearDown() override {
-    Run("tpm2_flushcontext -t");
+    Shell("tpm2_flushcontext -t");
     auto handles = tpm_->TransientHandles();
     ASSERT_TRUE(handles.ok());
     EXPECT_TRUE(handles->empty());
-    Run(absl::StrCat("rm -rf '", dir_, "'"));
+    Shell(absl::StrCat("rm -rf '", dir_, "'"));
   }
   std::string dir_;
   std::unique_ptr<Tpm> tpm_;
@@ -59,7 +59,7 @@ class InteropTest : public ::testing::Test {
 TEST_F(InteropTest, Tpm2ToolsKeyLoadsAndSignsThroughHwid) {
   // The owner-hierarchy primary from the TSS2 key-file template, then a key under it, encoded
   // with tpm2_encodeobject as a TSS2 PRIVATE KEY.
-  auto [rc, out] = Run(absl::StrCat(
+  auto [rc, out] = Shell(absl::StrCat(
       "cd '", dir_, "' && tpm2_createprimary -C o -g sha256 -G ecc256:null:aes128cfb "
       "-a 'fixedtpm|fixedparent|sensitivedataorigin|userwithauth|noda|restricted|decrypt' -c prim.ctx && "
       "tpm2_create -C prim.ctx -G ecc256:ecdsa-sha256 -u k.pub -r k.priv && "
@@ -95,7 +95,7 @@ TEST_F(InteropTest, HwidKeyLoadsAndSignsInTpm2Tools) {
   auto name = wire::ObjectName(pub->publicArea);
   ASSERT_TRUE(name.ok());
 
-  auto [rc, out] = Run(absl::StrCat(
+  auto [rc, out] = Shell(absl::StrCat(
       "cd '", dir_, "' && printf 'hello from tpm2-tools' > msg && "
       "tpm2_load -r hwid.pem -c k.ctx && "
       "tpm2_sign -c k.ctx -g sha256 -s ecdsa -f plain -o sig.der msg && tpm2_flushcontext -t && "

@@ -321,9 +321,9 @@ TEST_P(CredentialTest, SoftwareMakeCredentialActivatesInTpm) {
 INSTANTIATE_TEST_SUITE_P(EkTypes, CredentialTest,
                          ::testing::Values(wire::EkType::kRsa2048, wire::EkType::kEccP256,
                                            wire::EkType::kEccP384High),
-                         [](const auto& info) {
+                         [](const auto& param_info) {
                            for (const auto& s : wire::AllEkSpecs()) {
-                             if (s.type == info.param) {
+                             if (s.type == param_info.param) {
                                std::string n = s.name;
                                for (char& c : n) {
                                  if (!isalnum(static_cast<unsigned char>(c))) c = '_';
@@ -382,7 +382,7 @@ TEST_F(AkTest, KeyWithAuthValueNeedsIt) {
   EXPECT_FALSE(kf.empty_auth);
   ASSERT_OK_AND_ASSIGN(Bytes digest, wire::Hash(TPM2_ALG_SHA256, AsSpan(pw)));
   {
-    const std::string wrong = "wrong";
+    const std::string wrong = "Tr0ub4dor&3";
     ASSERT_OK_AND_ASSIGN(LoadedKey k, tpm_->LoadKey(kf, AsSpan(wrong)));
     absl::StatusOr<TPMT_SIGNATURE> sig = tpm_->Sign(k, digest, SignScheme::kEcdsa, TPM2_ALG_SHA256);
     EXPECT_EQ(sig.status().code(), absl::StatusCode::kPermissionDenied) << sig.status().message();
