@@ -1,0 +1,188 @@
+#include "tpm/wire/attest.h"
+
+#include <set>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+#include "tpm/wire/crypto.h"
+#include "tpm/wire/marshal.h"
+
+namespace hwid::wire {
+namespace {
+
+bool IsStrongHash(TPMI_ALG_HASH alg) {
+  return alg == TPM2_ALG_SHA256 || alg == TPM2_ALG_SHA384 || alg == TPM2_ALG_SHA512;
+}
+
+absl::Status RequireAttr(const TPMT_PUBLIC& ak, TPMA_OBJECT bit, const char* name) {
+  if ((ak.objectAttributes & bit) == 0) {
+    return absl::InvalidArgumentError(absl::StrCat("AK: attribute ", name, " is not set"));
+  }
+  return absl::OkStatus();
+}
+
+// SignatureScheme returns the scheme and hash of a signature (NULL/NULL when unsupported).
+std::pair<TPMI_ALG_SIG_SCHEME, TPMI_ALG_HASH> SchemeOf(const TPMT_SIGNATURE& sig) {
+  switch (sig.sigAlg) {
+    case TPM2_ALG_ECDSA:
+      return {sig.sigAlg, sig.signature.ecdsa.hash};
+    case TPM2_ALG_RSASSA:
+      return {sig.sigAlg, sig.signature.rsassa.hash};
+    case TPM2_ALG_RSAPSS:
+      return {sig.sigAlg, sig.signature.rsapss.hash};
+    default:
+      return {sig.sigAlg, TPM2_ALG_NULL};
+  }
+}
+
+std::pair<TPMI_ALG_SIG_SCHEME, TPMI_ALG_HASH> SchemeOf(const TPMT_PUBLIC& ak) {
+  if (ak.type == TPM2_ALG_RSA) {
+    const TPMT_RSA_SCHEME& s = ak.parameters.rsaDetail.scheme;
+    return {s.scheme, s.details.anySig.hashAlg};
+  }
+  if (ak.type == TPM2_ALG_ECC) {
+    const TPMT_ECC_SCHEME& s = ak.parameters.eccDetail.scheme;
+    return {s.scheme, s.details.anySig.hashAlg};
+  }
+  return {TPM2_ALG_NULL, TPM2_ALG_NULL};
+}
+
+std::string PcrName(TPMI_ALG_HASH bank, uint32_t index) {
+  return absl::StrCat(HashAlgName(bank), ":", index);
+}
+
+}  // namespace
+
+absl::Status CheckAkAttributes(const TPMT_PUBLIC& ak) {
+  RETURN_IF_ERROR(RequireAttr(ak, TPMA_OBJECT_RESTRICTED, "restricted"));
+  RETURN_IF_ERROR(RequireAttr(ak, TPMA_OBJECT_SIGN_ENCRYPT, "sign"));
+  RETURN_IF_ERROR(RequireAttr(ak, TPMA_OBJECT_FIXEDTPM, "fixedTPM"));
+  RETURN_IF_ERROR(RequireAttr(ak, TPMA_OBJECT_FIXEDPARENT, "fixedParent"));
+  RETURN_IF_ERROR(RequireAttr(ak, TPMA_OBJECT_SENSITIVEDATAORIGIN, "sensitiveDataOrigin"));
+  if ((ak.objectAttributes & TPMA_OBJECT_DECRYPT) != 0) {
+    return absl::InvalidArgumentError("AK: attribute decrypt is set (an AK must be sign-only)");
+  }
+  if (!IsStrongHash(ak.nameAlg)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("AK: nameAlg ", AlgName(ak.nameAlg), " is not sha256/sha384/sha512"));
+  }
+  const auto [scheme, hash] = SchemeOf(ak);
+  if (ak.type == TPM2_ALG_RSA) {
+    if (ak.parameters.rsaDetail.keyBits < 2048) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "AK: RSA keyBits ", ak.parameters.rsaDetail.keyBits, " is below 2048"));
+    }
+    if (scheme != TPM2_ALG_RSASSA && scheme != TPM2_ALG_RSAPSS) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "AK: RSA signing scheme ", AlgName(scheme), " is not rsassa or rsapss"));
+    }
+  } else if (ak.type == TPM2_ALG_ECC) {
+    const TPMI_ECC_CURVE curve = ak.parameters.eccDetail.curveID;
+    if (curve != TPM2_ECC_NIST_P256 && curve != TPM2_ECC_NIST_P384) {
+      return absl::InvalidArgumentError(absl::StrCat("AK: ECC curve 0x",
+                                                     absl::Hex(curve, absl::kZeroPad4),
+                                                     " is not NIST P-256 or P-384"));
+    }
+    if (scheme != TPM2_ALG_ECDSA) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("AK: ECC signing scheme ", AlgName(scheme), " is not ecdsa"));
+    }
+  } else {
+    return absl::InvalidArgumentError(
+        absl::StrCat("AK: type ", AlgName(ak.type), " is not rsa or ecc"));
+  }
+  if (!IsStrongHash(hash)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("AK: signing scheme hash ", AlgName(hash), " is not sha256/sha384/sha512"));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<VerifiedQuote> VerifyQuote(const TPMT_PUBLIC& ak, ByteSpan attest,
+                                          ByteSpan signature, ByteSpan nonce,
+                                          const PcrValues& pcrs) {
+  // 1. The AK. (The magic value proves nothing for an unrestricted key, which signs anything.)
+  RETURN_IF_ERROR(CheckAkAttributes(ak));
+
+  // 2. Strict parsing.
+  ASSIGN_OR_RETURN(TPMS_ATTEST parsed, ParseAttest(attest));
+  ASSIGN_OR_RETURN(TPMT_SIGNATURE sig, ParseSignature(signature));
+
+  // 3. Signature: scheme consistent with the AK, then cryptographic verification.
+  const auto [ak_scheme, ak_hash] = SchemeOf(ak);
+  const auto [sig_scheme, sig_hash] = SchemeOf(sig);
+  if (sig_scheme != ak_scheme || sig_hash != ak_hash) {
+    return absl::PermissionDeniedError(absl::StrCat(
+        "quote: signature scheme ", AlgName(sig_scheme), "/", AlgName(sig_hash),
+        " does not match the AK's scheme ", AlgName(ak_scheme), "/", AlgName(ak_hash)));
+  }
+  if (absl::Status s = VerifySignature(ak, attest, sig); !s.ok()) {
+    if (s.code() == absl::StatusCode::kPermissionDenied) {
+      return absl::PermissionDeniedError("quote: signature does not verify with the AK");
+    }
+    return absl::Status(s.code(), absl::StrCat("quote: ", s.message()));
+  }
+
+  // 4. Magic: only a TPM-generated structure starts with TPM_GENERATED_VALUE.
+  if (parsed.magic != TPM2_GENERATED_VALUE) {
+    return absl::PermissionDeniedError(absl::StrCat(
+        "quote: magic 0x", absl::Hex(parsed.magic, absl::kZeroPad8),
+        " is not TPM_GENERATED_VALUE (0xff544347)"));
+  }
+
+  // 5. Type: a certify/creation/NV structure must not pass as a quote.
+  if (parsed.type != TPM2_ST_ATTEST_QUOTE) {
+    return absl::PermissionDeniedError(
+        absl::StrCat("quote: attestation type 0x", absl::Hex(parsed.type, absl::kZeroPad4),
+                     " is not TPM_ST_ATTEST_QUOTE (0x8018)"));
+  }
+
+  // 6. Freshness.
+  if (!ConstantTimeEquals(ByteSpan(parsed.extraData.buffer, parsed.extraData.size), nonce)) {
+    return absl::PermissionDeniedError("quote: extraData does not match the nonce");
+  }
+
+  // 7. Reconcile the signed selection with the supplied values, both ways.
+  const TPML_PCR_SELECTION& selection = parsed.attested.quote.pcrSelect;
+  RETURN_IF_ERROR(ValidatePcrSelection(selection, "quote"));
+  const std::vector<std::pair<TPMI_ALG_HASH, uint32_t>> selected = SelectedPcrs(selection);
+  std::set<std::pair<TPMI_ALG_HASH, uint32_t>> selected_set(selected.begin(), selected.end());
+  for (const auto& [bank, values] : pcrs) {
+    for (const auto& [index, value] : values) {
+      if (selected_set.count({bank, index}) == 0) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "quote: supplied PCR ", PcrName(bank, index), " is not in the quoted selection"));
+      }
+    }
+  }
+  Bytes concatenated;
+  VerifiedQuote out;
+  for (const auto& [bank, index] : selected) {
+    auto bank_it = pcrs.find(bank);
+    if (bank_it == pcrs.end() || bank_it->second.count(index) == 0) {
+      return absl::InvalidArgumentError(absl::StrCat("quote: selected PCR ", PcrName(bank, index),
+                                                     " has no supplied value"));
+    }
+    const Bytes& value = bank_it->second.at(index);
+    if (value.size() != DigestSize(bank)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "quote: PCR ", PcrName(bank, index), " value is ", value.size(), " bytes; a ",
+          HashAlgName(bank), " PCR is ", DigestSize(bank)));
+    }
+    concatenated.insert(concatenated.end(), value.begin(), value.end());
+    out.pcrs[bank][index] = value;
+  }
+
+  // 8. pcrDigest, hashed with the signing scheme's hash.
+  ASSIGN_OR_RETURN(Bytes digest, Hash(sig_hash, concatenated));
+  const TPM2B_DIGEST& quoted = parsed.attested.quote.pcrDigest;
+  if (!ConstantTimeEquals(ByteSpan(quoted.buffer, quoted.size), digest)) {
+    return absl::PermissionDeniedError(
+        "quote: pcrDigest does not match the digest of the supplied PCR values");
+  }
+  out.attest = parsed;
+  return out;
+}
+
+}  // namespace hwid::wire
