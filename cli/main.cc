@@ -274,7 +274,8 @@ absl::Status CmdPcrRead(const Args& a) {
   ASSIGN_OR_RETURN(auto t, OpenTpm(a));
   ASSIGN_OR_RETURN(wire::PcrValues values, t->PcrRead(sel));
   for (const auto& [alg, idx] : wire::SelectedPcrs(sel)) {
-    std::cout << absl::StrFormat("%s:%-2u %s\n", wire::HashAlgName(alg), idx, HexEncode(values[alg][idx]));
+    std::cout << absl::StrFormat("%-10s %s\n", absl::StrCat(wire::HashAlgName(alg), ":", idx),
+                                 HexEncode(values[alg][idx]));
   }
   return absl::OkStatus();
 }
@@ -332,7 +333,8 @@ absl::Status CmdAttestSelftest(const Args& a) {
   ASSIGN_OR_RETURN(wire::VerifiedQuote v, wire::VerifyQuote(ak.pub.publicArea, q.attest, q.signature, nonce, q.pcrs));
   std::cout << "[server] quote verified in software: magic, type, nonce, PCR selection, PCR digest, AK signature: OK\n";
   for (const auto& [alg, idx] : wire::SelectedPcrs(*sel)) {
-    std::cout << absl::StrFormat("           %s:%-2u %s\n", wire::HashAlgName(alg), idx, HexEncode(v.pcrs[alg][idx]));
+    std::cout << absl::StrFormat("           %-10s %s\n", absl::StrCat(wire::HashAlgName(alg), ":", idx),
+                                 HexEncode(v.pcrs[alg][idx]));
   }
   std::cout << absl::StrFormat("attestation round: %u TPM commands, %.1f ms\n", cmds, ms);
   return absl::OkStatus();
@@ -397,13 +399,24 @@ absl::Status CmdKeySign(const Args& a) {
   auto in = a.Get("in");
   auto out = a.Get("out");
   if (!ref || !in || !out) return UsageError("--key, --in and --out are required");
-  absl::StatusOr<TPMI_ALG_HASH> hash = wire::ParseHashAlg(a.GetOr("hash", "sha256"));
-  if (!hash.ok()) return UsageError(std::string(hash.status().message()));
+  std::optional<TPMI_ALG_HASH> hash;
+  if (auto h = a.Get("hash")) {
+    absl::StatusOr<TPMI_ALG_HASH> parsed = wire::ParseHashAlg(*h);
+    if (!parsed.ok()) return UsageError(std::string(parsed.status().message()));
+    hash = *parsed;
+  }
   ASSIGN_OR_RETURN(SecureBytes auth, AuthFromArgs(a));
   ASSIGN_OR_RETURN(Bytes msg, ReadFile(*in, 1u << 30));
-  ASSIGN_OR_RETURN(Bytes digest, wire::Hash(*hash, msg));
   ASSIGN_OR_RETURN(auto t, OpenTpm(a));
   ASSIGN_OR_RETURN(tpm::LoadedKey key, OpenKey(*t, *ref, AsSpan(auth)));
+  if (!hash.has_value()) {
+    // Default: SHA-384 for P-384 keys, SHA-256 otherwise.
+    const TPMT_PUBLIC& p = key.pub.publicArea;
+    hash = (p.type == TPM2_ALG_ECC && p.parameters.eccDetail.curveID == TPM2_ECC_NIST_P384)
+               ? TPM2_ALG_SHA384
+               : TPM2_ALG_SHA256;
+  }
+  ASSIGN_OR_RETURN(Bytes digest, wire::Hash(*hash, msg));
   tpm::SignScheme scheme;
   const std::string s = a.GetOr("scheme", key.pub.publicArea.type == TPM2_ALG_ECC ? "ecdsa" : "pkcs1");
   if (s == "ecdsa") {
@@ -484,6 +497,7 @@ std::map<std::string, Command> Commands() {
   c["key sign"] = {
       "usage: hwid key sign --key KEY.pem|handle:0x81xxxxxx --in FILE --out SIG\n"
       "                     [--hash sha256|sha384|sha512] [--scheme ecdsa|pkcs1|pss] [--auth-env VAR]\n"
+      "  The hash defaults to sha384 for P-384 keys and sha256 otherwise.\n"
       "  Hashes FILE in software and signs the digest in the TPM (one TPM2_Sign). Writes a DER\n"
       "  ECDSA signature or a raw RSA signature, as `openssl dgst -verify` expects.\n",
       {"tcti", "key", "in", "out", "hash", "scheme", "auth-env"}, {}, CmdKeySign};
