@@ -17,6 +17,7 @@
 #include <filesystem>
 #include <memory>
 #include <optional>
+#include <ostream>
 #include <string>
 #include <vector>
 
@@ -259,10 +260,12 @@ struct EkCase {
   const char* name;
   const char* nv_index;
   const char* handle;
-  int key_type;          // EVP_PKEY_RSA or EVP_PKEY_EC
-  const char* group;     // EC curve name, or nullptr
+  int key_type;       // EVP_PKEY_RSA or EVP_PKEY_EC
+  const char* group;  // EC curve name, or nullptr
   int bits;
 };
+
+void PrintTo(const EkCase& c, std::ostream* os) { *os << c.name; }
 
 class EkTest : public SwtpmFixtureTest, public ::testing::WithParamInterface<EkCase> {};
 

@@ -1,0 +1,176 @@
+// The hwid_tpm attestation server, transport-free: configuration validation, one ServerSession per
+// node attestation, and each verification step as a small named function.
+//
+// Software only: links hwid::tpm_wire, hwid::common, OpenSSL and protobuf, never tpm/ or ESAPI.
+// Error codes (the gRPC adapter passes them through unchanged):
+//   INVALID_ARGUMENT     malformed input (bad encoding, sizes, TPM structures, protocol order);
+//   PERMISSION_DENIED    a failed proof or policy (untrusted EK, AK attributes, wrong secret,
+//                        quote signature/nonce/digest, PCR selection or values);
+//   FAILED_PRECONDITION  the server is not (validly) configured.
+// Messages name the failed check; they never contain the secret, the nonce or credential blobs.
+#ifndef HWID_ATTESTOR_PLUGIN_ATTESTATION_SERVER_H_
+#define HWID_ATTESTOR_PLUGIN_ATTESTATION_SERVER_H_
+
+#include <tss2/tss2_tpm2_types.h>
+
+#include <ctime>
+#include <map>
+#include <memory>
+#include <optional>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "attestor_plugin/attestation/messages.h"
+#include "common/bytes.h"
+#include "tpm/wire/ekcert.h"
+#include "tpm/wire/pcr.h"
+#include "tpm/wire/templates.h"
+
+namespace hwid::attestation {
+
+// ServerConfigInput is what the plugin adapter fills from the HCL plugin_data (keys named in
+// comments). Plain data; ValidateServerConfig turns it into a ServerConfig or fails closed.
+struct ServerConfigInput {
+  // SPIRE's trust domain (from the Configure core configuration), e.g. "example.org".
+  std::string trust_domain;
+  // ek_ca_bundle_paths: PEM files; self-signed certificates are trust anchors, the others
+  // intermediates (path-building helpers only).
+  std::vector<std::string> ek_ca_bundle_paths;
+  // ek_allowlist: hex SHA-256 of EK SubjectPublicKeyInfo DER (64 hex digits, any case).
+  std::vector<std::string> ek_allowlist;
+  // ek_allowlist_path: a file with one such hash per line ('#' comments and blank lines allowed).
+  std::string ek_allowlist_path;
+  // pcrs: the PCR selection every quote must cover exactly, e.g. "sha256:0-7".
+  std::string pcrs = "sha256:0,1,2,3,4,5,6,7";
+  // expected_pcrs: "<bank>:<index>" -> hex digest; each PCR must be in `pcrs`.
+  std::map<std::string, std::string> expected_pcrs;
+  // ak_algs: accepted AK algorithms ("ec-p256", "ec-p384", "rsa-2048", "rsa-3072"); empty = all.
+  std::vector<std::string> ak_algs;
+  // verification_time: check certificate validity at this time instead of now (tests only; the
+  // plugin never sets it).
+  std::optional<time_t> verification_time;
+};
+
+// ServerConfig is a validated, immutable configuration snapshot shared by sessions.
+struct ServerConfig {
+  std::string trust_domain;
+  std::optional<wire::CaBundle> ca;   // certificate mode when set
+  std::set<std::string> allowlist;    // lower-case hex; allowlist mode when non-empty
+  TPML_PCR_SELECTION required_pcrs{};
+  std::string required_pcrs_text;     // canonical form, sent in the challenge
+  wire::PcrValues expected_pcrs;
+  std::set<wire::KeyAlg> ak_algs;     // never empty after validation
+  std::optional<time_t> verification_time;
+};
+
+// ValidateServerConfig checks every key and loads the CA bundles and the allowlist file. Fails
+// closed with FAILED_PRECONDITION naming the key: missing or invalid trust domain; neither CA
+// bundle nor allowlist; unreadable/invalid bundle or allowlist file; a malformed hash; an empty or
+// invalid PCR selection; an expected PCR value outside the selection or of the wrong length; an
+// unknown AK algorithm.
+absl::StatusOr<std::shared_ptr<const ServerConfig>> ValidateServerConfig(
+    const ServerConfigInput& in);
+
+// AttestationResult is what SPIRE gets for an attested node.
+struct AttestationResult {
+  std::string spiffe_id;  // spiffe://<td>/spire/agent/hwid_tpm/<ek_pubhash>
+  // Selector values without the plugin-name type ("ek_pubhash:<hex>", "pcr:sha256:7:<hex>", ...),
+  // sorted and unique. SPIRE shows them as hwid_tpm:<value>.
+  std::vector<std::string> selectors;
+  bool can_reattest = true;
+  std::string ek_pubhash;
+  std::string ek_trust;  // "certificate" or "allowlist"
+};
+
+// ---- Verification steps (each with its own negative tests) ----
+
+// EkPublicKeyHash returns the lower-case hex SHA-256 of the EK's SubjectPublicKeyInfo DER.
+absl::StatusOr<std::string> EkPublicKeyHash(const TPMT_PUBLIC& ek);
+
+// CheckEkPublicArea: the EK must be an RSA or ECC restricted decryption key (decrypt set, sign
+// clear) with fixedTPM and fixedParent. PERMISSION_DENIED naming the attribute.
+absl::Status CheckEkPublicArea(const TPMT_PUBLIC& ek);
+
+// EkTrust is how an EK was admitted and the validated certificate facts.
+struct EkTrust {
+  std::string pubhash;
+  bool via_certificate = false;
+  std::optional<wire::TcgDeviceInfo> device;  // only from a verified certificate
+  std::string issuer_cn;                      // only from a verified certificate
+};
+
+// VerifyEkTrust admits the EK by certificate (chain to a configured root, validity, EK EKU,
+// certificate key == EK public key) or by allowlist; both modes may be configured, either one
+// suffices. When a certificate is presented but fails and the EK hash is not allowlisted, the
+// certificate's error is returned. INVALID_ARGUMENT for an unparsable certificate;
+// PERMISSION_DENIED for a failed check (the message names it and, for an unknown EK, gives its
+// hash so an operator can enrol it).
+absl::StatusOr<EkTrust> VerifyEkTrust(const ServerConfig& config, const TPMT_PUBLIC& ek,
+                                      ByteSpan certificate_der,
+                                      absl::Span<const Bytes> intermediates_der);
+
+// CheckAkPolicy: wire::CheckAkAttributes (restricted, sign, fixedTPM, fixedParent,
+// sensitiveDataOrigin, no decrypt, name algorithm, key type/size, scheme) and the configured
+// algorithm list. Returns the AK's algorithm; PERMISSION_DENIED naming the failed attribute.
+absl::StatusOr<wire::KeyAlg> CheckAkPolicy(const ServerConfig& config, const TPMT_PUBLIC& ak);
+
+// CheckActivationSecret compares in constant time; PERMISSION_DENIED on mismatch.
+absl::Status CheckActivationSecret(ByteSpan expected, ByteSpan presented);
+
+// DecodePcrValues converts the response's PCR list: supported bank, index <= 23, the bank's digest
+// length, no duplicate. INVALID_ARGUMENT naming the PCR.
+absl::StatusOr<wire::PcrValues> DecodePcrValues(absl::Span<const PcrValue> values);
+
+// CheckQuotedSelection: the quote's PCR selection must equal the required one (no PCR missing, no
+// extra PCR). PERMISSION_DENIED naming both selections.
+absl::Status CheckQuotedSelection(const TPML_PCR_SELECTION& quoted,
+                                  const TPML_PCR_SELECTION& required);
+
+// CheckPcrPolicy: every expected value must equal the quoted one. PERMISSION_DENIED naming the
+// first mismatching PCR (bank and index) with both values; a PCR expected but not quoted also
+// fails.
+absl::Status CheckPcrPolicy(const wire::PcrValues& expected, const wire::PcrValues& quoted);
+
+// ---- The session ----
+
+// ServerSession runs one node attestation: exactly one payload, one challenge, one response.
+// Any failure ends the session (later calls fail). Not thread-safe (one per stream).
+class ServerSession {
+ public:
+  // New fails with FAILED_PRECONDITION when `config` is null (the plugin is not configured).
+  static absl::StatusOr<std::unique_ptr<ServerSession>> New(
+      std::shared_ptr<const ServerConfig> config);
+
+  // HandlePayload decodes and verifies the agent's payload (EK trust, AK policy), binds a fresh
+  // 32-byte secret to the server-computed AK name under the EK (MakeCredential) and returns the
+  // encoded Challenge with a fresh 32-byte nonce and the required PCR selection.
+  absl::StatusOr<Bytes> HandlePayload(ByteSpan payload);
+
+  // HandleChallengeResponse verifies the activation secret, the quote (AK signature, magic, type,
+  // nonce, PCR selection both ways, digest), the required selection and the PCR policy, and returns
+  // the node's identity.
+  absl::StatusOr<AttestationResult> HandleChallengeResponse(ByteSpan response);
+
+ private:
+  enum class State { kAwaitingPayload, kAwaitingResponse, kDone, kFailed };
+  explicit ServerSession(std::shared_ptr<const ServerConfig> config);
+  absl::StatusOr<Bytes> HandlePayloadImpl(ByteSpan payload);
+  absl::StatusOr<AttestationResult> HandleResponseImpl(ByteSpan response);
+
+  std::shared_ptr<const ServerConfig> config_;
+  State state_ = State::kAwaitingPayload;
+  TPMT_PUBLIC ek_{};
+  TPMT_PUBLIC ak_{};
+  wire::KeyAlg ak_alg_ = wire::KeyAlg::kEcP256;
+  EkTrust ek_trust_;
+  SecureBytes secret_;
+  Bytes nonce_;
+};
+
+}  // namespace hwid::attestation
+
+#endif  // HWID_ATTESTOR_PLUGIN_ATTESTATION_SERVER_H_

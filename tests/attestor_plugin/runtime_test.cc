@@ -1,0 +1,508 @@
+// The plugin runtime driven exactly as go-plugin's host drives it: the fixture binary is
+// started with the magic cookie, the handshake line is read, a gRPC client connects over the
+// unix socket and plays SPIRE's part (broker stream with a ConnInfo to our own host server,
+// stdio stream, Init, Configure, Validate, health, an attestation stream), then
+// GRPCController/Shutdown must end the process within go-plugin's 2 s budget.
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <grpcpp/create_channel.h>
+#include <grpcpp/generic/generic_stub.h>
+#include <grpcpp/security/credentials.h>
+#include <grpcpp/security/server_credentials.h>
+#include <grpcpp/server.h>
+#include <grpcpp/server_builder.h>
+#include <grpcpp/support/byte_buffer.h>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_split.h"
+#include "gmock/gmock.h"
+#include "grpc/health/v1/health.grpc.pb.h"
+#include "gtest/gtest.h"
+#include "plugin/grpc_broker.grpc.pb.h"
+#include "plugin/grpc_controller.grpc.pb.h"
+#include "plugin/grpc_stdio.grpc.pb.h"
+#include "spire/plugin/agent/nodeattestor/v1/nodeattestor.grpc.pb.h"
+#include "spire/plugin/server/nodeattestor/v1/nodeattestor.grpc.pb.h"
+#include "spire/service/common/config/v1/config.grpc.pb.h"
+#include "spire/service/private/init/v1/init.grpc.pb.h"
+#include "tests/attestor_plugin/hclog_check.h"
+#include "tests/attestor_plugin/plugin_process.h"
+
+namespace {
+
+namespace fs = std::filesystem;
+namespace configv1 = ::spire::service::common::config::v1;
+namespace initv1 = ::spire::service::private_::init::v1;
+namespace healthv1 = ::grpc::health::v1;
+namespace servernav1 = ::spire::plugin::server::nodeattestor::v1;
+namespace agentnav1 = ::spire::plugin::agent::nodeattestor::v1;
+using ::hwid::testing::ParseHclogLine;
+using ::hwid::testing::PluginProcess;
+using ::testing::HasSubstr;
+using namespace std::chrono_literals;
+
+std::string FixtureBinary() {
+  const char* p = std::getenv("HWID_TEST_PLUGIN");
+  return p == nullptr ? "" : p;
+}
+
+std::unique_ptr<grpc::ClientContext> Ctx(std::chrono::seconds timeout = 10s) {
+  auto ctx = std::make_unique<grpc::ClientContext>();
+  ctx->set_deadline(std::chrono::system_clock::now() + timeout);
+  return ctx;
+}
+
+// A private directory for this test's sockets, removed afterwards.
+class TempDir {
+ public:
+  TempDir() {
+    std::string t = "/tmp/hwid-rt-XXXXXX";
+    path_ = mkdtemp(t.data());
+  }
+  ~TempDir() { fs::remove_all(path_); }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
+// The "host services" server SPIRE would serve on broker id 1: a health service here.
+class HostHealth final : public healthv1::Health::Service {
+ public:
+  grpc::Status Check(grpc::ServerContext*, const healthv1::HealthCheckRequest*,
+                     healthv1::HealthCheckResponse* resp) override {
+    ++calls;
+    resp->set_status(healthv1::HealthCheckResponse::SERVING);
+    return grpc::Status::OK;
+  }
+  std::atomic<int> calls{0};
+};
+
+struct Handshake {
+  std::string socket;
+};
+
+// StartPlugin: starts the fixture like go-plugin and parses the handshake line.
+std::unique_ptr<PluginProcess> StartPlugin(const std::vector<std::string>& args,
+                                           std::map<std::string, std::string> env,
+                                           Handshake* hs) {
+  env.emplace("NodeAttestor", "NodeAttestor");
+  env.emplace("PLUGIN_PROTOCOL_VERSIONS", "1");
+  env.emplace("PLUGIN_MIN_PORT", "10000");
+  env.emplace("PLUGIN_MAX_PORT", "25000");
+  auto p = PluginProcess::Start(FixtureBinary(), args, env);
+  EXPECT_NE(p, nullptr);
+  if (p == nullptr) {
+    return nullptr;
+  }
+  auto line = p->ReadStdoutLine(10s);
+  EXPECT_TRUE(line.has_value()) << "no handshake line; stderr: " << p->Stderr();
+  if (!line) {
+    return p;
+  }
+  std::vector<std::string> parts = absl::StrSplit(*line, '|');
+  EXPECT_EQ(parts.size(), 6u) << *line;
+  if (parts.size() == 6) {
+    EXPECT_EQ(parts[0], "1");
+    EXPECT_EQ(parts[1], "1");
+    EXPECT_EQ(parts[2], "unix");
+    EXPECT_EQ(parts[4], "grpc");
+    EXPECT_EQ(parts[5], "");
+    hs->socket = parts[3];
+    struct stat st;
+    EXPECT_EQ(stat(hs->socket.c_str(), &st), 0) << "socket must exist before the handshake";
+    EXPECT_TRUE(S_ISSOCK(st.st_mode));
+    struct stat dst;
+    EXPECT_EQ(stat(fs::path(hs->socket).parent_path().c_str(), &dst), 0);
+    EXPECT_EQ(dst.st_mode & 0777, 0700u) << "socket directory must be private";
+  }
+  return p;
+}
+
+std::shared_ptr<grpc::Channel> Connect(const Handshake& hs) {
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(-1);
+  auto ch = grpc::CreateCustomChannel("unix:" + hs.socket, grpc::InsecureChannelCredentials(),
+                                      args);
+  EXPECT_TRUE(ch->WaitForConnected(std::chrono::system_clock::now() + 5s));
+  return ch;
+}
+
+// StderrLinesAreHclog: every stderr line is valid hclog JSON; returns them parsed.
+std::vector<std::map<std::string, std::string>> ParsedLogs(PluginProcess* p) {
+  std::vector<std::map<std::string, std::string>> out;
+  for (const std::string& line : p->StderrLines()) {
+    auto obj = ParseHclogLine(line);
+    EXPECT_TRUE(obj.ok()) << obj.status();
+    if (obj.ok()) {
+      out.push_back(*obj);
+    }
+  }
+  return out;
+}
+
+const std::map<std::string, std::string>* FindLog(
+    const std::vector<std::map<std::string, std::string>>& logs, const std::string& message) {
+  for (const auto& l : logs) {
+    if (l.at("@message") == message) {
+      return &l;
+    }
+  }
+  return nullptr;
+}
+
+class RuntimeTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ASSERT_FALSE(FixtureBinary().empty()) << "HWID_TEST_PLUGIN is not set (run through ctest)";
+  }
+};
+
+TEST_F(RuntimeTest, FullHostConversationThenShutdownWithinTwoSeconds) {
+  TempDir tmp;
+  // Host side: our own "host services" server, announced over the broker as id 1.
+  HostHealth host_health;
+  std::string host_sock = tmp.path() + "/host.sock";
+  grpc::ServerBuilder hb;
+  hb.AddListeningPort("unix:" + host_sock, grpc::InsecureServerCredentials());
+  hb.RegisterService(&host_health);
+  std::unique_ptr<grpc::Server> host = hb.BuildAndStart();
+  ASSERT_NE(host, nullptr);
+
+  Handshake hs;
+  auto p = StartPlugin({}, {{"HWID_TEST_PLUGIN_PROBE_HOST", "health"},
+                            {"PLUGIN_UNIX_SOCKET_DIR", tmp.path()}},
+                       &hs);
+  ASSERT_NE(p, nullptr);
+  ASSERT_FALSE(hs.socket.empty());
+  EXPECT_TRUE(absl::StartsWith(hs.socket, tmp.path() + "/")) << "PLUGIN_UNIX_SOCKET_DIR honoured";
+  auto ch = Connect(hs);
+
+  // 1. Broker stream (kept open) with the host's ConnInfo.
+  auto broker = plugin::GRPCBroker::NewStub(ch);
+  grpc::ClientContext broker_ctx;
+  auto broker_stream = broker->StartStream(&broker_ctx);
+  plugin::ConnInfo info;
+  info.set_service_id(1);
+  info.set_network("unix");
+  info.set_address(host_sock);
+  ASSERT_TRUE(broker_stream->Write(info));
+  std::thread broker_reader([&] {
+    plugin::ConnInfo in;
+    while (broker_stream->Read(&in)) {
+    }
+  });
+
+  // 2. Stdio stream (kept open).
+  auto stdio = plugin::GRPCStdio::NewStub(ch);
+  grpc::ClientContext stdio_ctx;
+  google::protobuf::Empty empty;
+  auto stdio_stream = stdio->StreamStdio(&stdio_ctx, empty);
+  std::thread stdio_reader([&] {
+    plugin::StdioData d;
+    while (stdio_stream->Read(&d)) {
+    }
+  });
+
+  // 3. Health: service "plugin" is SERVING, unknown names are NOT_FOUND.
+  auto health = healthv1::Health::NewStub(ch);
+  {
+    healthv1::HealthCheckRequest req;
+    req.set_service("plugin");
+    healthv1::HealthCheckResponse resp;
+    ASSERT_TRUE(health->Check(Ctx().get(), req, &resp).ok());
+    EXPECT_EQ(resp.status(), healthv1::HealthCheckResponse::SERVING);
+    req.set_service("nope");
+    EXPECT_EQ(health->Check(Ctx().get(), req, &resp).error_code(), grpc::StatusCode::NOT_FOUND);
+  }
+
+  // 4. Init through the literal wire path (the generated code's path was rewritten, so check
+  //    it with a generic call), which also makes the plugin dial our host via the broker.
+  {
+    initv1::InitRequest req;
+    req.add_host_service_names("spire.hostservice.common.metrics.v1.Metrics");
+    std::string bytes = req.SerializeAsString();
+    grpc::Slice slice(bytes);
+    grpc::ByteBuffer request(&slice, 1);
+    grpc::GenericStub generic(ch);
+    grpc::CompletionQueue cq;
+    auto ctx = Ctx();
+    auto call = generic.PrepareUnaryCall(ctx.get(), "/spire.service.private.init.v1.Init/Init",
+                                         request, &cq);
+    call->StartCall();
+    grpc::ByteBuffer response;
+    grpc::Status status;
+    call->Finish(&response, &status, reinterpret_cast<void*>(1));
+    void* tag = nullptr;
+    bool ok = false;
+    ASSERT_TRUE(cq.Next(&tag, &ok));
+    ASSERT_TRUE(ok);
+    ASSERT_TRUE(status.ok()) << status.error_message();
+    std::vector<grpc::Slice> slices;
+    ASSERT_TRUE(response.Dump(&slices).ok());
+    std::string out;
+    for (auto& s : slices) {
+      out.append(reinterpret_cast<const char*>(s.begin()), s.size());
+    }
+    initv1::InitResponse resp;
+    ASSERT_TRUE(resp.ParseFromString(out));
+    EXPECT_THAT(resp.plugin_service_names(),
+                ::testing::ElementsAre("spire.plugin.server.nodeattestor.v1.NodeAttestor",
+                                       "spire.service.common.config.v1.Config"));
+    cq.Shutdown();
+    while (cq.Next(&tag, &ok)) {
+    }
+    EXPECT_GE(host_health.calls.load(), 1) << "the plugin reached the host through the broker";
+  }
+
+  auto attestor = servernav1::NodeAttestor::NewStub(ch);
+  auto attest_once = [&]() {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + 10s);
+    auto stream = attestor->Attest(&ctx);
+    servernav1::AttestRequest req;
+    req.set_payload("x");
+    stream->Write(req);
+    servernav1::AttestResponse resp;
+    EXPECT_FALSE(stream->Read(&resp));
+    return stream->Finish();
+  };
+  // 5. Before Configure: FAILED_PRECONDITION.
+  grpc::Status s = attest_once();
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << s.error_message();
+
+  auto config = configv1::Config::NewStub(ch);
+  // 6. Bad configuration: INVALID_ARGUMENT naming the key; nothing applied.
+  {
+    configv1::ConfigureRequest req;
+    req.mutable_core_configuration()->set_trust_domain("example.org");
+    req.set_hcl_configuration("greeting = \"hi\"\ncolour = \"red\"\n");
+    configv1::ConfigureResponse resp;
+    grpc::Status bad = config->Configure(Ctx().get(), req, &resp);
+    EXPECT_EQ(bad.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_THAT(bad.error_message(), HasSubstr("unknown key \"colour\" (line 2)"));
+    req.set_hcl_configuration("count = \"many\"");
+    bad = config->Configure(Ctx().get(), req, &resp);
+    EXPECT_THAT(bad.error_message(), HasSubstr("key \"count\" (line 1): expected a number"));
+    EXPECT_EQ(attest_once().error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  }
+  // 7. Validate reports without applying.
+  {
+    configv1::ValidateRequest req;
+    req.mutable_core_configuration()->set_trust_domain("example.org");
+    req.set_hcl_configuration("count = 1000");
+    configv1::ValidateResponse resp;
+    ASSERT_TRUE(config->Validate(Ctx().get(), req, &resp).ok());
+    EXPECT_FALSE(resp.valid());
+    ASSERT_EQ(resp.notes_size(), 1);
+    EXPECT_THAT(resp.notes(0), HasSubstr("key \"count\""));
+    req.set_hcl_configuration("count = 10");
+    ASSERT_TRUE(config->Validate(Ctx().get(), req, &resp).ok());
+    EXPECT_TRUE(resp.valid());
+    EXPECT_EQ(attest_once().error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  }
+  // 8. Good configuration (every HCL type), then reconfiguration concurrent with RPCs.
+  {
+    configv1::ConfigureRequest req;
+    req.mutable_core_configuration()->set_trust_domain("example.org");
+    req.set_hcl_configuration(
+        "greeting = \"hi\"\ncount = 3\nverbose = true\nitems = [\"a\", \"b\"]\n"
+        "policy {\n  \"sha256:7\" = \"00ff\"\n}\nnested {\n  name = \"n\"\n}\n");
+    configv1::ConfigureResponse resp;
+    grpc::Status ok = config->Configure(Ctx().get(), req, &resp);
+    ASSERT_TRUE(ok.ok()) << ok.error_message();
+    EXPECT_EQ(attest_once().error_code(), grpc::StatusCode::UNIMPLEMENTED);
+
+    std::vector<std::thread> threads;
+    std::atomic<int> failures{0};
+    for (int t = 0; t < 4; ++t) {
+      threads.emplace_back([&, t] {
+        for (int i = 0; i < 10; ++i) {
+          if (t % 2 == 0) {
+            configv1::ConfigureRequest r = req;
+            r.set_hcl_configuration("count = " + std::to_string(i));
+            configv1::ConfigureResponse rr;
+            failures += config->Configure(Ctx().get(), r, &rr).ok() ? 0 : 1;
+          } else {
+            failures += attest_once().error_code() == grpc::StatusCode::UNIMPLEMENTED ? 0 : 1;
+          }
+        }
+      });
+    }
+    for (auto& th : threads) {
+      th.join();
+    }
+    EXPECT_EQ(failures.load(), 0);
+  }
+
+  // 9. A NodeAttestor stream left open (SPIRE cancels rather than half-closes), then Deinit
+  //    and Shutdown: the process must exit, cleanly, within 2 s.
+  grpc::ClientContext hanging_ctx;
+  auto hanging = attestor->Attest(&hanging_ctx);
+  std::thread hanging_reader([&] {
+    servernav1::AttestResponse r;
+    while (hanging->Read(&r)) {
+    }
+  });
+  {
+    initv1::DeinitResponse resp;
+    auto init = initv1::Init::NewStub(ch);
+    EXPECT_TRUE(init->Deinit(Ctx().get(), initv1::DeinitRequest(), &resp).ok());
+  }
+  auto controller = plugin::GRPCController::NewStub(ch);
+  auto start = std::chrono::steady_clock::now();
+  plugin::Empty e;
+  grpc::Status shut = controller->Shutdown(Ctx().get(), plugin::Empty(), &e);
+  auto status = p->WaitExit(2000ms);
+  auto took = std::chrono::steady_clock::now() - start;
+  ASSERT_TRUE(status.has_value()) << "plugin still running 2 s after Shutdown";
+  EXPECT_TRUE(WIFEXITED(*status));
+  EXPECT_EQ(WEXITSTATUS(*status), 0);
+  std::cout << "[ INFO     ] exit after Shutdown took "
+            << std::chrono::duration_cast<std::chrono::milliseconds>(took).count() << " ms\n";
+  (void)shut;  // go-plugin ignores the Shutdown reply; it may race with the exit
+
+  hanging_ctx.TryCancel();
+  hanging_reader.join();
+  broker_ctx.TryCancel();
+  broker_reader.join();
+  stdio_ctx.TryCancel();
+  stdio_reader.join();
+  host->Shutdown();
+
+  EXPECT_FALSE(fs::exists(hs.socket)) << "socket removed at exit";
+  EXPECT_FALSE(fs::exists(fs::path(hs.socket).parent_path())) << "socket dir removed at exit";
+  EXPECT_EQ(p->RemainingStdout(), "") << "nothing but the handshake on stdout";
+
+  // 10. Logs: every line is hclog JSON; levels and fields as logged.
+  auto logs = ParsedLogs(p.get());
+  const auto* configured = FindLog(logs, "test plugin configured");
+  ASSERT_NE(configured, nullptr) << p->Stderr();
+  EXPECT_EQ(configured->at("@level"), "info");
+  EXPECT_EQ(configured->at("@module"), "hwid_test");
+  EXPECT_EQ(configured->at("trust_domain"), "example.org");
+  EXPECT_EQ(configured->at("items"), "a,b");
+  const auto* rejected = FindLog(logs, "test plugin configuration rejected");
+  ASSERT_NE(rejected, nullptr);
+  EXPECT_EQ(rejected->at("@level"), "error");
+  EXPECT_THAT(rejected->at("error"), HasSubstr("colour"));
+  const auto* warn = FindLog(logs, "verbose mode is on");
+  ASSERT_NE(warn, nullptr);
+  EXPECT_EQ(warn->at("@level"), "warn");
+  EXPECT_NE(FindLog(logs, "host services reachable through the broker"), nullptr);
+  EXPECT_NE(FindLog(logs, "test plugin deinitialised"), nullptr);
+  const auto* serving = FindLog(logs, "plugin serving");
+  ASSERT_NE(serving, nullptr);
+  EXPECT_EQ(serving->at("@level"), "debug");
+}
+
+TEST_F(RuntimeTest, WrongOrMissingCookieExitsOneWithGoPluginMessage) {
+  for (const char* value : {"KeyManager", ""}) {
+    std::map<std::string, std::string> env;
+    if (*value != '\0') {
+      env.emplace("NodeAttestor", value);
+    }
+    auto p = PluginProcess::Start(FixtureBinary(), {}, env);
+    ASSERT_NE(p, nullptr);
+    auto status = p->WaitExit(10000ms);
+    ASSERT_TRUE(status.has_value());
+    EXPECT_TRUE(WIFEXITED(*status));
+    EXPECT_EQ(WEXITSTATUS(*status), 1);
+    EXPECT_THAT(p->Stderr(), HasSubstr("This binary is a plugin. These are not meant to be "
+                                       "executed directly."));
+    EXPECT_EQ(p->RemainingStdout(), "") << "no handshake without the cookie";
+  }
+}
+
+TEST_F(RuntimeTest, SigintIgnoredSigtermStopsCleanly) {
+  TempDir tmp;
+  Handshake hs;
+  auto p = StartPlugin({}, {{"PLUGIN_UNIX_SOCKET_DIR", tmp.path()}}, &hs);
+  ASSERT_NE(p, nullptr);
+  ASSERT_FALSE(hs.socket.empty());
+  auto ch = Connect(hs);
+  ASSERT_EQ(kill(p->pid(), SIGINT), 0);
+  ASSERT_EQ(kill(p->pid(), SIGPIPE), 0);
+  EXPECT_FALSE(p->WaitExit(300ms).has_value()) << "SIGINT/SIGPIPE must not stop the plugin";
+  auto health = healthv1::Health::NewStub(ch);
+  healthv1::HealthCheckRequest req;
+  req.set_service("plugin");
+  healthv1::HealthCheckResponse resp;
+  ASSERT_TRUE(health->Check(Ctx().get(), req, &resp).ok());
+  EXPECT_EQ(resp.status(), healthv1::HealthCheckResponse::SERVING);
+
+  ASSERT_EQ(kill(p->pid(), SIGTERM), 0);
+  auto status = p->WaitExit(2000ms);
+  ASSERT_TRUE(status.has_value());
+  EXPECT_TRUE(WIFEXITED(*status));
+  EXPECT_EQ(WEXITSTATUS(*status), 0);
+  EXPECT_FALSE(fs::exists(hs.socket));
+  ParsedLogs(p.get());
+}
+
+TEST_F(RuntimeTest, AgentRoleAdvertisesAgentInterface) {
+  TempDir tmp;
+  Handshake hs;
+  auto p = StartPlugin({"agent"}, {{"PLUGIN_UNIX_SOCKET_DIR", tmp.path()}}, &hs);
+  ASSERT_NE(p, nullptr);
+  ASSERT_FALSE(hs.socket.empty());
+  auto ch = Connect(hs);
+  auto init = initv1::Init::NewStub(ch);
+  initv1::InitResponse resp;
+  ASSERT_TRUE(init->Init(Ctx().get(), initv1::InitRequest(), &resp).ok());
+  EXPECT_THAT(resp.plugin_service_names(),
+              ::testing::ElementsAre("spire.plugin.agent.nodeattestor.v1.NodeAttestor",
+                                     "spire.service.common.config.v1.Config"));
+  auto agent = agentnav1::NodeAttestor::NewStub(ch);
+  grpc::ClientContext ctx;
+  auto stream = agent->AidAttestation(&ctx);
+  agentnav1::PayloadOrChallengeResponse r;
+  EXPECT_FALSE(stream->Read(&r));
+  EXPECT_EQ(stream->Finish().error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  // The server interface is not served in the agent role.
+  auto server = servernav1::NodeAttestor::NewStub(ch);
+  grpc::ClientContext sctx;
+  auto sstream = server->Attest(&sctx);
+  servernav1::AttestResponse sr;
+  EXPECT_FALSE(sstream->Read(&sr));
+  EXPECT_EQ(sstream->Finish().error_code(), grpc::StatusCode::UNIMPLEMENTED);
+
+  auto controller = plugin::GRPCController::NewStub(ch);
+  plugin::Empty e;
+  controller->Shutdown(Ctx().get(), plugin::Empty(), &e);
+  auto status = p->WaitExit(2000ms);
+  ASSERT_TRUE(status.has_value());
+  EXPECT_EQ(WEXITSTATUS(*status), 0);
+}
+
+TEST_F(RuntimeTest, InitFailsWhenTheHostNeverAnnouncesItsServices) {
+  TempDir tmp;
+  Handshake hs;
+  auto p = StartPlugin({}, {{"HWID_TEST_PLUGIN_PROBE_HOST", "health"},
+                            {"PLUGIN_UNIX_SOCKET_DIR", tmp.path()}},
+                       &hs);
+  ASSERT_NE(p, nullptr);
+  ASSERT_FALSE(hs.socket.empty());
+  auto ch = Connect(hs);
+  auto init = initv1::Init::NewStub(ch);
+  initv1::InitResponse resp;
+  grpc::Status s = init->Init(Ctx(20s).get(), initv1::InitRequest(), &resp);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+  EXPECT_THAT(s.error_message(), HasSubstr("did not announce service id 1"));
+  auto controller = plugin::GRPCController::NewStub(ch);
+  plugin::Empty e;
+  controller->Shutdown(Ctx().get(), plugin::Empty(), &e);
+  ASSERT_TRUE(p->WaitExit(2000ms).has_value());
+}
+
+}  // namespace

@@ -1,0 +1,200 @@
+// libFuzzer target for the attestation server's handling of attacker-controlled bytes: the
+// hwid.attestation.v1 payload and response decoders, a ServerSession's HandlePayload (EK/AK
+// public areas, EK certificates and intermediates, both trust modes) and HandleChallengeResponse,
+// and the downstream PCR-value and quote checks on whatever a response decodes to. The agent-side
+// challenge decoder is fuzzed too (a malicious server).
+//
+// The first input byte picks the entry point; the rest is the message.
+// Built from tests/attestor_plugin/attestation/CMakeLists.txt. With Clang the target
+// `attestation_fuzz` is built with -fsanitize=fuzzer,address,undefined:
+//   ./attestation_fuzz -max_total_time=600 -max_len=40000
+// With other compilers, HWID_FUZZ_REPLAY_MAIN adds a main() that replays files given on the
+// command line (CTest `attestation_fuzz_replay`).
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
+#include <stdlib.h>
+#include <tss2/tss2_tpm2_types.h>
+#include <unistd.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <memory>
+#include <string>
+
+#include "attestor_plugin/attestation/messages.h"
+#include "attestor_plugin/attestation/server.h"
+#include "common/bytes.h"
+#include "common/ossl.h"
+#include "tpm/wire/attest.h"
+#include "tpm/wire/marshal.h"
+#include "tpm/wire/pcr.h"
+#include "tpm/wire/templates.h"
+
+namespace {
+
+using hwid::ByteSpan;
+using hwid::Bytes;
+namespace att = hwid::attestation;
+
+// The NIST P-256 generator as a fixed, valid public point.
+void SetGenerator(TPMT_PUBLIC& p) {
+  static constexpr uint8_t kGx[] = {
+      0x6b, 0x17, 0xd1, 0xf2, 0xe1, 0x2c, 0x42, 0x47, 0xf8, 0xbc, 0xe6,
+      0xe5, 0x63, 0xa4, 0x40, 0xf2, 0x77, 0x03, 0x7d, 0x81, 0x2d, 0xeb,
+      0x33, 0xa0, 0xf4, 0xa1, 0x39, 0x45, 0xd8, 0x98, 0xc2, 0x96};
+  static constexpr uint8_t kGy[] = {
+      0x4f, 0xe3, 0x42, 0xe2, 0xfe, 0x1a, 0x7f, 0x9b, 0x8e, 0xe7, 0xeb,
+      0x4a, 0x7c, 0x0f, 0x9e, 0x16, 0x2b, 0xce, 0x33, 0x57, 0x6b, 0x31,
+      0x5e, 0xce, 0xcb, 0xb6, 0x40, 0x68, 0x37, 0xbf, 0x51, 0xf5};
+  p.unique.ecc.x.size = sizeof(kGx);
+  std::memcpy(p.unique.ecc.x.buffer, kGx, sizeof(kGx));
+  p.unique.ecc.y.size = sizeof(kGy);
+  std::memcpy(p.unique.ecc.y.buffer, kGy, sizeof(kGy));
+}
+
+struct Fixture {
+  std::shared_ptr<const att::ServerConfig> config;
+  TPMT_PUBLIC ak{};
+  Bytes payload;  // a valid payload (allowlisted EK), to reach HandleChallengeResponse
+};
+
+// A self-signed root in a temporary file, so that certificate mode is configured too.
+std::string WriteRootBundle() {
+  hwid::OsslPtr<EVP_PKEY> key(EVP_EC_gen("P-256"));
+  hwid::OsslPtr<X509> cert(X509_new());
+  X509_set_version(cert.get(), 2);
+  X509_gmtime_adj(X509_getm_notBefore(cert.get()), -86400);
+  X509_gmtime_adj(X509_getm_notAfter(cert.get()), 86400);
+  X509_NAME_add_entry_by_txt(X509_get_subject_name(cert.get()), "CN", MBSTRING_ASC,
+                             reinterpret_cast<const unsigned char*>("fuzz root"), -1, -1, 0);
+  X509_set_issuer_name(cert.get(), X509_get_subject_name(cert.get()));
+  X509_set_pubkey(cert.get(), key.get());
+  X509_sign(cert.get(), key.get(), EVP_sha256());
+  char path[] = "/tmp/hwid-attestation-fuzz-XXXXXX";
+  const int fd = mkstemp(path);
+  if (fd < 0) {
+    std::abort();
+  }
+  close(fd);
+  hwid::OsslPtr<BIO> bio(BIO_new_file(path, "w"));
+  if (!bio || PEM_write_bio_X509(bio.get(), cert.get()) != 1) {
+    std::abort();
+  }
+  return path;
+}
+
+const Fixture& GetFixture() {
+  static const Fixture* f = [] {
+    auto* fx = new Fixture();
+    TPMT_PUBLIC ek = hwid::wire::EkTemplate(hwid::wire::EkType::kEccP256).publicArea;
+    SetGenerator(ek);
+    fx->ak = hwid::wire::AkTemplate(hwid::wire::KeyAlg::kEcP256).publicArea;
+    SetGenerator(fx->ak);
+    att::ServerConfigInput in;
+    in.trust_domain = "fuzz.example";
+    const std::string bundle = WriteRootBundle();
+    in.ek_ca_bundle_paths = {bundle};
+    in.ek_allowlist = {*att::EkPublicKeyHash(ek)};
+    in.pcrs = "sha256:0-7";
+    absl::StatusOr<std::shared_ptr<const att::ServerConfig>> c = att::ValidateServerConfig(in);
+    unlink(bundle.c_str());
+    if (!c.ok()) {
+      std::fprintf(stderr, "attestation_fuzz: %s\n", std::string(c.status().message()).c_str());
+      std::abort();
+    }
+    fx->config = *c;
+    TPM2B_PUBLIC ek2b{};
+    ek2b.publicArea = ek;
+    TPM2B_PUBLIC ak2b{};
+    ak2b.publicArea = fx->ak;
+    att::AttestationPayload p;
+    p.ek_public = *hwid::wire::MarshalPublic(ek2b);
+    p.ak_public = *hwid::wire::MarshalPublic(ak2b);
+    fx->payload = *att::EncodePayload(p);
+    return fx;
+  }();
+  return *f;
+}
+
+}  // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  if (size == 0) {
+    return 0;
+  }
+  const Fixture& fx = GetFixture();
+  const ByteSpan in(data + 1, size - 1);
+  switch (data[0] % 3) {
+    case 0: {
+      // A whole server session on an arbitrary payload.
+      auto s = att::ServerSession::New(fx.config);
+      (void)(*s)->HandlePayload(in);
+      break;
+    }
+    case 1: {
+      // An arbitrary response to a genuine challenge, and the checks behind the secret.
+      auto s = att::ServerSession::New(fx.config);
+      if (!(*s)->HandlePayload(fx.payload).ok()) {
+        std::abort();  // the fixture payload must be accepted
+      }
+      (void)(*s)->HandleChallengeResponse(in);
+      absl::StatusOr<att::ChallengeResponse> r = att::DecodeResponse(in);
+      if (r.ok()) {
+        absl::StatusOr<hwid::wire::PcrValues> pcrs = att::DecodePcrValues(r->pcrs);
+        if (pcrs.ok()) {
+          static const Bytes nonce(32, 0x5a);
+          absl::StatusOr<hwid::wire::VerifiedQuote> q = hwid::wire::VerifyQuote(
+              fx.ak, r->quote_attest, r->quote_signature, nonce, *pcrs);
+          if (q.ok()) {
+            (void)att::CheckQuotedSelection(q->attest.attested.quote.pcrSelect,
+                                            fx.config->required_pcrs);
+          }
+        }
+      }
+      break;
+    }
+    default: {
+      // The agent decoding a malicious server's challenge.
+      absl::StatusOr<att::Challenge> c = att::DecodeChallenge(in);
+      if (c.ok()) {
+        (void)hwid::wire::ParsePcrSelection(c->pcr_selection);
+        (void)hwid::wire::ParseIdObject(c->credential_blob);
+        (void)hwid::wire::ParseEncryptedSecret(c->encrypted_secret);
+      }
+      break;
+    }
+  }
+  return 0;
+}
+
+#ifdef HWID_FUZZ_REPLAY_MAIN
+int main(int argc, char** argv) {
+  int replayed = 0;
+  for (int i = 1; i < argc; ++i) {
+    absl::StatusOr<Bytes> file = hwid::ReadFile(argv[i]);
+    if (!file.ok()) {
+      std::fprintf(stderr, "attestation_fuzz_replay: %s\n",
+                   std::string(file.status().message()).c_str());
+      return 1;
+    }
+    LLVMFuzzerTestOneInput(file->data(), file->size());
+    ++replayed;
+  }
+  // Without inputs, run the built-in seeds: every entry point with the fixture payload.
+  if (argc == 1) {
+    const Bytes& p = GetFixture().payload;
+    for (uint8_t mode = 0; mode < 3; ++mode) {
+      Bytes in;
+      in.push_back(mode);
+      in.insert(in.end(), p.begin(), p.end());
+      LLVMFuzzerTestOneInput(in.data(), in.size());
+      ++replayed;
+    }
+  }
+  std::printf("attestation_fuzz_replay: %d inputs replayed\n", replayed);
+  return 0;
+}
+#endif

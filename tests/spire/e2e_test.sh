@@ -1,0 +1,201 @@
+#!/usr/bin/env bash
+# hwid_tpm end to end with a REAL SPIRE v1.13.3 server and agent and a real swtpm:
+#   1. the agent attests with its TPM (EK certificate chain, credential activation, quote);
+#      `spire-server agent list/show` shows the hwid_tpm SPIFFE ID and selectors;
+#   2. a registration entry (parent = that agent, selector unix:uid) gives a workload its
+#      X509-SVID through the Workload API;
+#   3. re-attestation of the same machine (agent state wiped) gives the same agent ID, and the
+#      agent plugin reuses its persisted AK;
+#   4. a second TPM whose EK certificate chains to another CA is refused (PERMISSION_DENIED,
+#      naming the failed check) and never listed.
+# usage: e2e_test.sh SERVER_PLUGIN AGENT_PLUGIN HWID_CLI
+# SPIRE binaries: $HWID_SPIRE_BIN, else built/cached by tests/spire/build-spire.
+# Needs swtpm (swtpm-setup/). Missing SPIRE fails when CI=true, else skips (exit 77).
+set -euo pipefail
+
+root=$(cd "$(dirname "$(readlink -f "$0")")/../.." && pwd)
+server_plugin=$(readlink -f "${1:?usage: $0 SERVER_PLUGIN AGENT_PLUGIN HWID_CLI}")
+agent_plugin=$(readlink -f "${2:?}")
+hwid_cli=$(readlink -f "${3:?}")
+
+bin=${HWID_SPIRE_BIN:-}
+if [[ -z $bin ]]; then
+  bin=$("$root/tests/spire/build-spire") || {
+    if [[ ${CI:-} == true ]]; then echo "FAIL: cannot build SPIRE v1.13.3" >&2; exit 1; fi
+    echo "SKIP: cannot build SPIRE v1.13.3" >&2; exit 77
+  }
+fi
+[[ -x $bin/spire-server && -x $bin/spire-agent ]] || { echo "FAIL: no SPIRE binaries in $bin" >&2; exit 1; }
+
+work=$(mktemp -d /tmp/hwid-spire-e2e.XXXXXX)
+server_pid="" agent_pid=""
+cleanup() {
+  local rc=$?
+  [[ -n $agent_pid ]] && kill "$agent_pid" 2>/dev/null && wait "$agent_pid" 2>/dev/null
+  [[ -n $server_pid ]] && kill "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null
+  "$root/swtpm-setup/swtpm-down" "$work/tpm1" >/dev/null 2>&1 || true
+  "$root/swtpm-setup/swtpm-down" "$work/tpm2" >/dev/null 2>&1 || true
+  if ((rc != 0)); then
+    for f in server.log agent.log agent2.log; do
+      echo "--- $f (tail) ---" >&2
+      tail -n 30 "$work/$f" 2>/dev/null >&2 || true
+    done
+  fi
+  rm -rf "$work"
+  exit "$rc"
+}
+trap cleanup EXIT
+fail() { echo "FAIL: $*" >&2; exit 1; }
+ok() { echo "ok: $*"; }
+wait_for() {  # wait_for SECONDS DESCRIPTION COMMAND...
+  local secs=$1 what=$2; shift 2
+  local end=$((SECONDS + secs))
+  until "$@" >/dev/null 2>&1; do
+    ((SECONDS < end)) || fail "timed out after ${secs}s waiting for: $what"
+    sleep 0.3
+  done
+}
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# ---- TPMs: tpm1 from the provisioned template (EK CA = the one the server trusts); tpm2
+# provisioned from scratch, so its EK certificates chain to a CA of its own.
+"$root/swtpm-setup/swtpm-up" "$work/tpm1" >/dev/null
+# shellcheck disable=SC1091
+tpm1_tcti=$(. "$work/tpm1/env"; echo "$HWID_TCTI")
+trusted_ca=$(. "$work/tpm1/env"; echo "$HWID_EK_CA")
+HWID_SWTPM_TEMPLATE= "$root/swtpm-setup/swtpm-up" "$work/tpm2" >/dev/null
+tpm2_tcti=$(. "$work/tpm2/env"; echo "$HWID_TCTI")
+
+port=$(free_port)
+sock="$work/server-api.sock"
+mkdir -p "$work/server-data"
+cat >"$work/server.conf" <<CONF
+server {
+  bind_address = "127.0.0.1"
+  bind_port = "$port"
+  socket_path = "$sock"
+  trust_domain = "example.org"
+  data_dir = "$work/server-data"
+  log_level = "DEBUG"
+  log_file = "$work/server.log"
+}
+plugins {
+  DataStore "sql" {
+    plugin_data {
+      database_type = "sqlite3"
+      connection_string = "$work/server-data/datastore.sqlite3"
+    }
+  }
+  KeyManager "memory" {
+    plugin_data {}
+  }
+  NodeAttestor "hwid_tpm" {
+    plugin_cmd = "$server_plugin"
+    plugin_data {
+      ek_ca_bundle_paths = ["$trusted_ca"]
+      pcrs = "sha256:0,1,2,3,4,5,6,7"
+    }
+  }
+}
+CONF
+"$bin/spire-server" run -config "$work/server.conf" >"$work/server.out" 2>&1 &
+server_pid=$!
+wait_for 60 "spire-server healthy" "$bin/spire-server" healthcheck -socketPath "$sock" -shallow
+ok "spire-server $("$bin/spire-server" --version 2>&1) running with hwid_tpm (server plugin)"
+"$bin/spire-server" bundle show -socketPath "$sock" >"$work/bundle.pem"
+
+write_agent_conf() {  # write_agent_conf NAME TCTI
+  mkdir -p "$work/$1-data"
+  cat >"$work/$1.conf" <<CONF
+agent {
+  data_dir = "$work/$1-data"
+  log_level = "DEBUG"
+  log_file = "$work/$1.log"
+  server_address = "127.0.0.1"
+  server_port = "$port"
+  socket_path = "$work/$1-api.sock"
+  trust_bundle_path = "$work/bundle.pem"
+  trust_domain = "example.org"
+}
+plugins {
+  NodeAttestor "hwid_tpm" {
+    plugin_cmd = "$agent_plugin"
+    plugin_data {
+      tcti = "$2"
+      ek = "auto"
+      ak_handle = "0x81000100"
+    }
+  }
+  KeyManager "memory" {
+    plugin_data {}
+  }
+  WorkloadAttestor "unix" {
+    plugin_data {}
+  }
+}
+CONF
+}
+
+# ---- 1. attestation ---------------------------------------------------------------------
+write_agent_conf agent "$tpm1_tcti"
+"$bin/spire-agent" run -config "$work/agent.conf" >"$work/agent.out" 2>&1 &
+agent_pid=$!
+wait_for 90 "spire-agent healthy (attested)" "$bin/spire-agent" healthcheck -socketPath "$work/agent-api.sock"
+
+# The expected agent ID: sha256 of the EK SubjectPublicKeyInfo, computed here with openssl from
+# the EK certificate the CLI exports (independently of the plugins).
+"$hwid_cli" tpm ek --tcti "$tpm1_tcti" --alg ecc-p256 --out-dir "$work" >/dev/null
+ek_hash=$(openssl x509 -in "$work/ek-ecc-p256.crt.pem" -pubkey -noout | openssl pkey -pubin -outform DER | sha256sum | cut -d' ' -f1)
+agent_id="spiffe://example.org/spire/agent/hwid_tpm/$ek_hash"
+"$bin/spire-server" agent list -socketPath "$sock" >"$work/agents.txt"
+grep -q "$agent_id" "$work/agents.txt" || { cat "$work/agents.txt" >&2; fail "agent list does not show $agent_id"; }
+"$bin/spire-server" agent show -socketPath "$sock" -spiffeID "$agent_id" >"$work/agent-show.txt"
+for sel in "hwid_tpm:ek_pubhash:$ek_hash" "hwid_tpm:ek_model:swtpm" "hwid_tpm:ek_manufacturer:id:00001014" \
+           "hwid_tpm:ek_issuer_cn:" "hwid_tpm:pcr:sha256:7:"; do
+  grep -q "$sel" "$work/agent-show.txt" || { cat "$work/agent-show.txt" >&2; fail "selector $sel missing"; }
+done
+ok "agent attested as $agent_id with selectors: $(grep -c 'hwid_tpm:' "$work/agent-show.txt")"
+grep -q '"agent attested"\|agent attested' "$work/server.log" || fail "server plugin log line not in SPIRE's log"
+
+# ---- 2. a workload gets its X509-SVID -------------------------------------------------------
+"$bin/spire-server" entry create -socketPath "$sock" -parentID "$agent_id" \
+  -spiffeID spiffe://example.org/workload -selector "unix:uid:$(id -u)" >/dev/null
+mkdir -p "$work/svid"
+fetch_svid() { "$bin/spire-agent" api fetch x509 -socketPath "$work/agent-api.sock" -write "$work/svid"; }
+wait_for 60 "the workload's X509-SVID" fetch_svid
+openssl x509 -in "$work/svid/svid.0.pem" -noout -ext subjectAltName | grep -q "URI:spiffe://example.org/workload" ||
+  fail "the fetched SVID does not carry spiffe://example.org/workload"
+openssl verify -CAfile "$work/svid/bundle.0.pem" "$work/svid/svid.0.pem" >/dev/null || fail "the SVID does not chain to the bundle"
+ok "workload received its X509-SVID (spiffe://example.org/workload) through the Workload API"
+
+# ---- 3. re-attestation ----------------------------------------------------------------------
+kill "$agent_pid"; wait "$agent_pid" 2>/dev/null || true; agent_pid=""
+ak_before=$(tpm2_readpublic -T "$tpm1_tcti" -c 0x81000100 2>/dev/null | awk '/^name:/{print $2}')
+rm -rf "$work/agent-data" && mkdir -p "$work/agent-data"
+"$bin/spire-agent" run -config "$work/agent.conf" >"$work/agent.out" 2>&1 &
+agent_pid=$!
+wait_for 90 "spire-agent healthy after re-attestation" "$bin/spire-agent" healthcheck -socketPath "$work/agent-api.sock"
+ak_after=$(tpm2_readpublic -T "$tpm1_tcti" -c 0x81000100 2>/dev/null | awk '/^name:/{print $2}')
+[[ -n $ak_before && $ak_before == "$ak_after" ]] || fail "the AK changed across re-attestation ($ak_before -> $ak_after)"
+n=$("$bin/spire-server" agent list -socketPath "$sock" | grep -c "spiffe://example.org/spire/agent/hwid_tpm/")
+[[ $n == 1 ]] || fail "expected exactly one hwid_tpm agent after re-attestation, got $n"
+[[ $(grep -c '"agent attested"\|agent attested' "$work/server.log") -ge 2 ]] || fail "no second attestation in the server log"
+wait_for 60 "the workload's X509-SVID after re-attestation" fetch_svid
+ok "re-attestation: same agent ID, same persisted AK, workload still served"
+kill "$agent_pid"; wait "$agent_pid" 2>/dev/null || true; agent_pid=""
+
+# ---- 4. a TPM whose EK chains to an untrusted CA is refused ---------------------------------
+write_agent_conf agent2 "$tpm2_tcti"
+set +e
+timeout 60 "$bin/spire-agent" run -config "$work/agent2.conf" >"$work/agent2.out" 2>&1
+rc=$?
+set -e
+((rc != 0 && rc != 124)) || fail "spire-agent with the untrusted TPM: expected an attestation failure exit, got $rc"
+grep -q "PermissionDenied\|PERMISSION_DENIED\|permission denied" "$work/agent2.log" "$work/agent2.out" ||
+  fail "the refusal of the untrusted TPM is not PERMISSION_DENIED"
+grep -q "chain verification failed" "$work/agent2.log" "$work/agent2.out" "$work/server.log" ||
+  fail "the refusal does not name the failed check (EK certificate chain)"
+n=$("$bin/spire-server" agent list -socketPath "$sock" | grep -c "spiffe://example.org/spire/agent/hwid_tpm/")
+[[ $n == 1 ]] || fail "the untrusted TPM was listed as an agent"
+ok "a TPM with an EK certificate from an untrusted CA is refused (PERMISSION_DENIED, chain verification failed)"
+echo "spire e2e: 4 passed, 0 failed"
