@@ -11,7 +11,7 @@ HWID_DEB_PACKAGES=(
   libabsl-dev libgtest-dev libgmock-dev
   swtpm swtpm-tools tpm2-tools tpm2-openssl
   nginx-light curl
-  python3
+  python3 ccache
   libgrpc++-dev protobuf-compiler-grpc clang libclang-rt-14-dev
   libprotobuf-dev protobuf-compiler
   iproute2 util-linux coreutils
@@ -57,7 +57,15 @@ hwid_build() {
   if [[ ! -f $dir/CMakeCache.txt ]] && command -v ninja >/dev/null 2>&1; then
     gen=(-G Ninja)
   fi
-  cmake -S "$HWID_ROOT" -B "$dir" "${gen[@]}" "$@" || { hwid_fail "cmake configure of $dir failed"; return 1; }
+  # ccache (outside the source tree) makes re-runs and CI on the same machine fast; paths are
+  # made relative to the checkout so a fresh clone elsewhere still hits the cache.
+  local -a launcher=()
+  if command -v ccache >/dev/null 2>&1 && [[ ${HWID_NO_CCACHE:-0} != 1 ]]; then
+    export CCACHE_DIR=${CCACHE_DIR:-${HWID_CACHE:-$HOME/.cache/hwid}/ccache}
+    export CCACHE_BASEDIR=$HWID_ROOT CCACHE_NOHASHDIR=1 CCACHE_MAXSIZE=${CCACHE_MAXSIZE:-5G}
+    launcher=(-DCMAKE_C_COMPILER_LAUNCHER=ccache -DCMAKE_CXX_COMPILER_LAUNCHER=ccache)
+  fi
+  cmake -S "$HWID_ROOT" -B "$dir" "${gen[@]}" "${launcher[@]}" "$@" || { hwid_fail "cmake configure of $dir failed"; return 1; }
   local -a targets=()
   if [[ -n ${HWID_BUILD_TARGETS:-} ]]; then
     read -r -a targets <<<"$HWID_BUILD_TARGETS"
