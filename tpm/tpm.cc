@@ -508,26 +508,18 @@ absl::StatusOr<LoadedKey> Tpm::LoadSrk(bool allow_persistent) {
 // ---------------------------------------------------------------------------------------------
 // Keys
 
-namespace {
-struct CreateOut {
-  EsysPtr<TPM2B_PRIVATE> priv;
-  EsysPtr<TPM2B_PUBLIC> pub;
-};
-}  // namespace
-
-absl::StatusOr<wire::TpmKeyFile> Tpm::CreateKey(wire::KeyAlg alg, ByteSpan auth) {
-  std::lock_guard<std::recursive_mutex> lock(mu_);
+absl::Status Tpm::CreateLocked(uint32_t parent, const TPM2B_PUBLIC& tmpl, ByteSpan auth,
+                               const std::string& label, TPM2B_PRIVATE* out_priv,
+                               TPM2B_PUBLIC* out_pub) {
   if (auth.size() > sizeof(TPMU_HA)) {
     return absl::InvalidArgumentError(
         absl::StrCat("auth value is ", auth.size(), " bytes; the TPM allows at most ", sizeof(TPMU_HA)));
   }
-  ASSIGN_OR_RETURN(LoadedKey srk, LoadSrkLocked(true));
   TPM2B_SENSITIVE_CREATE sensitive = {};
   sensitive.sensitive.userAuth.size = static_cast<UINT16>(auth.size());
   if (!auth.empty()) {
     std::memcpy(sensitive.sensitive.userAuth.buffer, auth.data(), auth.size());
   }
-  const TPM2B_PUBLIC tmpl = wire::SigningKeyTemplate(alg);
   TPM2B_DATA outside = {};
   TPML_PCR_SELECTION creation_pcr = {};
   TPM2B_PRIVATE* priv_raw = nullptr;
@@ -536,21 +528,33 @@ absl::StatusOr<wire::TpmKeyFile> Tpm::CreateKey(wire::KeyAlg alg, ByteSpan auth)
   TPM2B_DIGEST* ch_raw = nullptr;
   TPMT_TK_CREATION* tk_raw = nullptr;
   ++commands_;
-  TSS2_RC rc = Esys_Create(impl_->esys, srk.object.tr(), ESYS_TR_PASSWORD, ESYS_TR_NONE,
-                           ESYS_TR_NONE, &sensitive, &tmpl, &outside, &creation_pcr, &priv_raw,
-                           &pub_raw, &cd_raw, &ch_raw, &tk_raw);
+  TSS2_RC rc = Esys_Create(impl_->esys, parent, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE,
+                           &sensitive, &tmpl, &outside, &creation_pcr, &priv_raw, &pub_raw,
+                           &cd_raw, &ch_raw, &tk_raw);
   OPENSSL_cleanse(&sensitive, sizeof(sensitive));
   EsysPtr<TPM2B_PRIVATE> priv(priv_raw);
   EsysPtr<TPM2B_PUBLIC> pub(pub_raw);
   EsysPtr<TPM2B_CREATION_DATA> cd(cd_raw);
   EsysPtr<TPM2B_DIGEST> ch(ch_raw);
   EsysPtr<TPMT_TK_CREATION> tk(tk_raw);
-  RETURN_IF_ERROR(TssError(rc, "TPM2_Create", absl::StrCat(wire::KeyAlgName(alg), " signing key")));
+  RETURN_IF_ERROR(TssError(rc, "TPM2_Create", label));
+  *out_priv = *priv;
+  *out_pub = *pub;
+  return absl::OkStatus();
+}
+
+absl::StatusOr<wire::TpmKeyFile> Tpm::CreateKey(wire::KeyAlg alg, ByteSpan auth) {
+  std::lock_guard<std::recursive_mutex> lock(mu_);
+  ASSIGN_OR_RETURN(LoadedKey srk, LoadSrkLocked(true));
+  TPM2B_PRIVATE priv = {};
+  TPM2B_PUBLIC pub = {};
+  RETURN_IF_ERROR(CreateLocked(srk.object.tr(), wire::SigningKeyTemplate(alg), auth,
+                               absl::StrCat(wire::KeyAlgName(alg), " signing key"), &priv, &pub));
   wire::TpmKeyFile key;
   key.parent = TPM2_RH_OWNER;
   key.empty_auth = auth.empty();
-  ASSIGN_OR_RETURN(key.pub, wire::MarshalPublic(*pub));
-  ASSIGN_OR_RETURN(key.priv, wire::MarshalPrivate(*priv));
+  ASSIGN_OR_RETURN(key.pub, wire::MarshalPublic(pub));
+  ASSIGN_OR_RETURN(key.priv, wire::MarshalPrivate(priv));
   return key;
 }
 
@@ -693,31 +697,17 @@ absl::StatusOr<LoadedKey> Tpm::EnsureAk(wire::KeyAlg alg, uint32_t handle) {
     return existing.status();
   }
   ASSIGN_OR_RETURN(LoadedKey srk, LoadSrkLocked(true));
-  TPM2B_SENSITIVE_CREATE sensitive = {};
-  TPM2B_DATA outside = {};
-  TPML_PCR_SELECTION creation_pcr = {};
-  TPM2B_PRIVATE* priv_raw = nullptr;
-  TPM2B_PUBLIC* pub_raw = nullptr;
-  TPM2B_CREATION_DATA* cd_raw = nullptr;
-  TPM2B_DIGEST* ch_raw = nullptr;
-  TPMT_TK_CREATION* tk_raw = nullptr;
-  ++commands_;
-  TSS2_RC rc = Esys_Create(impl_->esys, srk.object.tr(), ESYS_TR_PASSWORD, ESYS_TR_NONE,
-                           ESYS_TR_NONE, &sensitive, &tmpl, &outside, &creation_pcr, &priv_raw,
-                           &pub_raw, &cd_raw, &ch_raw, &tk_raw);
-  EsysPtr<TPM2B_PRIVATE> priv(priv_raw);
-  EsysPtr<TPM2B_PUBLIC> apub(pub_raw);
-  EsysPtr<TPM2B_CREATION_DATA> cd(cd_raw);
-  EsysPtr<TPM2B_DIGEST> ch(ch_raw);
-  EsysPtr<TPMT_TK_CREATION> tk(tk_raw);
-  RETURN_IF_ERROR(TssError(rc, "TPM2_Create", absl::StrCat(wire::KeyAlgName(alg), " attestation key")));
+  TPM2B_PRIVATE priv = {};
+  TPM2B_PUBLIC apub = {};
+  RETURN_IF_ERROR(CreateLocked(srk.object.tr(), tmpl, {},
+                               absl::StrCat(wire::KeyAlgName(alg), " attestation key"), &priv, &apub));
   ESYS_TR loaded = ESYS_TR_NONE;
   ++commands_;
-  rc = Esys_Load(impl_->esys, srk.object.tr(), ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE,
-                 priv.get(), apub.get(), &loaded);
+  TSS2_RC rc = Esys_Load(impl_->esys, srk.object.tr(), ESYS_TR_PASSWORD, ESYS_TR_NONE,
+                         ESYS_TR_NONE, &priv, &apub, &loaded);
   RETURN_IF_ERROR(TssError(rc, "TPM2_Load", "attestation key"));
   srk.object.Reset();  // free the slot before EvictControl
-  LoadedKey ak{TpmObject(this, loaded, TpmObject::Kind::kTransient, "attestation key"), *apub, 0,
+  LoadedKey ak{TpmObject(this, loaded, TpmObject::Kind::kTransient, "attestation key"), apub, 0,
                {}, std::nullopt};
   RETURN_IF_ERROR(Persist(ak, handle));
   return ak;

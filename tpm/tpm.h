@@ -185,6 +185,11 @@ class Tpm {
   void FlushOrClose(uint32_t tr, TpmObject::Kind kind);  // takes the lock
   absl::StatusOr<TpmObject> CreatePrimaryLocked(uint32_t hierarchy, const TPM2B_PUBLIC& tmpl,
                                                 TPM2B_PUBLIC* out_pub, const std::string& label);
+  // CreateLocked runs TPM2_Create under the loaded `parent` (an ESYS_TR); `auth` becomes the
+  // new object's authValue (wiped from the command buffer afterwards).
+  absl::Status CreateLocked(uint32_t parent, const TPM2B_PUBLIC& tmpl, ByteSpan auth,
+                            const std::string& label, TPM2B_PRIVATE* out_priv,
+                            TPM2B_PUBLIC* out_pub);
   absl::StatusOr<LoadedKey> LoadKeyLocked(const wire::TpmKeyFile& key, ByteSpan auth);
   absl::StatusOr<LoadedKey> LoadSrkLocked(bool allow_persistent);
   absl::StatusOr<TpmObject> FromPersistentLocked(uint32_t handle, TPM2B_PUBLIC* out_pub);

@@ -117,16 +117,15 @@ struct Seed {
   TPM2B_ENCRYPTED_SECRET encrypted;
 };
 
-absl::StatusOr<Seed> RsaSeed(const TPMT_PUBLIC& ek, size_t digest_size) {
+absl::StatusOr<Seed> RsaSeed(const TPMT_PUBLIC& ek, EVP_PKEY* pkey, size_t digest_size) {
   ASSIGN_OR_RETURN(const EVP_MD* md, DigestForAlg(ek.nameAlg));
-  ASSIGN_OR_RETURN(OsslPtr<EVP_PKEY> pkey, PublicToEvp(ek));
   Seed out;
   std::memset(&out.encrypted, 0, sizeof(out.encrypted));
   out.seed.resize(digest_size);
   if (RAND_bytes(out.seed.data(), static_cast<int>(out.seed.size())) != 1) {
     return OpenSslError("MakeCredential: RAND_bytes");
   }
-  OsslPtr<EVP_PKEY_CTX> ctx(EVP_PKEY_CTX_new_from_pkey(nullptr, pkey.get(), nullptr));
+  OsslPtr<EVP_PKEY_CTX> ctx(EVP_PKEY_CTX_new_from_pkey(nullptr, pkey, nullptr));
   if (ctx == nullptr || EVP_PKEY_encrypt_init(ctx.get()) != 1 ||
       EVP_PKEY_CTX_set_rsa_padding(ctx.get(), RSA_PKCS1_OAEP_PADDING) != 1 ||
       EVP_PKEY_CTX_set_rsa_oaep_md(ctx.get(), md) != 1 ||
@@ -151,7 +150,7 @@ absl::StatusOr<Seed> RsaSeed(const TPMT_PUBLIC& ek, size_t digest_size) {
   return out;
 }
 
-absl::StatusOr<Seed> EccSeed(const TPMT_PUBLIC& ek, size_t digest_size) {
+absl::StatusOr<Seed> EccSeed(const TPMT_PUBLIC& ek, EVP_PKEY* ek_key, size_t digest_size) {
   const char* group = nullptr;
   size_t field = 0;
   switch (ek.parameters.eccDetail.curveID) {
@@ -172,7 +171,6 @@ absl::StatusOr<Seed> EccSeed(const TPMT_PUBLIC& ek, size_t digest_size) {
           "MakeCredential: unsupported EK curve 0x",
           absl::Hex(ek.parameters.eccDetail.curveID, absl::kZeroPad4)));
   }
-  ASSIGN_OR_RETURN(OsslPtr<EVP_PKEY> ek_key, PublicToEvp(ek));
   OsslPtr<EVP_PKEY> eph(EVP_PKEY_Q_keygen(nullptr, nullptr, "EC", group));
   if (eph == nullptr) {
     return OpenSslError("MakeCredential: ephemeral EC key generation");
@@ -181,7 +179,7 @@ absl::StatusOr<Seed> EccSeed(const TPMT_PUBLIC& ek, size_t digest_size) {
   OsslPtr<EVP_PKEY_CTX> dctx(EVP_PKEY_CTX_new_from_pkey(nullptr, eph.get(), nullptr));
   size_t z_len = 0;
   if (dctx == nullptr || EVP_PKEY_derive_init(dctx.get()) != 1 ||
-      EVP_PKEY_derive_set_peer(dctx.get(), ek_key.get()) != 1 ||
+      EVP_PKEY_derive_set_peer(dctx.get(), ek_key) != 1 ||
       EVP_PKEY_derive(dctx.get(), nullptr, &z_len) != 1) {
     return OpenSslError("MakeCredential: ECDH setup");
   }
@@ -239,6 +237,16 @@ absl::StatusOr<const EVP_CIPHER*> AesCfb(uint16_t bits) {
 
 absl::StatusOr<Credential> MakeCredential(const TPMT_PUBLIC& ek, ByteSpan secret,
                                           ByteSpan object_name) {
+  if (ek.type != TPM2_ALG_RSA && ek.type != TPM2_ALG_ECC) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("MakeCredential: EK type ", AlgName(ek.type), " is not rsa or ecc"));
+  }
+  ASSIGN_OR_RETURN(OsslPtr<EVP_PKEY> ek_key, PublicToEvp(ek));
+  return MakeCredential(ek, ek_key.get(), secret, object_name);
+}
+
+absl::StatusOr<Credential> MakeCredential(const TPMT_PUBLIC& ek, EVP_PKEY* ek_key, ByteSpan secret,
+                                          ByteSpan object_name) {
   // Inputs.
   if (ek.type != TPM2_ALG_RSA && ek.type != TPM2_ALG_ECC) {
     return absl::InvalidArgumentError(
@@ -268,12 +276,18 @@ absl::StatusOr<Credential> MakeCredential(const TPMT_PUBLIC& ek, ByteSpan secret
   }
   RETURN_IF_ERROR(CheckName(object_name, "MakeCredential"));
 
+  if (ek_key == nullptr ||
+      EVP_PKEY_is_a(ek_key, ek.type == TPM2_ALG_RSA ? "RSA" : "EC") != 1) {
+    return absl::InvalidArgumentError(
+        "MakeCredential: the converted EK key is missing or not of the EK's type");
+  }
+
   // Seed, shared with the EK.
   Seed seed;
   if (ek.type == TPM2_ALG_RSA) {
-    ASSIGN_OR_RETURN(seed, RsaSeed(ek, digest_size));
+    ASSIGN_OR_RETURN(seed, RsaSeed(ek, ek_key, digest_size));
   } else {
-    ASSIGN_OR_RETURN(seed, EccSeed(ek, digest_size));
+    ASSIGN_OR_RETURN(seed, EccSeed(ek, ek_key, digest_size));
   }
 
   // encIdentity = CFB_symKey(IV = 0, TPM2B_DIGEST(secret) incl. its size).

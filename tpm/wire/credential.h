@@ -4,6 +4,7 @@
 #ifndef HWID_TPM_WIRE_CREDENTIAL_H_
 #define HWID_TPM_WIRE_CREDENTIAL_H_
 
+#include <openssl/evp.h>
 #include <tss2/tss2_tpm2_types.h>
 
 #include "absl/status/statusor.h"
@@ -27,6 +28,12 @@ struct Credential {
 // seed = KDFe(nameAlg, Z.x, "IDENTITY", ephemeral.x, ek.x). A fresh seed (and ephemeral key) is
 // drawn from OpenSSL's RNG on every call. InvalidArgument for unusable inputs.
 absl::StatusOr<Credential> MakeCredential(const TPMT_PUBLIC& ek, ByteSpan secret,
+                                          ByteSpan object_name);
+
+// MakeCredential with the EK already converted: `ek_key` must be PublicToEvp(ek) (the caller
+// converted and checked it once per attestation; this overload does not convert `ek` again).
+// InvalidArgument when `ek_key` is null or not of the EK's type.
+absl::StatusOr<Credential> MakeCredential(const TPMT_PUBLIC& ek, EVP_PKEY* ek_key, ByteSpan secret,
                                           ByteSpan object_name);
 
 }  // namespace hwid::wire

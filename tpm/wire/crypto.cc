@@ -185,8 +185,15 @@ absl::StatusOr<OsslPtr<EVP_PKEY>> PublicToEvp(const TPMT_PUBLIC& pub) {
 
 absl::StatusOr<Bytes> PublicKeyDer(const TPMT_PUBLIC& pub) {
   ASSIGN_OR_RETURN(OsslPtr<EVP_PKEY> pkey, PublicToEvp(pub));
+  return PublicKeyDer(pkey.get());
+}
+
+absl::StatusOr<Bytes> PublicKeyDer(const EVP_PKEY* key) {
+  if (key == nullptr) {
+    return absl::InvalidArgumentError("PublicKeyDer: no key");
+  }
   unsigned char* raw = nullptr;
-  const int len = i2d_PUBKEY(pkey.get(), &raw);
+  const int len = i2d_PUBKEY(key, &raw);
   OwnedDer der(raw);
   if (len <= 0 || der == nullptr) {
     return OpenSslError("PublicKeyDer: i2d_PUBKEY");

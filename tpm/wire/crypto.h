@@ -36,6 +36,11 @@ absl::StatusOr<OsslPtr<EVP_PKEY>> PublicToEvp(const TPMT_PUBLIC& pub);
 // PublicKeyDer returns the DER SubjectPublicKeyInfo of the key in `pub` (see PublicToEvp).
 absl::StatusOr<Bytes> PublicKeyDer(const TPMT_PUBLIC& pub);
 
+// PublicKeyDer returns the DER SubjectPublicKeyInfo of `key` (for callers that already hold the
+// PublicToEvp result and must not pay for a second conversion and check). InvalidArgument when
+// `key` is null.
+absl::StatusOr<Bytes> PublicKeyDer(const EVP_PKEY* key);
+
 // SamePublicKey is true iff EVP_PKEY_eq(a, b) == 1 (same type and public components). False when
 // either is null.
 bool SamePublicKey(const EVP_PKEY* a, const EVP_PKEY* b);

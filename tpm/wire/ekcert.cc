@@ -187,12 +187,16 @@ absl::Status VerifyEkCertificate(X509* cert, const CaBundle& ca, std::optional<t
 
 absl::Status CheckCertificateMatchesPublic(X509* cert, const TPMT_PUBLIC& pub) {
   ASSIGN_OR_RETURN(OsslPtr<EVP_PKEY> tpm_key, PublicToEvp(pub));
+  return CheckCertificateMatchesKey(cert, tpm_key.get());
+}
+
+absl::Status CheckCertificateMatchesKey(X509* cert, const EVP_PKEY* tpm_key) {
   EVP_PKEY* cert_key = X509_get0_pubkey(cert);
   if (cert_key == nullptr) {
     return OpenSslError("EK certificate public key cannot be decoded",
                         absl::StatusCode::kInvalidArgument);
   }
-  if (!SamePublicKey(cert_key, tpm_key.get())) {
+  if (!SamePublicKey(cert_key, tpm_key)) {
     DrainOpenSslErrors();
     return absl::PermissionDeniedError(absl::StrCat(
         "the EK certificate '", SubjectString(cert),

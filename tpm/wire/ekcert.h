@@ -44,6 +44,11 @@ absl::Status VerifyEkCertificate(X509* cert, const CaBundle& ca,
 // CheckCertificateMatchesPublic: PermissionDenied unless the certificate's key equals `pub`.
 absl::Status CheckCertificateMatchesPublic(X509* cert, const TPMT_PUBLIC& pub);
 
+// CheckCertificateMatchesKey: the same check against `key`, the PublicToEvp result of the EK
+// public area (converted and checked once by the caller). PermissionDenied when they differ or
+// `key` is null.
+absl::Status CheckCertificateMatchesKey(X509* cert, const EVP_PKEY* key);
+
 // TCG device attributes from the EK certificate's subjectAltName directoryName
 // (2.23.133.2.1 manufacturer, 2.23.133.2.2 model, 2.23.133.2.3 version).
 struct TcgDeviceInfo {
