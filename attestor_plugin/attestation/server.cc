@@ -286,7 +286,12 @@ absl::StatusOr<std::shared_ptr<const ServerConfig>> ValidateServerConfig(
 }
 
 absl::StatusOr<std::string> EkPublicKeyHash(const TPMT_PUBLIC& ek) {
-  ASSIGN_OR_RETURN(Bytes der, wire::PublicKeyDer(ek));
+  ASSIGN_OR_RETURN(OsslPtr<EVP_PKEY> key, wire::PublicToEvp(ek));
+  return EkPublicKeyHash(key.get());
+}
+
+absl::StatusOr<std::string> EkPublicKeyHash(const EVP_PKEY* ek_key) {
+  ASSIGN_OR_RETURN(Bytes der, wire::PublicKeyDer(ek_key));
   ASSIGN_OR_RETURN(Bytes h, wire::Hash(TPM2_ALG_SHA256, der));
   return HexEncode(h);
 }
@@ -322,8 +327,15 @@ absl::Status CheckEkPublicArea(const TPMT_PUBLIC& ek) {
 absl::StatusOr<EkTrust> VerifyEkTrust(const ServerConfig& config, const TPMT_PUBLIC& ek,
                                       ByteSpan certificate_der,
                                       absl::Span<const Bytes> intermediates_der) {
+  ASSIGN_OR_RETURN(OsslPtr<EVP_PKEY> key, wire::PublicToEvp(ek));
+  return VerifyEkTrust(config, key.get(), certificate_der, intermediates_der);
+}
+
+absl::StatusOr<EkTrust> VerifyEkTrust(const ServerConfig& config, const EVP_PKEY* ek_key,
+                                      ByteSpan certificate_der,
+                                      absl::Span<const Bytes> intermediates_der) {
   EkTrust trust;
-  ASSIGN_OR_RETURN(trust.pubhash, EkPublicKeyHash(ek));
+  ASSIGN_OR_RETURN(trust.pubhash, EkPublicKeyHash(ek_key));
   const bool allowlisted = config.allowlist.count(trust.pubhash) > 0;
 
   absl::Status cert_status = absl::PermissionDeniedError(absl::StrCat(
@@ -350,7 +362,7 @@ absl::StatusOr<EkTrust> VerifyEkTrust(const ServerConfig& config, const TPMT_PUB
         bundle.intermediates.push_back(std::move(*inter));
       }
       RETURN_IF_ERROR(wire::VerifyEkCertificate(cert->get(), bundle, config.verification_time));
-      RETURN_IF_ERROR(wire::CheckCertificateMatchesPublic(cert->get(), ek));
+      RETURN_IF_ERROR(wire::CheckCertificateMatchesKey(cert->get(), ek_key));
       absl::StatusOr<wire::TcgDeviceInfo> device = wire::ParseTcgDeviceInfo(cert->get());
       if (device.ok()) {
         trust.device = std::move(*device);
@@ -464,6 +476,19 @@ absl::StatusOr<std::unique_ptr<ServerSession>> ServerSession::New(
   return std::unique_ptr<ServerSession>(new ServerSession(std::move(config)));
 }
 
+absl::StatusOr<std::unique_ptr<ServerSession>> ServerSession::NewWithFixedRandomnessForBenchmark(
+    std::shared_ptr<const ServerConfig> config, ByteSpan secret, ByteSpan nonce) {
+  if (secret.size() != kSecretBytes || nonce.size() != kNonceBytes) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "benchmark session: the fixed secret and nonce must be ", kSecretBytes, " and ",
+        kNonceBytes, " bytes (got ", secret.size(), " and ", nonce.size(), ")"));
+  }
+  ASSIGN_OR_RETURN(std::unique_ptr<ServerSession> session, New(std::move(config)));
+  session->fixed_secret_for_benchmark_ = SecureBytes(secret.begin(), secret.end());
+  session->fixed_nonce_for_benchmark_ = Bytes(nonce.begin(), nonce.end());
+  return session;
+}
+
 ServerSession::ServerSession(std::shared_ptr<const ServerConfig> config)
     : config_(std::move(config)) {}
 
@@ -510,17 +535,31 @@ absl::StatusOr<Bytes> ServerSession::HandlePayloadImpl(ByteSpan payload) {
   ek_ = ek->publicArea;
   ak_ = ak->publicArea;
   RETURN_IF_ERROR(CheckEkPublicArea(ek_));
-  ASSIGN_OR_RETURN(ek_trust_, VerifyEkTrust(*config_, ek_, p.ek_certificate, p.ek_intermediates));
+  // The EK is converted to an OpenSSL key (with OpenSSL's public-key check) once per session and
+  // shared by the EK hash, the certificate key match and MakeCredential.
+  ASSIGN_OR_RETURN(OsslPtr<EVP_PKEY> ek_key, wire::PublicToEvp(ek_));
+  ASSIGN_OR_RETURN(ek_trust_,
+                   VerifyEkTrust(*config_, ek_key.get(), p.ek_certificate, p.ek_intermediates));
   ASSIGN_OR_RETURN(ak_alg_, CheckAkPolicy(*config_, ak_));
   ASSIGN_OR_RETURN(Bytes ak_name, wire::ObjectName(ak_));
 
   const size_t secret_size = std::min(kSecretBytes, wire::DigestSize(ek_.nameAlg));
-  secret_.assign(secret_size, 0);
-  if (secret_size == 0 || RAND_bytes(secret_.data(), static_cast<int>(secret_size)) != 1) {
-    return OpenSslError("RAND_bytes for the credential secret");
+  if (fixed_secret_for_benchmark_.has_value()) {
+    // Benchmark seam only (NewWithFixedRandomnessForBenchmark); see server.h.
+    if (fixed_secret_for_benchmark_->size() != secret_size) {
+      return absl::FailedPreconditionError(
+          "benchmark session: the fixed secret does not fit this EK's name algorithm");
+    }
+    secret_ = *fixed_secret_for_benchmark_;
+    nonce_ = *fixed_nonce_for_benchmark_;
+  } else {
+    secret_.assign(secret_size, 0);
+    if (secret_size == 0 || RAND_bytes(secret_.data(), static_cast<int>(secret_size)) != 1) {
+      return OpenSslError("RAND_bytes for the credential secret");
+    }
+    ASSIGN_OR_RETURN(nonce_, RandomBytes(kNonceBytes, "quote nonce"));
   }
-  ASSIGN_OR_RETURN(nonce_, RandomBytes(kNonceBytes, "quote nonce"));
-  absl::StatusOr<wire::Credential> cred = wire::MakeCredential(ek_, AsSpan(secret_), ak_name);
+  absl::StatusOr<wire::Credential> cred = wire::MakeCredential(ek_, ek_key.get(), AsSpan(secret_), ak_name);
   if (!cred.ok()) {
     return Annotate(cred.status(), "credential activation challenge for the EK");
   }

@@ -11,6 +11,7 @@
 #ifndef HWID_ATTESTOR_PLUGIN_ATTESTATION_SERVER_H_
 #define HWID_ATTESTOR_PLUGIN_ATTESTATION_SERVER_H_
 
+#include <openssl/evp.h>
 #include <tss2/tss2_tpm2_types.h>
 
 #include <ctime>
@@ -91,6 +92,9 @@ struct AttestationResult {
 // EkPublicKeyHash returns the lower-case hex SHA-256 of the EK's SubjectPublicKeyInfo DER.
 absl::StatusOr<std::string> EkPublicKeyHash(const TPMT_PUBLIC& ek);
 
+// EkPublicKeyHash of `ek_key`, the EK already converted (and checked) by wire::PublicToEvp.
+absl::StatusOr<std::string> EkPublicKeyHash(const EVP_PKEY* ek_key);
+
 // CheckEkPublicArea: the EK must be an RSA or ECC restricted decryption key (decrypt set, sign
 // clear) with fixedTPM and fixedParent. PERMISSION_DENIED naming the attribute.
 absl::Status CheckEkPublicArea(const TPMT_PUBLIC& ek);
@@ -110,6 +114,13 @@ struct EkTrust {
 // PERMISSION_DENIED for a failed check (the message names it and, for an unknown EK, gives its
 // hash so an operator can enrol it).
 absl::StatusOr<EkTrust> VerifyEkTrust(const ServerConfig& config, const TPMT_PUBLIC& ek,
+                                      ByteSpan certificate_der,
+                                      absl::Span<const Bytes> intermediates_der);
+
+// VerifyEkTrust with the EK already converted: `ek_key` must be wire::PublicToEvp(ek). The
+// session converts (and checks) the EK once and uses this overload, so the costly RSA public-key
+// check runs once per attestation instead of once per step.
+absl::StatusOr<EkTrust> VerifyEkTrust(const ServerConfig& config, const EVP_PKEY* ek_key,
                                       ByteSpan certificate_der,
                                       absl::Span<const Bytes> intermediates_der);
 
@@ -145,6 +156,19 @@ class ServerSession {
   static absl::StatusOr<std::unique_ptr<ServerSession>> New(
       std::shared_ptr<const ServerConfig> config);
 
+  // NewWithFixedRandomnessForBenchmark is a BENCHMARK AND TEST SEAM that the plugin never uses
+  // (the server adapter calls New only; tests/attestor_plugin/attestation prove that New draws a
+  // fresh secret and nonce per session). The session uses `secret` as the credential-activation
+  // secret and `nonce` as the quote nonce instead of drawing them from RAND_bytes, so that a
+  // (payload, response) pair recorded once from a real TPM can be verified again, in full, by
+  // bench/attest_bench. Everything else is unchanged: every check runs, and MakeCredential still
+  // draws its own seed (RSA-OAEP) or ephemeral key (ECDH). A server that fixed these values would
+  // accept replayed responses: never call this outside benchmarks and tests.
+  // FAILED_PRECONDITION when `config` is null; INVALID_ARGUMENT unless `secret` and `nonce` are
+  // 32 bytes each (the sizes New draws).
+  static absl::StatusOr<std::unique_ptr<ServerSession>> NewWithFixedRandomnessForBenchmark(
+      std::shared_ptr<const ServerConfig> config, ByteSpan secret, ByteSpan nonce);
+
   // HandlePayload decodes and verifies the agent's payload (EK trust, AK policy), binds a fresh
   // 32-byte secret to the server-computed AK name under the EK (MakeCredential) and returns the
   // encoded Challenge with a fresh 32-byte nonce and the required PCR selection.
@@ -169,6 +193,9 @@ class ServerSession {
   EkTrust ek_trust_;
   SecureBytes secret_;
   Bytes nonce_;
+  // Set only by NewWithFixedRandomnessForBenchmark; the plugin's sessions leave them empty.
+  std::optional<SecureBytes> fixed_secret_for_benchmark_;
+  std::optional<Bytes> fixed_nonce_for_benchmark_;
 };
 
 }  // namespace hwid::attestation

@@ -141,7 +141,7 @@ TEST(PublicToEvp, RejectsBadKeys) {
   {
     TPMT_PUBLIC p = rsa;
     p.unique.rsa.buffer[255] &= 0xfe;  // even modulus
-    rows.push_back({"even_modulus", p, "RSA public key"});
+    rows.push_back({"even_modulus", p, "RSA modulus is even"});
   }
   {
     TPMT_PUBLIC p = ec;
