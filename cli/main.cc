@@ -3,6 +3,7 @@
 #include <openssl/evp.h>
 #include <openssl/pem.h>
 #include <openssl/rand.h>
+#include <openssl/rsa.h>
 
 #include <chrono>
 #include <cstdio>
@@ -19,10 +20,14 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/ascii.h"
 #include "cli/args.h"
 #include "common/bytes.h"
 #include "common/ossl.h"
 #include "common/status_macros.h"
+#if HWID_WITH_PKCS11
+#include "pkcs11/pkcs11.h"
+#endif
 #include "tpm/tpm.h"
 #include "tpm/wire/attest.h"
 #include "tpm/wire/credential.h"
@@ -56,6 +61,7 @@ struct Command {
   std::set<std::string> value_opts;
   std::set<std::string> flag_opts;
   std::function<absl::Status(const Args&)> run;
+  size_t max_positional = 0;
 };
 
 absl::StatusOr<std::unique_ptr<tpm::Tpm>> OpenTpm(const Args& a) {
@@ -340,7 +346,103 @@ absl::Status CmdAttestSelftest(const Args& a) {
   return absl::OkStatus();
 }
 
+#if HWID_WITH_PKCS11
+bool IsPkcs11Uri(absl::string_view ref) { return absl::StartsWith(ref, "pkcs11:"); }
+
+// CmdKeyCreatePkcs11 generates a non-extractable key on a PKCS#11 token and prints its URI.
+absl::Status CmdKeyCreatePkcs11(const Args& a, const std::string& uri) {
+  absl::StatusOr<pkcs11::KeyAlg> alg = pkcs11::ParseKeyAlg(a.GetOr("alg", ""));
+  if (!alg.ok()) return UsageError(std::string(alg.status().message()));
+  auto label = a.Get("label");
+  if (!label.has_value() || label->empty()) return UsageError("--label NAME is required with --pkcs11");
+  if (a.Get("out") || a.Get("persist") || a.Get("auth-env")) {
+    return UsageError("--out, --persist and --auth-env are for TPM keys, not with --pkcs11");
+  }
+  ASSIGN_OR_RETURN(std::shared_ptr<pkcs11::Token> token, pkcs11::Token::Open(uri));
+  ASSIGN_OR_RETURN(std::shared_ptr<pkcs11::Key> key, token->GenerateKey(*alg, *label));
+  std::cerr << absl::StrFormat("created %s key '%s' on %s (CKA_SENSITIVE, not extractable)\n",
+                               pkcs11::KeyAlgName(*alg), *label, token->Describe());
+  std::cout << key->uri() << "\n";
+  return absl::OkStatus();
+}
+
+absl::Status CmdKeyList(const Args& a) {
+  if (a.positional().size() != 1) return UsageError("expected one pkcs11: URI");
+  ASSIGN_OR_RETURN(std::shared_ptr<pkcs11::Token> token, pkcs11::Token::Open(a.positional()[0]));
+  ASSIGN_OR_RETURN(std::vector<pkcs11::KeyInfo> keys, token->ListKeys());
+  if (keys.empty()) {
+    std::cerr << "no private keys visible on " << token->Describe()
+              << (token->logged_in() ? "" : " (not logged in: give a PIN to see private keys)") << "\n";
+  }
+  for (const pkcs11::KeyInfo& k : keys) {
+    std::cout << absl::StrFormat("%-3s %-24s %s\n", k.type == pkcs11::KeyType::kEc ? "EC" : "RSA",
+                                 k.label, k.uri);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CmdKeyPubPkcs11(const Args& a, const std::string& uri) {
+  ASSIGN_OR_RETURN(std::shared_ptr<pkcs11::Key> key, pkcs11::LoadKey(uri));
+  std::string pem = PemPublicKey(key->public_key());
+  if (auto out = a.Get("out")) {
+    return WriteFile(*out, AsSpan(pem));
+  }
+  std::cout << pem;
+  return absl::OkStatus();
+}
+
+absl::Status CmdKeySignPkcs11(const Args& a, const std::string& uri) {
+  if (a.Get("auth-env")) return UsageError("--auth-env is for TPM keys; put the PIN in the URI or HWID_PKCS11_PIN");
+  ASSIGN_OR_RETURN(Bytes msg, ReadFile(*a.Get("in"), 1u << 30));
+  ASSIGN_OR_RETURN(std::shared_ptr<pkcs11::Key> key, pkcs11::LoadKey(uri));
+  const bool ec = key->type() == pkcs11::KeyType::kEc;
+  std::string hash = a.GetOr("hash", ec && key->bits() == 384 ? "sha384" : "sha256");
+  const EVP_MD* md = EVP_get_digestbyname(hash.c_str());
+  if (md == nullptr || (hash != "sha256" && hash != "sha384" && hash != "sha512")) {
+    return UsageError(absl::StrCat("--hash ", hash, ": expected sha256, sha384 or sha512"));
+  }
+  const std::string s = a.GetOr("scheme", ec ? "ecdsa" : "pkcs1");
+  pkcs11::SignOptions opts;
+  if (s == "ecdsa") {
+    opts.mechanism = pkcs11::SignMechanism::kEcdsa;
+  } else if (s == "pkcs1" || s == "rsassa") {
+    opts.mechanism = pkcs11::SignMechanism::kRsaPkcs1;
+  } else if (s == "pss" || s == "rsapss") {
+    opts.mechanism = pkcs11::SignMechanism::kRsaPss;
+  } else {
+    return UsageError(absl::StrCat("--scheme ", s, ": expected ecdsa, pkcs1 or pss"));
+  }
+  opts.digest_name = absl::AsciiStrToUpper(hash);
+  Bytes digest(EVP_MAX_MD_SIZE);
+  unsigned int dlen = 0;
+  if (EVP_Digest(msg.data(), msg.size(), digest.data(), &dlen, md, nullptr) != 1) {
+    return OpenSslError("hashing the input");
+  }
+  digest.resize(dlen);
+  ASSIGN_OR_RETURN(Bytes sig, key->Sign(digest, opts));
+  // Check our own output with the public key before handing it out.
+  OsslPtr<EVP_PKEY_CTX> vctx(EVP_PKEY_CTX_new_from_pkey(nullptr, key->public_key(), nullptr));
+  if (vctx == nullptr || EVP_PKEY_verify_init(vctx.get()) != 1 ||
+      EVP_PKEY_CTX_set_signature_md(vctx.get(), md) != 1 ||
+      (!ec && EVP_PKEY_CTX_set_rsa_padding(vctx.get(), opts.mechanism == pkcs11::SignMechanism::kRsaPss
+                                                           ? RSA_PKCS1_PSS_PADDING
+                                                           : RSA_PKCS1_PADDING) != 1) ||
+      EVP_PKEY_verify(vctx.get(), sig.data(), sig.size(), digest.data(), digest.size()) != 1) {
+    return OpenSslError("the token's signature does not verify with its public key");
+  }
+  RETURN_IF_ERROR(WriteFile(*a.Get("out"), sig));
+  std::cout << absl::StrFormat("signed %u bytes (%s, %s) with %s: %u-byte signature written to %s\n",
+                               msg.size(), s, hash, key->Describe(), sig.size(), *a.Get("out"));
+  return absl::OkStatus();
+}
+#endif  // HWID_WITH_PKCS11
+
 absl::Status CmdKeyCreate(const Args& a) {
+#if HWID_WITH_PKCS11
+  if (auto uri = a.Get("pkcs11")) {
+    return CmdKeyCreatePkcs11(a, *uri);
+  }
+#endif
   absl::StatusOr<wire::KeyAlg> alg = wire::ParseKeyAlg(a.GetOr("alg", ""));
   if (!alg.ok()) return UsageError(std::string(alg.status().message()));
   auto out = a.Get("out");
@@ -372,7 +474,10 @@ absl::Status CmdKeyCreate(const Args& a) {
 
 absl::Status CmdKeyPub(const Args& a) {
   auto ref = a.Get("key");
-  if (!ref.has_value()) return UsageError("--key FILE|handle:0x81xxxxxx is required");
+  if (!ref.has_value()) return UsageError("--key FILE|handle:0x81xxxxxx|pkcs11:URI is required");
+#if HWID_WITH_PKCS11
+  if (IsPkcs11Uri(*ref)) return CmdKeyPubPkcs11(a, *ref);
+#endif
   TPM2B_PUBLIC pub;
   if (absl::StartsWith(*ref, "handle:")) {
     ASSIGN_OR_RETURN(uint32_t h, tpm::ParseHandle(ref->substr(7)));
@@ -399,6 +504,9 @@ absl::Status CmdKeySign(const Args& a) {
   auto in = a.Get("in");
   auto out = a.Get("out");
   if (!ref || !in || !out) return UsageError("--key, --in and --out are required");
+#if HWID_WITH_PKCS11
+  if (IsPkcs11Uri(*ref)) return CmdKeySignPkcs11(a, *ref);
+#endif
   std::optional<TPMI_ALG_HASH> hash;
   if (auto h = a.Get("hash")) {
     absl::StatusOr<TPMI_ALG_HASH> parsed = wire::ParseHashAlg(*h);
@@ -458,7 +566,8 @@ const char kTopUsage[] =
     "  hwid attest selftest          AK + credential activation + quote, verified in software\n"
     "  hwid key create               create a TPM signing key (TSS2 PRIVATE KEY file)\n"
     "  hwid key pub                  export a key's public half (PEM)\n"
-    "  hwid key sign                 sign a file with a TPM key\n"
+    "  hwid key sign                 sign a file with a TPM or PKCS#11 key\n"
+    "  hwid key list URI             list the keys on a PKCS#11 token\n"
     "  hwid key evict                remove a persistent key\n"
     "\n"
     "Every command takes --tcti T (default $HWID_TCTI, else device:/dev/tpmrm0) and --help.\n"
@@ -490,17 +599,26 @@ std::map<std::string, Command> Commands() {
       "  Creates a signing key in the TPM (under the owner-hierarchy SRK) and writes it as a\n"
       "  TSS2 PRIVATE KEY PEM (readable by tpm2-openssl and tpm2-tools). The private key never\n"
       "  leaves the TPM unencrypted. --auth-env names an environment variable holding the key's\n"
-      "  password.\n",
-      {"tcti", "alg", "out", "persist", "auth-env", "description"}, {}, CmdKeyCreate};
-  c["key pub"] = {"usage: hwid key pub --key KEY.pem|handle:0x81xxxxxx [--out PUB.pem] [--tcti T]\n",
+      "  password.\n"
+      "   or: hwid key create --pkcs11 URI --alg ec-p256|ec-p384|rsa-2048|rsa-3072 --label NAME\n"
+      "  Generates the key on the PKCS#11 token URI names (CKA_SENSITIVE, CKA_EXTRACTABLE false)\n"
+      "  and prints its pkcs11: URI. The PIN comes from the URI (pin-value, pin-source) or\n"
+      "  $HWID_PKCS11_PIN; the module from module-path, $HWID_PKCS11_MODULE or p11-kit's proxy.\n",
+      {"tcti", "alg", "out", "persist", "auth-env", "description", "pkcs11", "label"}, {}, CmdKeyCreate};
+  c["key pub"] = {"usage: hwid key pub --key KEY.pem|handle:0x81xxxxxx|pkcs11:URI [--out PUB.pem] [--tcti T]\n",
                   {"tcti", "key", "out"}, {}, CmdKeyPub};
   c["key sign"] = {
-      "usage: hwid key sign --key KEY.pem|handle:0x81xxxxxx --in FILE --out SIG\n"
+      "usage: hwid key sign --key KEY.pem|handle:0x81xxxxxx|pkcs11:URI --in FILE --out SIG\n"
       "                     [--hash sha256|sha384|sha512] [--scheme ecdsa|pkcs1|pss] [--auth-env VAR]\n"
       "  The hash defaults to sha384 for P-384 keys and sha256 otherwise.\n"
       "  Hashes FILE in software and signs the digest in the TPM (one TPM2_Sign). Writes a DER\n"
       "  ECDSA signature or a raw RSA signature, as `openssl dgst -verify` expects.\n",
       {"tcti", "key", "in", "out", "hash", "scheme", "auth-env"}, {}, CmdKeySign};
+#if HWID_WITH_PKCS11
+  c["key list"] = {"usage: hwid key list pkcs11:URI\n"
+                   "  Lists the private keys on the token URI names, one line each: type, label, URI.\n",
+                   {}, {}, CmdKeyList, 1};
+#endif
   c["key evict"] = {"usage: hwid key evict --handle 0x81xxxxxx [--tcti T]\n", {"tcti", "handle"}, {}, CmdKeyEvict};
   return c;
 }
@@ -542,7 +660,7 @@ int Main(int argc, char** argv) {
     std::cout << it->second.usage;
     return kExitOk;
   }
-  if (!parsed->positional().empty()) {
+  if (parsed->positional().size() > it->second.max_positional) {
     std::cerr << "hwid " << name << ": unexpected argument '" << parsed->positional()[0] << "'\n"
               << it->second.usage;
     return kExitUsage;

@@ -15,6 +15,7 @@ HWID_DEB_PACKAGES=(
   libgrpc++-dev protobuf-compiler-grpc clang libclang-rt-14-dev
   libprotobuf-dev protobuf-compiler
   iproute2 util-linux coreutils
+  softhsm2 libp11-dev libp11-kit-dev p11-kit-modules libengine-pkcs11-openssl opensc
 )
 
 hwid_log() { printf '\n== %s\n' "$*" >&2; }

@@ -1,0 +1,204 @@
+// PKCS#11 tokens and their non-extractable keys: module loading, token lookup by RFC 7512 URI,
+// login, key generation, attribute reads and signing over a session pool.
+//
+// Built on libp11 (module load + C_Initialize, slot enumeration, login with its fork re-login)
+// plus direct calls into the same module's CK_FUNCTION_LIST for what libp11 0.4.12 does not
+// offer: session handles (our session pool), key generation with an exact attribute template,
+// C_GetAttributeValue, C_FindObjects by CKA_ID/CKA_LABEL, and CKM_RSA_PKCS_PSS.
+//
+// Thread safety: Token and Key are thread-safe; concurrent Sign calls run on different PKCS#11
+// sessions (the pool grows on demand and keeps up to kMaxIdleSessions idle ones).
+// Fork safety: in a forked child the first call re-runs C_Initialize (with CKF_OS_LOCKING_OK),
+// logs in again with the cached PIN, forgets the parent's session handles and finds the key
+// objects again. PINs are kept only in zeroizing buffers and never appear in messages.
+#ifndef HWID_PKCS11_PKCS11_H_
+#define HWID_PKCS11_PKCS11_H_
+
+#include <openssl/evp.h>
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "common/bytes.h"
+#include "common/ossl.h"
+#include "pkcs11/uri.h"
+
+namespace hwid::pkcs11 {
+
+// The module used when neither the URI's module-path nor $HWID_PKCS11_MODULE names one.
+absl::string_view DefaultModulePath();
+
+enum class KeyAlg { kEcP256, kEcP384, kRsa2048, kRsa3072 };
+// ParseKeyAlg accepts "ec-p256", "ec-p384", "rsa-2048", "rsa-3072"; InvalidArgument otherwise.
+absl::StatusOr<KeyAlg> ParseKeyAlg(absl::string_view name);
+std::string KeyAlgName(KeyAlg alg);
+
+enum class KeyType { kEc, kRsa };
+
+enum class SignMechanism { kEcdsa, kRsaPkcs1, kRsaPss };
+
+// SignOptions describes one signature over a digest computed in software.
+struct SignOptions {
+  SignMechanism mechanism = SignMechanism::kEcdsa;
+  // The digest algorithm that produced the digest: "SHA1", "SHA224", "SHA256", "SHA384",
+  // "SHA512" (RSA: goes into the DigestInfo / PSS parameters; ECDSA: length check only).
+  std::string digest_name = "SHA256";
+  // RSA-PSS salt length in bytes; nullopt = the digest length (what TLS 1.3 requires).
+  std::optional<int> pss_salt_len;
+};
+
+// KeyAttributes are the protection attributes of a private key object as the token reports them.
+struct KeyAttributes {
+  bool token = false;              // CKA_TOKEN
+  bool is_private = false;         // CKA_PRIVATE
+  bool sensitive = false;          // CKA_SENSITIVE
+  bool extractable = true;         // CKA_EXTRACTABLE
+  bool always_sensitive = false;   // CKA_ALWAYS_SENSITIVE
+  bool never_extractable = false;  // CKA_NEVER_EXTRACTABLE
+  bool sign = false;               // CKA_SIGN
+};
+
+// KeyInfo describes one private key in a listing.
+struct KeyInfo {
+  std::string label;
+  Bytes id;
+  KeyType type = KeyType::kEc;
+  std::string uri;  // names the key; never contains a PIN
+};
+
+class Key;
+class Module;
+
+class Token : public std::enable_shared_from_this<Token> {
+ public:
+  // kMaxIdleSessions bounds the idle sessions kept in the pool.
+  static constexpr size_t kMaxIdleSessions = 16;
+
+  // Open parses `uri`, loads its module (module-path, else $HWID_PKCS11_MODULE, else
+  // DefaultModulePath(); one instance per module path per process, shared), finds exactly one
+  // initialised token matching the URI's token attributes and logs in when a PIN is available
+  // (pin-value, else pin-source, else $HWID_PKCS11_PIN). Never retries a failed login.
+  // Errors: InvalidArgument (bad URI, several tokens match), FailedPrecondition (module does not
+  // load, PIN in its final try), NotFound (no token matches), PermissionDenied (wrong/locked PIN).
+  static absl::StatusOr<std::shared_ptr<Token>> Open(absl::string_view uri);
+  static absl::StatusOr<std::shared_ptr<Token>> Open(const Pkcs11Uri& uri);
+
+  ~Token();
+  Token(const Token&) = delete;
+  Token& operator=(const Token&) = delete;
+
+  // FindKey finds the one private key matching the URI's object attributes (object=, id=) and
+  // reads its public half (from the key object for RSA, the public key object with the same
+  // CKA_ID for EC). NotFound when none matches, InvalidArgument when several do.
+  absl::StatusOr<std::shared_ptr<Key>> FindKey(const Pkcs11Uri& uri);
+  absl::StatusOr<std::shared_ptr<Key>> FindKey(absl::string_view uri);
+
+  // ListKeys lists the private keys visible in this session state (needs login on most tokens).
+  absl::StatusOr<std::vector<KeyInfo>> ListKeys();
+
+  // GenerateKey makes a key pair on the token: the private key with CKA_TOKEN, CKA_PRIVATE,
+  // CKA_SENSITIVE true, CKA_EXTRACTABLE false, CKA_SIGN true (nothing else); the public key with
+  // CKA_TOKEN true. CKA_ID is 16 random bytes, CKA_LABEL is `label` (must be new on the token:
+  // AlreadyExists otherwise). Needs a logged-in token (FailedPrecondition otherwise).
+  absl::StatusOr<std::shared_ptr<Key>> GenerateKey(KeyAlg alg, absl::string_view label);
+
+  bool logged_in() const { return logged_in_; }
+  // Describe is "token 'LABEL' (slot N, module PATH)".
+  std::string Describe() const;
+  const TokenFields& fields() const { return fields_; }
+  const std::string& module_path() const;
+  // command_count is the number of PKCS#11 calls made through this token object.
+  uint64_t command_count() const { return commands_.load(std::memory_order_relaxed); }
+  // sessions_opened is how many sessions this token object has opened (pool growth).
+  uint64_t sessions_opened() const { return sessions_opened_.load(std::memory_order_relaxed); }
+  // CloseIdleSessions closes the pooled sessions (they reopen on demand).
+  void CloseIdleSessions();
+
+ private:
+  friend class Key;
+  class Lease;
+
+  Token(std::shared_ptr<Module> module, void* slot, unsigned long slot_id, TokenFields fields,
+        SecureBytes pin);
+
+  absl::Status Login();
+  // CheckFork re-initialises this token after a fork (see the file comment); cheap otherwise.
+  absl::Status CheckFork();
+  absl::StatusOr<unsigned long> AcquireSession();
+  void ReleaseSession(unsigned long session, bool reusable);
+  absl::StatusOr<std::shared_ptr<Key>> MakeKey(unsigned long session, unsigned long handle);
+  absl::StatusOr<unsigned long> FindPrivateKeyHandle(unsigned long session,
+                                                     const std::optional<std::string>& label,
+                                                     const std::optional<Bytes>& id,
+                                                     absl::string_view what);
+
+  std::shared_ptr<Module> module_;
+  void* slot_;  // PKCS11_SLOT* owned by module_
+  unsigned long slot_id_;
+  TokenFields fields_;
+  SecureBytes pin_;
+  bool logged_in_ = false;
+  std::atomic<uint64_t> generation_;
+  std::mutex mu_;  // guards idle_ and re-initialisation; never held across a C_Sign
+  std::vector<unsigned long> idle_;
+  std::atomic<uint64_t> commands_{0};
+  std::atomic<uint64_t> sessions_opened_{0};
+};
+
+class Key {
+ public:
+  Key(const Key&) = delete;
+  Key& operator=(const Key&) = delete;
+
+  KeyType type() const { return type_; }
+  int bits() const { return bits_; }
+  // public_key is the public half as an OpenSSL key (default provider), never null.
+  EVP_PKEY* public_key() const { return public_key_.get(); }
+  const std::string& label() const { return label_; }
+  const Bytes& id() const { return id_; }
+  // uri names this key (token + id + object + type=private); never contains a PIN.
+  const std::string& uri() const { return uri_; }
+  // Describe is "PKCS#11 key 'LABEL' on token 'T' (slot N)".
+  std::string Describe() const;
+  const std::shared_ptr<Token>& token() const { return token_; }
+
+  // Sign signs `digest` on the token: CKM_ECDSA (result converted to a DER ECDSA-Sig-Value),
+  // CKM_RSA_PKCS over the DigestInfo, or CKM_RSA_PKCS_PSS. InvalidArgument when the digest length
+  // does not match options.digest_name or the mechanism does not fit the key.
+  absl::StatusOr<Bytes> Sign(ByteSpan digest, const SignOptions& options);
+
+  // ReadAttributes reads the protection attributes of the private key object.
+  absl::StatusOr<KeyAttributes> ReadAttributes();
+
+ private:
+  friend class Token;
+  Key(std::shared_ptr<Token> token, unsigned long handle, KeyType type, int bits,
+      OsslPtr<EVP_PKEY> public_key, std::string label, Bytes id, std::string uri);
+  // Handle returns the object handle, finding the key again after a fork.
+  absl::StatusOr<unsigned long> Handle(unsigned long session, bool refind);
+
+  std::shared_ptr<Token> token_;
+  std::atomic<unsigned long> handle_;
+  std::atomic<uint64_t> generation_;
+  KeyType type_;
+  int bits_;
+  OsslPtr<EVP_PKEY> public_key_;
+  std::string label_;
+  Bytes id_;
+  std::string uri_;
+};
+
+// LoadKey opens the token a URI names and finds the key it names (Token::Open + FindKey).
+absl::StatusOr<std::shared_ptr<Key>> LoadKey(absl::string_view uri);
+
+}  // namespace hwid::pkcs11
+
+#endif  // HWID_PKCS11_PKCS11_H_

@@ -1,0 +1,51 @@
+// A private SoftHSM2 token for tests: its own SOFTHSM2_CONF and token directory in a fresh
+// temporary directory, one initialised token (softhsm2-util --init-token), removed at the end.
+//
+// SOFTHSM2_CONF is process-wide, so use one SoftHsm per test binary (GlobalSoftHsm()).
+#ifndef HWID_TESTS_PKCS11_SOFTHSM_H_
+#define HWID_TESTS_PKCS11_SOFTHSM_H_
+
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+
+namespace hwid::testing {
+
+class SoftHsm {
+ public:
+  static constexpr char kModule[] = "/usr/lib/softhsm/libsofthsm2.so";
+  static constexpr char kUtil[] = "/usr/bin/softhsm2-util";
+
+  // Start creates DIR=mkdtemp($TMPDIR/hwid-softhsm-XXXXXX), writes DIR/softhsm2.conf
+  // (tokendir DIR/tokens, file object store), exports SOFTHSM2_CONF and runs softhsm2-util
+  // --init-token --free --label `label` --pin `pin` --so-pin `so_pin`. FailedPrecondition when
+  // SoftHSM2 is not installed.
+  static absl::StatusOr<std::unique_ptr<SoftHsm>> Start(const std::string& label,
+                                                        const std::string& pin,
+                                                        const std::string& so_pin);
+  ~SoftHsm();
+
+  const std::string& dir() const { return dir_; }
+  const std::string& label() const { return label_; }
+  const std::string& pin() const { return pin_; }
+  // uri is "pkcs11:token=LABEL?module-path=...&pin-value=PIN".
+  std::string uri() const;
+  // uri_no_pin is the same without pin-value.
+  std::string uri_no_pin() const;
+
+ private:
+  SoftHsm(std::string dir, std::string label, std::string pin)
+      : dir_(std::move(dir)), label_(std::move(label)), pin_(std::move(pin)) {}
+  std::string dir_;
+  std::string label_;
+  std::string pin_;
+};
+
+// RequireSoftHsm returns true when SoftHSM2 is installed; otherwise it records a skip (or, with
+// CI=true, a failure) and returns false.
+bool SoftHsmAvailable();
+
+}  // namespace hwid::testing
+
+#endif  // HWID_TESTS_PKCS11_SOFTHSM_H_
