@@ -204,31 +204,6 @@ absl::StatusOr<std::shared_ptr<Module>> Module::Get(const std::string& path) {
 absl::string_view DefaultModulePath() { return HWID_P11KIT_PROXY; }
 
 // ----------------------------------------------------------------------------------------------
-// Key algorithms.
-
-absl::StatusOr<KeyAlg> ParseKeyAlg(absl::string_view name) {
-  if (name == "ec-p256") return KeyAlg::kEcP256;
-  if (name == "ec-p384") return KeyAlg::kEcP384;
-  if (name == "rsa-2048") return KeyAlg::kRsa2048;
-  if (name == "rsa-3072") return KeyAlg::kRsa3072;
-  return absl::InvalidArgumentError(
-      absl::StrCat("key algorithm '", name, "': expected ec-p256, ec-p384, rsa-2048 or rsa-3072"));
-}
-
-std::string KeyAlgName(KeyAlg alg) {
-  switch (alg) {
-    case KeyAlg::kEcP256:
-      return "ec-p256";
-    case KeyAlg::kEcP384:
-      return "ec-p384";
-    case KeyAlg::kRsa2048:
-      return "rsa-2048";
-    case KeyAlg::kRsa3072:
-      return "rsa-3072";
-  }
-  return "unknown";
-}
-
 namespace {
 
 constexpr uint8_t kOidP256[] = {0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07};

@@ -28,6 +28,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "common/bytes.h"
+#include "common/key_alg.h"
 #include "common/ossl.h"
 #include "pkcs11/uri.h"
 
@@ -36,10 +37,9 @@ namespace hwid::pkcs11 {
 // The module used when neither the URI's module-path nor $HWID_PKCS11_MODULE names one.
 absl::string_view DefaultModulePath();
 
-enum class KeyAlg { kEcP256, kEcP384, kRsa2048, kRsa3072 };
-// ParseKeyAlg accepts "ec-p256", "ec-p384", "rsa-2048", "rsa-3072"; InvalidArgument otherwise.
-absl::StatusOr<KeyAlg> ParseKeyAlg(absl::string_view name);
-std::string KeyAlgName(KeyAlg alg);
+using ::hwid::KeyAlg;  // common/key_alg.h: shared with tpm/wire and the CLI
+using ::hwid::KeyAlgName;
+using ::hwid::ParseKeyAlg;
 
 enum class KeyType { kEc, kRsa };
 

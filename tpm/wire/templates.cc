@@ -316,31 +316,6 @@ TPM2B_PUBLIC SrkTemplateRsa() {
   return WithSize(pub);
 }
 
-absl::StatusOr<KeyAlg> ParseKeyAlg(std::string_view s) {
-  const std::string lower = absl::AsciiStrToLower(Sv(s));
-  for (KeyAlg a : {KeyAlg::kEcP256, KeyAlg::kEcP384, KeyAlg::kRsa2048, KeyAlg::kRsa3072}) {
-    if (lower == KeyAlgName(a)) {
-      return a;
-    }
-  }
-  return absl::InvalidArgumentError(absl::StrCat(
-      "unknown key algorithm \"", Sv(s), "\" (valid: ec-p256, ec-p384, rsa-2048, rsa-3072)"));
-}
-
-const char* KeyAlgName(KeyAlg a) {
-  switch (a) {
-    case KeyAlg::kEcP256:
-      return "ec-p256";
-    case KeyAlg::kEcP384:
-      return "ec-p384";
-    case KeyAlg::kRsa2048:
-      return "rsa-2048";
-    case KeyAlg::kRsa3072:
-      return "rsa-3072";
-  }
-  return "unknown";
-}
-
 TPM2B_PUBLIC AkTemplate(KeyAlg a) {
   return KeyTemplate(a,
                      TPMA_OBJECT_FIXEDTPM | TPMA_OBJECT_FIXEDPARENT |

@@ -15,6 +15,7 @@
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "common/bytes.h"
+#include "common/key_alg.h"
 
 namespace hwid::wire {
 
@@ -75,11 +76,10 @@ TPM2B_PUBLIC SrkTemplateEcc();
 // rsaParent TRUE): exponent 0, unique of size 0.
 TPM2B_PUBLIC SrkTemplateRsa();
 
-enum class KeyAlg { kEcP256, kEcP384, kRsa2048, kRsa3072 };
+using ::hwid::KeyAlg;  // common/key_alg.h: shared with pkcs11/ and the CLI
+using ::hwid::KeyAlgName;
+using ::hwid::ParseKeyAlg;
 
-// ParseKeyAlg parses "ec-p256", "ec-p384", "rsa-2048", "rsa-3072"; the error lists these.
-absl::StatusOr<KeyAlg> ParseKeyAlg(std::string_view s);
-const char* KeyAlgName(KeyAlg a);
 
 // AkTemplate: restricted signing attestation key, nameAlg SHA-256, attributes fixedTPM|
 // fixedParent|sensitiveDataOrigin|userWithAuth|noDA|restricted|sign. ECC: ECDSA-SHA256 (P-384:
