@@ -1,0 +1,10 @@
+# The hwid provider benchmark (docs/benchmarks.md, bench/run-provider-bench). Included from
+# bench/CMakeLists.txt when the provider module is built.
+if(EXISTS ${PROJECT_SOURCE_DIR}/provider/CMakeLists.txt)
+  add_executable(provider_bench provider_bench.cc)
+  target_link_libraries(provider_bench PRIVATE hwid::tpm_wire hwid::common PkgConfig::TSS2
+    OpenSSL::SSL OpenSSL::Crypto hwid::build_flags)
+  target_compile_definitions(provider_bench PRIVATE
+    HWID_PROVIDER_DIR="$<TARGET_FILE_DIR:hwid_provider>")
+  add_dependencies(provider_bench hwid_provider)
+endif()

@@ -1,0 +1,102 @@
+// The backend interface of the hwid OpenSSL provider: where private keys live and how they sign.
+// The provider's OpenSSL glue (keymgmt, signature, store, decoder, encoder) speaks only this
+// interface; TpmBackend (tpm_backend.h) implements it over hwid::tpm, and a PKCS#11 backend can be
+// added behind the same interface.
+//
+// A Key never exposes private material: it offers its public key (an EVP_PKEY in the provider's
+// own library context, served by OpenSSL's default provider), a signature over a digest computed
+// by the caller in software, and an encoding of its *reference* (for a TPM key the TSS2 PRIVATE
+// KEY file, which holds only a TPM-wrapped blob).
+#ifndef HWID_PROVIDER_BACKEND_H_
+#define HWID_PROVIDER_BACKEND_H_
+
+#include <openssl/evp.h>
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "common/bytes.h"
+#include "common/ossl.h"
+
+namespace hwid::provider {
+
+enum class KeyType { kEc, kRsa };
+
+// The padding / signature scheme of one signature.
+enum class Padding { kEcdsa, kPkcs1, kPss };
+
+// SignParams describes one signature: `digest` is the hash of the message computed with
+// `digest_name` ("SHA256", "SHA384", "SHA512", "SHA1").
+struct SignParams {
+  Padding padding = Padding::kEcdsa;
+  std::string digest_name = "SHA256";
+  // RSA-PSS only: the salt length the caller requires, in bytes; nullopt = whatever the device
+  // uses (OpenSSL's "max"/"auto").
+  std::optional<int> pss_salt_len;
+};
+
+// How a device chooses the RSA-PSS salt length: TPM 2.0 Part 1 B.7 says "the largest size
+// allowed" (several hardware TPMs do that), libtpms/swtpm use the digest length. TLS 1.3 needs
+// the digest length.
+enum class PssSaltMode { kDigestLength, kMaximum };
+
+// The key-generation request of `openssl genpkey`.
+enum class KeySpec { kEcP256, kEcP384, kRsa2048, kRsa3072 };
+
+class Key {
+ public:
+  virtual ~Key() = default;
+
+  virtual KeyType type() const = 0;
+  // public_key is the key's public half in the provider's library context (never null).
+  virtual EVP_PKEY* public_key() const = 0;
+  // Describe names the key for error messages ("TPM key file (parent 0x40000001)",
+  // "TPM persistent key 0x81000010"); never contains secrets.
+  virtual std::string Describe() const = 0;
+  // Sign signs `digest` (already hashed as params.digest_name says) and returns what OpenSSL
+  // expects: a DER ECDSA-Sig-Value, or the RSA signature (modulus size). Errors carry the
+  // operation, the key and the decoded device code.
+  virtual absl::StatusOr<Bytes> Sign(ByteSpan digest, const SignParams& params) = 0;
+  // EncodePem returns the key's reference as a PEM file that the provider's decoder reads back
+  // (for a TPM key: "TSS2 PRIVATE KEY"). Unimplemented for keys that have no file form.
+  virtual absl::StatusOr<std::string> EncodePem() const = 0;
+  virtual absl::StatusOr<Bytes> EncodeDer() const = 0;
+  // Activate makes the key usable: loads it into the device (proving it belongs there) and runs
+  // its self-test (auth value, RSA-PSS salt behaviour). Idempotent. Store and decoder hand out
+  // inactive keys; the keymgmt activates the one OpenSSL actually keeps.
+  virtual absl::Status Activate() = 0;
+  // pss_salt_mode is the RSA-PSS salt length the device uses, measured at key load by a
+  // self-test signature (kDigestLength for EC keys, where it is meaningless).
+  virtual PssSaltMode pss_salt_mode() const = 0;
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+
+  // LoadKeyFile makes an inactive key from its file form (PEM or DER): parsed and checked, not yet
+  // in the device (see Key::Activate). `auth` is the key's authorization value (empty for none).
+  // InvalidArgument for a malformed file.
+  virtual absl::StatusOr<std::shared_ptr<Key>> LoadKeyFile(ByteSpan pem_or_der,
+                                                           ByteSpan auth) = 0;
+  // KeyFileNeedsAuth is true when the file says the key needs an authorization value.
+  virtual absl::StatusOr<bool> KeyFileNeedsAuth(ByteSpan pem_or_der) = 0;
+  // LoadHandle makes an inactive key for a device handle (TPM persistent handle 0x81xxxxxx);
+  // reads its public part from the device.
+  virtual absl::StatusOr<std::shared_ptr<Key>> LoadHandle(uint32_t handle, ByteSpan auth) = 0;
+  // Generate makes a new non-exportable signing key in the device (returned active).
+  virtual absl::StatusOr<std::shared_ptr<Key>> Generate(KeySpec spec, ByteSpan auth) = 0;
+  // CommandCount is the number of device commands this process has sent through the backend.
+  virtual uint64_t CommandCount() = 0;
+  // UnloadAll releases every device resource held for live keys (they reload on next use).
+  virtual void UnloadAll() = 0;
+};
+
+}  // namespace hwid::provider
+
+#endif  // HWID_PROVIDER_BACKEND_H_

@@ -1,0 +1,554 @@
+#include "provider/tpm_backend.h"
+
+#include <openssl/crypto.h>
+#include <openssl/x509.h>
+#include <pthread.h>
+#include <unistd.h>
+
+#include <mutex>
+#include <optional>
+#include <set>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "common/ossl.h"
+#include "common/status_macros.h"
+#include "provider/pss.h"
+#include "tpm/tpm.h"
+#include "tpm/wire/crypto.h"
+#include "tpm/wire/keyfile.h"
+#include "tpm/wire/marshal.h"
+#include "tpm/wire/templates.h"
+
+namespace hwid::provider {
+
+// TpmDevice is the process' connection to one TPM, re-opened in a forked child.
+class TpmDevice {
+ public:
+  explicit TpmDevice(std::string tcti) : tcti_(std::move(tcti)) {}
+  TpmDevice(const TpmDevice&) = delete;
+  TpmDevice& operator=(const TpmDevice&) = delete;
+
+  // Get returns the connection of the calling process, opening it on first use or after a fork
+  // (the parent's connection and objects are abandoned, never flushed: they are the parent's).
+  // `generation` identifies the connection so keys know when their handles went stale.
+  absl::StatusOr<tpm::Tpm*> Get(uint64_t* generation) {
+    std::lock_guard<std::mutex> lock(mu_);
+    const pid_t pid = getpid();
+    if (tpm_ != nullptr && pid_ != pid) {
+      // Abandoned, never destroyed: finalizing it could touch the connection it shares with the
+      // parent. Kept reachable so leak checkers see it as intentional.
+      static auto* abandoned = new std::vector<std::unique_ptr<tpm::Tpm>>;
+      abandoned->push_back(std::move(tpm_));
+    }
+    if (tpm_ == nullptr) {
+      ASSIGN_OR_RETURN(tpm_, tpm::Tpm::Open(tcti_));
+      pid_ = pid;
+      ++generation_;
+    }
+    *generation = generation_;
+    return tpm_.get();
+  }
+
+  // ResetIfBroken retires connection `generation` after an error that can leave the TCTI or the
+  // ESAPI context unusable (the TPM went away or restarted mid-command: kUnavailable, or an ESAPI
+  // sequence error: kInternal), so the next operation opens a fresh connection and reloads its
+  // keys. The retired connection is kept (not destroyed) until the device goes away: keys may
+  // still hold objects of it, which are released, never flushed, through a stale context.
+  void ResetIfBroken(uint64_t generation, const absl::Status& s) {
+    if (!absl::IsUnavailable(s) && !absl::IsInternal(s)) {
+      return;
+    }
+    std::lock_guard<std::mutex> lock(mu_);
+    if (tpm_ != nullptr && generation == generation_ && pid_ == getpid()) {
+      retired_.push_back(std::move(tpm_));
+    }
+  }
+
+  // Owns is true when `generation` is this process' current connection.
+  bool Owns(uint64_t generation) {
+    std::lock_guard<std::mutex> lock(mu_);
+    return tpm_ != nullptr && generation == generation_ && pid_ == getpid();
+  }
+
+  uint64_t CommandCount() {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (tpm_ == nullptr || pid_ != getpid()) {
+      return 0;
+    }
+    return tpm_->command_count();
+  }
+
+  const std::string& tcti() const { return tcti_; }
+
+ private:
+  std::mutex mu_;
+  const std::string tcti_;
+  std::unique_ptr<tpm::Tpm> tpm_;
+  std::vector<std::unique_ptr<tpm::Tpm>> retired_;
+  pid_t pid_ = 0;
+  uint64_t generation_ = 0;
+};
+
+namespace {
+
+class TpmKey;
+
+// Registry: every live key of the process. `op_mu` serialises every TPM operation on keys (load,
+// sign, flush); the TPM executes one command at a time anyway (tpm::Tpm has its own lock, and
+// hashing happens before this lock), so nothing is lost, and eviction when the TPM is out of
+// object slots can unload other keys without racing their users. Lock order: op_mu, then mu.
+struct Registry {
+  std::mutex op_mu;
+  std::mutex mu;
+  std::set<TpmKey*> keys;
+  uint64_t clock = 0;  // for least-recently-used eviction
+};
+
+Registry& Reg() {
+  static Registry* r = new Registry;  // never destroyed: used from static destructors
+  return *r;
+}
+
+absl::StatusOr<TPMI_ALG_HASH> HashAlgFor(absl::string_view name, size_t digest_len) {
+  TPMI_ALG_HASH alg = TPM2_ALG_NULL;
+  if (name == "SHA256" || name == "SHA2-256") {
+    alg = TPM2_ALG_SHA256;
+  } else if (name == "SHA384" || name == "SHA2-384") {
+    alg = TPM2_ALG_SHA384;
+  } else if (name == "SHA512" || name == "SHA2-512") {
+    alg = TPM2_ALG_SHA512;
+  } else if (name == "SHA1" || name == "SHA-1") {
+    alg = TPM2_ALG_SHA1;
+  } else {
+    return absl::InvalidArgumentError(
+        absl::StrCat("digest ", name, " is not supported by the TPM (SHA1, SHA256, SHA384, SHA512)"));
+  }
+  if (wire::DigestSize(alg) != digest_len) {
+    return absl::InvalidArgumentError(absl::StrCat("a ", name, " digest is ",
+                                                   wire::DigestSize(alg), " bytes, got ",
+                                                   digest_len));
+  }
+  return alg;
+}
+
+absl::StatusOr<KeyType> CheckSigningPublic(const TPMT_PUBLIC& pub, absl::string_view what) {
+  if ((pub.objectAttributes & TPMA_OBJECT_SIGN_ENCRYPT) == 0) {
+    return absl::InvalidArgumentError(absl::StrCat(what, " is not a signing key (sign attribute clear)"));
+  }
+  if ((pub.objectAttributes & TPMA_OBJECT_RESTRICTED) != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        what, " is a restricted key (an attestation key); it cannot sign externally hashed data"));
+  }
+  if (pub.type == TPM2_ALG_ECC) {
+    return KeyType::kEc;
+  }
+  if (pub.type == TPM2_ALG_RSA) {
+    return KeyType::kRsa;
+  }
+  return absl::InvalidArgumentError(absl::StrCat(what, " has unsupported type 0x",
+                                                 absl::Hex(pub.type), " (RSA or ECC expected)"));
+}
+
+absl::StatusOr<OsslPtr<EVP_PKEY>> PublicInLibctx(OSSL_LIB_CTX* libctx, const TPMT_PUBLIC& pub) {
+  ASSIGN_OR_RETURN(Bytes der, wire::PublicKeyDer(pub));
+  const unsigned char* p = der.data();
+  OsslPtr<EVP_PKEY> key(d2i_PUBKEY_ex(nullptr, &p, static_cast<long>(der.size()), libctx, nullptr));
+  if (key == nullptr) {
+    return OpenSslError("decoding the TPM key's public part");
+  }
+  return key;
+}
+
+// UnloadAllExceptLocked flushes every loaded key but `except`; EvictOneLocked flushes the least
+// recently used loaded key other than `except` (false when there is none). Both need op_mu.
+void UnloadAllExceptLocked(TpmKey* except);
+bool EvictOneLocked(TpmKey* except);
+
+class TpmKey final : public Key {
+ public:
+  TpmKey(OSSL_LIB_CTX* libctx, std::shared_ptr<TpmDevice> device, KeyType type,
+         OsslPtr<EVP_PKEY> pub,
+         std::optional<wire::TpmKeyFile> file, uint32_t handle, SecureBytes auth,
+         std::string description)
+      : libctx_(libctx),
+        device_(std::move(device)),
+        type_(type),
+        pub_(std::move(pub)),
+        file_(std::move(file)),
+        handle_(handle),
+        auth_(std::move(auth)),
+        description_(std::move(description)) {
+    std::lock_guard<std::mutex> lock(Reg().mu);
+    Reg().keys.insert(this);
+  }
+
+  ~TpmKey() override {
+    std::lock_guard<std::mutex> op(Reg().op_mu);
+    {
+      std::lock_guard<std::mutex> lock(Reg().mu);
+      Reg().keys.erase(this);
+    }
+    DropLocked();
+  }
+
+  KeyType type() const override { return type_; }
+  EVP_PKEY* public_key() const override { return pub_.get(); }
+  std::string Describe() const override { return description_; }
+  PssSaltMode pss_salt_mode() const override { return pss_mode_; }
+
+  absl::StatusOr<std::string> EncodePem() const override {
+    if (!file_.has_value()) {
+      return absl::UnimplementedError(absl::StrCat(
+          description_, " has no key file; refer to it as handle:", tpm::FormatHandle(handle_)));
+    }
+    return wire::EncodeTpmKeyFilePem(*file_);
+  }
+  absl::StatusOr<Bytes> EncodeDer() const override {
+    if (!file_.has_value()) {
+      return absl::UnimplementedError(absl::StrCat(
+          description_, " has no key file; refer to it as handle:", tpm::FormatHandle(handle_)));
+    }
+    return wire::EncodeTpmKeyFileDer(*file_);
+  }
+
+  absl::StatusOr<Bytes> Sign(ByteSpan digest, const SignParams& params) override {
+    tpm::SignScheme scheme = tpm::SignScheme::kEcdsa;
+    switch (params.padding) {
+      case Padding::kEcdsa:
+        if (type_ != KeyType::kEc) {
+          return absl::InvalidArgumentError(absl::StrCat("ECDSA requested with RSA ", description_));
+        }
+        scheme = tpm::SignScheme::kEcdsa;
+        break;
+      case Padding::kPkcs1:
+        scheme = tpm::SignScheme::kRsaSsa;
+        break;
+      case Padding::kPss:
+        scheme = tpm::SignScheme::kRsaPss;
+        break;
+    }
+    if (params.padding != Padding::kEcdsa && type_ != KeyType::kRsa) {
+      return absl::InvalidArgumentError(absl::StrCat("RSA padding requested with EC ", description_));
+    }
+    ASSIGN_OR_RETURN(TPMI_ALG_HASH hash, HashAlgFor(params.digest_name, digest.size()));
+    if (params.padding == Padding::kPss && params.pss_salt_len.has_value()) {
+      const int hlen = static_cast<int>(digest.size());
+      const int device_salt = pss_mode_ == PssSaltMode::kDigestLength
+                                  ? hlen
+                                  : PssMaxSaltLength(EVP_PKEY_get_bits(pub_.get()), hlen);
+      if (*params.pss_salt_len != device_salt) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "RSA-PSS with salt length ", *params.pss_salt_len, " requested, but this TPM signs ",
+            "RSA-PSS only with salt length ", device_salt,
+            pss_mode_ == PssSaltMode::kMaximum
+                ? " (the maximum, TPM 2.0 Part 1 B.7); TLS 1.3 needs salt = digest length: use an "
+                  "ECDSA key or RSA PKCS#1 v1.5 (TLS 1.2) with this TPM"
+                : " (the digest length)",
+            "; key: ", description_));
+      }
+    }
+    std::lock_guard<std::mutex> lock(Reg().op_mu);
+    uint64_t gen = 0;
+    ASSIGN_OR_RETURN(tpm::Tpm * tpm, device_->Get(&gen));
+    absl::Status loaded = EnsureLoadedLocked(tpm, gen);
+    if (!loaded.ok()) {
+      device_->ResetIfBroken(gen, loaded);
+      return loaded;
+    }
+    absl::StatusOr<TPMT_SIGNATURE> sig = tpm->Sign(*loaded_, digest, scheme, hash);
+    if (!sig.ok()) {
+      device_->ResetIfBroken(gen, sig.status());
+      return sig.status();
+    }
+    return wire::SignatureToDer(*sig);
+  }
+
+  // LoadNow loads the key (proving it belongs to this TPM) and, for RSA keys and keys with an
+  // authorization value, signs a self-test digest: it checks the auth value and measures the
+  // TPM's RSA-PSS salt length.
+  absl::Status Activate() override {
+    std::lock_guard<std::mutex> lock(Reg().op_mu);
+    if (activated_) {
+      return absl::OkStatus();
+    }
+    absl::Status st = ActivateLocked();
+    if (!st.ok()) {
+      device_->ResetIfBroken(last_gen_, st);
+      return st;
+    }
+    activated_ = true;
+    return absl::OkStatus();
+  }
+
+  absl::Status ActivateLocked() {
+    uint64_t gen = 0;
+    ASSIGN_OR_RETURN(tpm::Tpm * tpm, device_->Get(&gen));
+    last_gen_ = gen;
+    RETURN_IF_ERROR(EnsureLoadedLocked(tpm, gen));
+    if (type_ != KeyType::kRsa && auth_.empty()) {
+      return absl::OkStatus();
+    }
+    static constexpr uint8_t kSelfTest[] = "hwid provider key self-test";
+    ASSIGN_OR_RETURN(Bytes digest, wire::Hash(TPM2_ALG_SHA256, ByteSpan(kSelfTest, sizeof(kSelfTest))));
+    const tpm::SignScheme scheme =
+        type_ == KeyType::kRsa ? tpm::SignScheme::kRsaPss : tpm::SignScheme::kEcdsa;
+    absl::StatusOr<TPMT_SIGNATURE> sig = tpm->Sign(*loaded_, digest, scheme, TPM2_ALG_SHA256);
+    if (!sig.ok()) {
+      if (absl::IsPermissionDenied(sig.status())) {
+        return absl::PermissionDeniedError(absl::StrCat(
+            "wrong authorization value for ", description_, ": ", sig.status().message()));
+      }
+      return sig.status();
+    }
+    ASSIGN_OR_RETURN(Bytes der, wire::SignatureToDer(*sig));
+    if (type_ == KeyType::kEc) {
+      return absl::OkStatus();
+    }
+    OsslPtr<EVP_MD> md(EVP_MD_fetch(libctx_, "SHA256", nullptr));
+    if (md == nullptr) {
+      return OpenSslError("fetching SHA256");
+    }
+    absl::StatusOr<int> salt = PssSaltLength(libctx_, pub_.get(), md.get(), digest, der);
+    if (!salt.ok()) {
+      return absl::InternalError(absl::StrCat("self-test RSA-PSS signature of ", description_,
+                                              " does not verify: ", salt.status().message()));
+    }
+    if (*salt == static_cast<int>(digest.size())) {
+      pss_mode_ = PssSaltMode::kDigestLength;
+    } else if (*salt == PssMaxSaltLength(EVP_PKEY_get_bits(pub_.get()), 32)) {
+      pss_mode_ = PssSaltMode::kMaximum;
+    } else {
+      return absl::InternalError(absl::StrCat("the TPM signed RSA-PSS with salt length ", *salt,
+                                              ", neither the digest length nor the maximum"));
+    }
+    return absl::OkStatus();
+  }
+
+  // UnloadLocked flushes the key if it is loaded (needs op_mu); it reloads on next use.
+  void UnloadLocked() { DropLocked(); }
+  bool loaded() const { return loaded_.has_value(); }
+  uint64_t last_use() const { return last_use_; }
+
+ private:
+  absl::Status EnsureLoadedLocked(tpm::Tpm* tpm, uint64_t gen) {
+    if (loaded_.has_value() && loaded_gen_ != gen) {
+      // Loaded through a connection this process no longer uses (fork): abandon the handle.
+      loaded_->object.Release();
+      loaded_.reset();
+    }
+    last_use_ = ++Reg().clock;
+    if (loaded_.has_value()) {
+      return absl::OkStatus();
+    }
+    while (true) {
+      absl::StatusOr<tpm::LoadedKey> k =
+          file_.has_value() ? tpm->LoadKey(*file_, AsSpan(auth_))
+                            : tpm->LoadPersistentKey(handle_, AsSpan(auth_));
+      if (k.ok()) {
+        loaded_ = std::move(*k);
+        loaded_gen_ = gen;
+        return absl::OkStatus();
+      }
+      // Out of TPM object slots: unload this process' least recently used key and retry.
+      if (absl::IsResourceExhausted(k.status()) && EvictOneLocked(this)) {
+        continue;
+      }
+      absl::Status s = k.status();
+      if (file_.has_value() && (absl::IsPermissionDenied(s) || absl::IsInvalidArgument(s) ||
+                                absl::IsFailedPrecondition(s) || absl::IsNotFound(s))) {
+        // The TPM reports a foreign or altered blob as an integrity/authorization failure of the
+        // Load command: that is a key that does not belong here, not a wrong auth value.
+        return absl::InvalidArgumentError(absl::StrCat(
+            "loading ", description_, ": ", s.message(),
+            "; check that the key was created by this TPM and under this parent"));
+      }
+      return absl::Status(s.code(), absl::StrCat("loading ", description_, ": ", s.message()));
+    }
+  }
+
+  void DropLocked() {
+    if (!loaded_.has_value()) {
+      return;
+    }
+    if (!device_->Owns(loaded_gen_)) {
+      loaded_->object.Release();
+    }
+    loaded_.reset();
+  }
+
+  OSSL_LIB_CTX* const libctx_;
+  const std::shared_ptr<TpmDevice> device_;
+  const KeyType type_;
+  const OsslPtr<EVP_PKEY> pub_;
+  const std::optional<wire::TpmKeyFile> file_;
+  const uint32_t handle_;
+  const SecureBytes auth_;
+  const std::string description_;
+  PssSaltMode pss_mode_ = PssSaltMode::kDigestLength;
+
+  uint64_t last_use_ = 0;
+  uint64_t last_gen_ = 0;
+  bool activated_ = false;
+  std::optional<tpm::LoadedKey> loaded_;
+  uint64_t loaded_gen_ = 0;
+};
+
+void UnloadAllExceptLocked(TpmKey* except) {
+  std::lock_guard<std::mutex> lock(Reg().mu);
+  for (TpmKey* k : Reg().keys) {
+    if (k != except) {
+      k->UnloadLocked();
+    }
+  }
+}
+
+bool EvictOneLocked(TpmKey* except) {
+  std::lock_guard<std::mutex> lock(Reg().mu);
+  TpmKey* victim = nullptr;
+  for (TpmKey* k : Reg().keys) {
+    if (k != except && k->loaded() && (victim == nullptr || k->last_use() < victim->last_use())) {
+      victim = k;
+    }
+  }
+  if (victim == nullptr) {
+    return false;
+  }
+  victim->UnloadLocked();
+  return true;
+}
+
+void UnloadAllExcept(TpmKey* except) {
+  std::lock_guard<std::mutex> op(Reg().op_mu);
+  UnloadAllExceptLocked(except);
+}
+
+// At exit() flush whatever keys the application did not free (the module is linked with
+// -z nodelete, so this runs at exit, never at an early dlclose).
+struct ExitFlusher {
+  ~ExitFlusher() { UnloadAllExcept(nullptr); }
+};
+ExitFlusher g_exit_flusher;
+
+// Fork: before fork() the parent flushes its loaded keys (they reload on its next signature) and
+// holds op_mu across the fork, so the child starts with no key operation in flight and no TPM
+// object of its parent that it could neither use nor free. Without a resource manager this is
+// what keeps a forking server's master (nginx) from pinning TPM object slots its workers need.
+void ForkPrepare() {
+  Reg().op_mu.lock();
+  UnloadAllExceptLocked(nullptr);
+}
+void ForkParent() { Reg().op_mu.unlock(); }
+void ForkChild() { Reg().op_mu.unlock(); }
+struct ForkHandlers {
+  ForkHandlers() { pthread_atfork(ForkPrepare, ForkParent, ForkChild); }
+};
+ForkHandlers g_fork_handlers;
+
+absl::StatusOr<std::shared_ptr<Key>> MakeInactive(std::shared_ptr<TpmKey> key) {
+  return std::shared_ptr<Key>(std::move(key));
+}
+
+}  // namespace
+
+void UnloadAllTpmKeys() { UnloadAllExcept(nullptr); }
+
+TpmBackend::TpmBackend(OSSL_LIB_CTX* libctx, std::shared_ptr<TpmDevice> device)
+    : libctx_(libctx), device_(std::move(device)) {}
+
+TpmBackend::~TpmBackend() = default;
+
+absl::StatusOr<std::unique_ptr<TpmBackend>> TpmBackend::New(OSSL_LIB_CTX* libctx,
+                                                            std::string tcti) {
+  if (libctx == nullptr) {
+    return absl::InvalidArgumentError("TpmBackend needs a library context");
+  }
+  if (tcti.empty()) {
+    tcti = tpm::DefaultTcti();
+  }
+  return std::unique_ptr<TpmBackend>(
+      new TpmBackend(libctx, std::make_shared<TpmDevice>(std::move(tcti))));
+}
+
+absl::StatusOr<bool> TpmBackend::KeyFileNeedsAuth(ByteSpan pem_or_der) {
+  ASSIGN_OR_RETURN(wire::TpmKeyFile file, wire::ParseTpmKeyFile(pem_or_der));
+  return !file.empty_auth;
+}
+
+absl::StatusOr<std::shared_ptr<Key>> TpmBackend::LoadKeyFile(ByteSpan pem_or_der, ByteSpan auth) {
+  absl::StatusOr<wire::TpmKeyFile> file = wire::ParseTpmKeyFile(pem_or_der);
+  if (!file.ok()) {
+    return absl::Status(file.status().code(),
+                        absl::StrCat("TSS2 PRIVATE KEY file: ", file.status().message()));
+  }
+  ASSIGN_OR_RETURN(TPM2B_PUBLIC pub, wire::ParsePublic(file->pub));
+  std::string what = absl::StrCat("TPM key file (parent ", tpm::FormatHandle(file->parent),
+                                  file->description.has_value() ? ", " : "",
+                                  file->description.value_or(""), ")");
+  ASSIGN_OR_RETURN(KeyType type, CheckSigningPublic(pub.publicArea, what));
+  ASSIGN_OR_RETURN(OsslPtr<EVP_PKEY> evp, PublicInLibctx(libctx_, pub.publicArea));
+  auto key = std::make_shared<TpmKey>(libctx_, device_, type, std::move(evp), std::move(*file), 0,
+                                      SecureBytes(auth.begin(), auth.end()), std::move(what));
+  return MakeInactive(std::move(key));
+}
+
+absl::StatusOr<std::shared_ptr<Key>> TpmBackend::LoadHandle(uint32_t handle, ByteSpan auth) {
+  if ((handle >> 24) != TPM2_HT_PERSISTENT) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "handle:", tpm::FormatHandle(handle), " is not a persistent key handle (0x81xxxxxx)"));
+  }
+  uint64_t gen = 0;
+  ASSIGN_OR_RETURN(tpm::Tpm * tpm, device_->Get(&gen));
+  std::string what = absl::StrCat("TPM persistent key ", tpm::FormatHandle(handle));
+  absl::StatusOr<TPM2B_PUBLIC> pub = tpm->ReadPublic(handle);
+  if (!pub.ok()) {
+    return absl::Status(pub.status().code(),
+                        absl::StrCat("reading ", what, ": ", pub.status().message()));
+  }
+  ASSIGN_OR_RETURN(KeyType type, CheckSigningPublic(pub->publicArea, what));
+  ASSIGN_OR_RETURN(OsslPtr<EVP_PKEY> evp, PublicInLibctx(libctx_, pub->publicArea));
+  auto key = std::make_shared<TpmKey>(libctx_, device_, type, std::move(evp), std::nullopt, handle,
+                                      SecureBytes(auth.begin(), auth.end()), std::move(what));
+  return MakeInactive(std::move(key));
+}
+
+absl::StatusOr<std::shared_ptr<Key>> TpmBackend::Generate(KeySpec spec, ByteSpan auth) {
+  wire::KeyAlg alg = wire::KeyAlg::kEcP256;
+  switch (spec) {
+    case KeySpec::kEcP256:
+      alg = wire::KeyAlg::kEcP256;
+      break;
+    case KeySpec::kEcP384:
+      alg = wire::KeyAlg::kEcP384;
+      break;
+    case KeySpec::kRsa2048:
+      alg = wire::KeyAlg::kRsa2048;
+      break;
+    case KeySpec::kRsa3072:
+      alg = wire::KeyAlg::kRsa3072;
+      break;
+  }
+  uint64_t gen = 0;
+  ASSIGN_OR_RETURN(tpm::Tpm * tpm, device_->Get(&gen));
+  absl::StatusOr<wire::TpmKeyFile> file = tpm->CreateKey(alg, auth);
+  if (absl::IsResourceExhausted(file.status())) {
+    UnloadAllExcept(nullptr);
+    file = tpm->CreateKey(alg, auth);
+  }
+  if (!file.ok()) {
+    return absl::Status(file.status().code(),
+                        absl::StrCat("creating a ", wire::KeyAlgName(alg), " key in the TPM: ",
+                                     file.status().message()));
+  }
+  ASSIGN_OR_RETURN(Bytes der, wire::EncodeTpmKeyFileDer(*file));
+  ASSIGN_OR_RETURN(std::shared_ptr<Key> key, LoadKeyFile(der, auth));
+  RETURN_IF_ERROR(key->Activate());
+  return key;
+}
+
+uint64_t TpmBackend::CommandCount() { return device_->CommandCount(); }
+
+void TpmBackend::UnloadAll() { UnloadAllExcept(nullptr); }
+
+}  // namespace hwid::provider
