@@ -34,6 +34,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "bench/raw_esys_signer.h"
 #include "common/bytes.h"
 #include "tpm/wire/keyfile.h"
 #include "tpm/wire/marshal.h"
@@ -47,12 +48,6 @@ using Clock = std::chrono::steady_clock;
   std::fprintf(stderr, "provider_bench: %s\n", what.c_str());
   ERR_print_errors_fp(stderr);
   std::exit(1);
-}
-
-void CheckRc(TSS2_RC rc, const char* what) {
-  if (rc != TSS2_RC_SUCCESS) {
-    Die(absl::StrFormat("%s: 0x%x", what, rc));
-  }
 }
 
 double OpsPerSecond(double seconds, const std::function<void()>& op) {
@@ -130,62 +125,6 @@ void SignOnce(OSSL_LIB_CTX* ctx, EVP_PKEY* k, const std::string& msg) {
   EVP_MD_CTX_free(m);
 }
 
-// Raw ESAPI: the same key blob loaded under the SRK, Esys_Sign on a fixed digest.
-struct RawSigner {
-  TSS2_TCTI_CONTEXT* tcti = nullptr;
-  ESYS_CONTEXT* esys = nullptr;
-  ESYS_TR key = ESYS_TR_NONE;
-  TPMT_SIG_SCHEME scheme = {};
-
-  RawSigner(const std::string& tcti_conf, const hwid::wire::TpmKeyFile& kf, TPM2_ALG_ID sig_alg) {
-    CheckRc(Tss2_TctiLdr_Initialize(tcti_conf.c_str(), &tcti), "Tss2_TctiLdr_Initialize");
-    CheckRc(Esys_Initialize(&esys, tcti, nullptr), "Esys_Initialize");
-    TPM2B_SENSITIVE_CREATE sens = {};
-    TPM2B_PUBLIC srk_tmpl = hwid::wire::SrkTemplateEcc();
-    TPM2B_DATA outside = {};
-    TPML_PCR_SELECTION pcr = {};
-    ESYS_TR srk = ESYS_TR_NONE;
-    TPM2B_PUBLIC* p = nullptr;
-    TPM2B_CREATION_DATA* cd = nullptr;
-    TPM2B_DIGEST* ch = nullptr;
-    TPMT_TK_CREATION* tk = nullptr;
-    CheckRc(Esys_CreatePrimary(esys, ESYS_TR_RH_OWNER, ESYS_TR_PASSWORD, ESYS_TR_NONE,
-                               ESYS_TR_NONE, &sens, &srk_tmpl, &outside, &pcr, &srk, &p, &cd, &ch,
-                               &tk),
-            "Esys_CreatePrimary");
-    Esys_Free(p);
-    Esys_Free(cd);
-    Esys_Free(ch);
-    Esys_Free(tk);
-    auto pub = hwid::wire::ParsePublic(kf.pub);
-    auto priv = hwid::wire::ParsePrivate(kf.priv);
-    if (!pub.ok() || !priv.ok()) {
-      Die("parsing the key file");
-    }
-    CheckRc(Esys_Load(esys, srk, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, &*priv, &*pub,
-                      &key),
-            "Esys_Load");
-    CheckRc(Esys_FlushContext(esys, srk), "Esys_FlushContext");
-    scheme.scheme = sig_alg;
-    scheme.details.any.hashAlg = TPM2_ALG_SHA256;
-  }
-  ~RawSigner() {
-    Esys_FlushContext(esys, key);
-    Esys_Finalize(&esys);
-    Tss2_TctiLdr_Finalize(&tcti);
-  }
-  void Sign(const TPM2B_DIGEST& d) {
-    TPMT_TK_HASHCHECK v = {};
-    v.tag = TPM2_ST_HASHCHECK;
-    v.hierarchy = TPM2_RH_NULL;
-    TPMT_SIGNATURE* sig = nullptr;
-    CheckRc(Esys_Sign(esys, key, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, &d, &scheme, &v,
-                      &sig),
-            "Esys_Sign");
-    Esys_Free(sig);
-  }
-};
-
 struct Opts {
   std::string tcti;
   std::string module_dir = HWID_PROVIDER_DIR;
@@ -227,7 +166,7 @@ void BenchSign(const Opts& o, bool ecc) {
   std::string tpm2_note;
   for (int r = 0; r < o.rounds; ++r) {
     {
-      RawSigner s(o.tcti, *kf, ecc ? TPM2_ALG_ECDSA : TPM2_ALG_RSASSA);
+      hwid::bench::RawEsysSigner s(o.tcti, *kf, ecc ? TPM2_ALG_ECDSA : TPM2_ALG_RSASSA);
       raw.push_back(OpsPerSecond(o.seconds, [&] { s.Sign(d); }));
     }
     {

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "absl/strings/str_format.h"
+#include "bench/raw_esys_signer.h"
 #include "common/bytes.h"
 #include "tpm/tpm.h"
 #include "tpm/wire/attest.h"
@@ -40,60 +41,6 @@ using Clock = std::chrono::steady_clock;
     if (!st_.ok()) Die(std::string(#expr) + ": " + std::string(st_.message())); \
   } while (false)
 
-#define CHECK_RC(expr)                                           \
-  do {                                                           \
-    TSS2_RC rc_ = (expr);                                        \
-    if (rc_ != TSS2_RC_SUCCESS) Die(absl::StrFormat("%s: 0x%x", #expr, rc_)); \
-  } while (false)
-
-// Raw ESAPI: the same key blob loaded under the same SRK template, Esys_Sign on a fixed digest.
-struct RawSigner {
-  TSS2_TCTI_CONTEXT* tcti = nullptr;
-  ESYS_CONTEXT* esys = nullptr;
-  ESYS_TR key = ESYS_TR_NONE;
-  TPMT_SIG_SCHEME scheme = {};
-
-  RawSigner(const std::string& tcti_conf, const hwid::wire::TpmKeyFile& kf, TPM2_ALG_ID sig_alg) {
-    CHECK_RC(Tss2_TctiLdr_Initialize(tcti_conf.c_str(), &tcti));
-    CHECK_RC(Esys_Initialize(&esys, tcti, nullptr));
-    TPM2B_SENSITIVE_CREATE sens = {};
-    TPM2B_PUBLIC srk_tmpl = hwid::wire::SrkTemplateEcc();
-    TPM2B_DATA outside = {};
-    TPML_PCR_SELECTION pcr = {};
-    ESYS_TR srk = ESYS_TR_NONE;
-    TPM2B_PUBLIC* p = nullptr;
-    TPM2B_CREATION_DATA* cd = nullptr;
-    TPM2B_DIGEST* ch = nullptr;
-    TPMT_TK_CREATION* tk = nullptr;
-    CHECK_RC(Esys_CreatePrimary(esys, ESYS_TR_RH_OWNER, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE,
-                                &sens, &srk_tmpl, &outside, &pcr, &srk, &p, &cd, &ch, &tk));
-    Esys_Free(p);
-    Esys_Free(cd);
-    Esys_Free(ch);
-    Esys_Free(tk);
-    auto pub = hwid::wire::ParsePublic(kf.pub);
-    auto priv = hwid::wire::ParsePrivate(kf.priv);
-    CHECK_OK(pub.status());
-    CHECK_OK(priv.status());
-    CHECK_RC(Esys_Load(esys, srk, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, &*priv, &*pub, &key));
-    CHECK_RC(Esys_FlushContext(esys, srk));
-    scheme.scheme = sig_alg;
-    scheme.details.any.hashAlg = TPM2_ALG_SHA256;
-  }
-  ~RawSigner() {
-    Esys_FlushContext(esys, key);
-    Esys_Finalize(&esys);
-    Tss2_TctiLdr_Finalize(&tcti);
-  }
-  void Sign(const TPM2B_DIGEST& d) {
-    TPMT_TK_HASHCHECK v = {};
-    v.tag = TPM2_ST_HASHCHECK;
-    v.hierarchy = TPM2_RH_NULL;
-    TPMT_SIGNATURE* sig = nullptr;
-    CHECK_RC(Esys_Sign(esys, key, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, &d, &scheme, &v, &sig));
-    Esys_Free(sig);
-  }
-};
 
 template <typename F>
 double OpsPerSecond(double seconds, F&& op) {
@@ -120,7 +67,7 @@ void BenchSign(const std::string& tcti, hwid::wire::KeyAlg alg, double seconds, 
   auto key = (*tpm)->LoadKey(*kf);
   CHECK_OK(key.status());
   const bool ecc = alg == hwid::wire::KeyAlg::kEcP256;
-  RawSigner raw(tcti, *kf, ecc ? TPM2_ALG_ECDSA : TPM2_ALG_RSASSA);
+  hwid::bench::RawEsysSigner raw(tcti, *kf, ecc ? TPM2_ALG_ECDSA : TPM2_ALG_RSASSA);
   TPM2B_DIGEST d = {};
   d.size = 32;
   std::memset(d.buffer, 0x42, 32);
