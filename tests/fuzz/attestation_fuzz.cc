@@ -31,6 +31,7 @@
 #include "tpm/wire/attest.h"
 #include "tpm/wire/marshal.h"
 #include "tpm/wire/pcr.h"
+#include "tests/fuzz/fuzz_fixtures.h"
 #include "tpm/wire/templates.h"
 
 namespace {
@@ -39,21 +40,7 @@ using hwid::ByteSpan;
 using hwid::Bytes;
 namespace att = hwid::attestation;
 
-// The NIST P-256 generator as a fixed, valid public point.
-void SetGenerator(TPMT_PUBLIC& p) {
-  static constexpr uint8_t kGx[] = {
-      0x6b, 0x17, 0xd1, 0xf2, 0xe1, 0x2c, 0x42, 0x47, 0xf8, 0xbc, 0xe6,
-      0xe5, 0x63, 0xa4, 0x40, 0xf2, 0x77, 0x03, 0x7d, 0x81, 0x2d, 0xeb,
-      0x33, 0xa0, 0xf4, 0xa1, 0x39, 0x45, 0xd8, 0x98, 0xc2, 0x96};
-  static constexpr uint8_t kGy[] = {
-      0x4f, 0xe3, 0x42, 0xe2, 0xfe, 0x1a, 0x7f, 0x9b, 0x8e, 0xe7, 0xeb,
-      0x4a, 0x7c, 0x0f, 0x9e, 0x16, 0x2b, 0xce, 0x33, 0x57, 0x6b, 0x31,
-      0x5e, 0xce, 0xcb, 0xb6, 0x40, 0x68, 0x37, 0xbf, 0x51, 0xf5};
-  p.unique.ecc.x.size = sizeof(kGx);
-  std::memcpy(p.unique.ecc.x.buffer, kGx, sizeof(kGx));
-  p.unique.ecc.y.size = sizeof(kGy);
-  std::memcpy(p.unique.ecc.y.buffer, kGy, sizeof(kGy));
-}
+using hwid::fuzzing::SetP256Generator;
 
 struct Fixture {
   std::shared_ptr<const att::ServerConfig> config;
@@ -90,9 +77,9 @@ const Fixture& GetFixture() {
   static const Fixture* f = [] {
     auto* fx = new Fixture();
     TPMT_PUBLIC ek = hwid::wire::EkTemplate(hwid::wire::EkType::kEccP256).publicArea;
-    SetGenerator(ek);
+    SetP256Generator(ek);
     fx->ak = hwid::wire::AkTemplate(hwid::wire::KeyAlg::kEcP256).publicArea;
-    SetGenerator(fx->ak);
+    SetP256Generator(fx->ak);
     att::ServerConfigInput in;
     in.trust_domain = "fuzz.example";
     const std::string bundle = WriteRootBundle();

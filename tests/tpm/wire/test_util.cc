@@ -10,6 +10,8 @@
 #include <map>
 #include <memory>
 
+#include "tpm/wire/crypto.h"
+
 namespace hwid::wire::testing {
 namespace {
 
@@ -20,18 +22,11 @@ namespace {
 }
 
 const EVP_MD* Md(TPMI_ALG_HASH alg) {
-  switch (alg) {
-    case TPM2_ALG_SHA1:
-      return EVP_sha1();
-    case TPM2_ALG_SHA256:
-      return EVP_sha256();
-    case TPM2_ALG_SHA384:
-      return EVP_sha384();
-    case TPM2_ALG_SHA512:
-      return EVP_sha512();
-    default:
-      Die("unsupported hash");
+  absl::StatusOr<const EVP_MD*> md = hwid::wire::DigestForAlg(alg);
+  if (!md.ok()) {
+    Die(std::string(md.status().message()));
   }
+  return *md;
 }
 
 EVP_PKEY* Cached(const std::string& key, EVP_PKEY* (*make)(const std::string&)) {
