@@ -10,6 +10,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "tests/testing/swtpm.h"
+#include "tests/testing/run_shell.h"
 
 namespace {
 
@@ -22,17 +23,10 @@ struct Result {
 
 Result RunCli(const std::string& args) {
   const char* cli = std::getenv("HWID_CLI");
-  std::string cmd = absl::StrCat("HWID_TCTI='", hwid::testing::GlobalSwtpm().tcti(), "' ",
-                                 cli != nullptr ? cli : "hwid", " ", args, " 2>&1");
-  FILE* p = popen(cmd.c_str(), "r");
-  std::string out;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof(buf), p)) > 0) {
-    out.append(buf, n);
-  }
-  int st = pclose(p);
-  return {WIFEXITED(st) ? WEXITSTATUS(st) : -1, out};
+  hwid::testing::ShellResult r = hwid::testing::RunShell(
+      absl::StrCat("HWID_TCTI='", hwid::testing::GlobalSwtpm().tcti(), "' ",
+                   cli != nullptr ? cli : "hwid", " ", args));
+  return {r.exit_code, r.output};
 }
 
 int Shell(const std::string& cmd) {

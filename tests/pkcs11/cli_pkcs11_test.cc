@@ -17,6 +17,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/pkcs11/softhsm.h"
+#include "tests/testing/run_shell.h"
 
 namespace hwid {
 namespace {
@@ -35,16 +36,9 @@ struct Result {
 
 Result RunHwid(const std::string& args) {
   const char* cli = std::getenv("HWID_CLI");
-  Result r;
-  std::string cmd = absl::StrCat(cli != nullptr ? cli : "hwid", " ", args, " 2>&1");
-  FILE* p = popen(cmd.c_str(), "r");
-  if (p == nullptr) return r;
-  std::array<char, 4096> buf;
-  size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
-  const int st = pclose(p);
-  r.rc = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-  return r;
+  ::hwid::testing::ShellResult r =
+      ::hwid::testing::RunShell(absl::StrCat(cli != nullptr ? cli : "hwid", " ", args));
+  return {r.exit_code, r.output};
 }
 
 std::string Quote(const std::string& s) { return absl::StrCat("'", s, "'"); }

@@ -20,6 +20,7 @@
 #include "common/bytes.h"
 #include "tests/testing/swtpm.h"
 #include "tpm/tpm.h"
+#include "tests/testing/run_shell.h"
 
 namespace hwid {
 namespace {
@@ -31,15 +32,8 @@ constexpr char kP[] = "-provider default -provider hwid";
 constexpr char kGen[] = "-provider hwid -provider default";
 
 std::pair<int, std::string> Shell(const std::string& cmd) {
-  FILE* p = popen(absl::StrCat("(", cmd, ") 2>&1").c_str(), "r");
-  std::string out;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof(buf), p)) > 0) {
-    out.append(buf, n);
-  }
-  const int st = pclose(p);
-  return {WIFEXITED(st) ? WEXITSTATUS(st) : -1, out};
+  ::hwid::testing::ShellResult r = ::hwid::testing::RunShell(cmd);
+  return {r.exit_code, r.output};
 }
 
 // SanitizerEnv prefixes a command that loads hwid.so. In a sanitized build the programs we start

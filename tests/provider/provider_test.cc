@@ -39,6 +39,7 @@
 #include "tpm/wire/crypto.h"
 #include "tpm/wire/keyfile.h"
 #include "tpm/wire/marshal.h"
+#include "tests/testing/run_shell.h"
 
 namespace hwid {
 
@@ -58,15 +59,8 @@ using ::testing::HasSubstr;
 // Shell runs a shell command (TPM2TOOLS_TCTI/TPM2OPENSSL_TCTI point at the swtpm); returns its
 // exit status and combined output.
 std::pair<int, std::string> Shell(const std::string& cmd) {
-  FILE* p = popen(absl::StrCat("(", cmd, ") 2>&1").c_str(), "r");
-  std::string out;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof(buf), p)) > 0) {
-    out.append(buf, n);
-  }
-  const int st = pclose(p);
-  return {WIFEXITED(st) ? WEXITSTATUS(st) : -1, out};
+  ::hwid::testing::ShellResult r = ::hwid::testing::RunShell(cmd);
+  return {r.exit_code, r.output};
 }
 
 // Errors drains the calling thread's OpenSSL error queue into one string (reason + data).

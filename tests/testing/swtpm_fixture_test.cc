@@ -31,16 +31,13 @@
 #include "common/status_macros.h"
 #include "gtest/gtest.h"
 #include "tests/testing/swtpm.h"
+#include "tests/testing/run_shell.h"
 
 namespace hwid::testing {
 namespace {
 
 namespace fs = std::filesystem;
 
-struct CmdResult {
-  int exit_code = -1;
-  std::string output;  // stdout and stderr
-};
 
 std::string ShellQuote(const std::string& s) {
   std::string out = "'";
@@ -54,26 +51,9 @@ std::string ShellQuote(const std::string& s) {
   return out + "'";
 }
 
-// RunShell executes `cmd` with /bin/sh and returns its exit code and combined output.
-CmdResult RunShell(const std::string& cmd) {
-  CmdResult r;
-  FILE* p = popen((cmd + " 2>&1").c_str(), "r");
-  if (p == nullptr) {
-    r.output = absl::StrCat("popen failed: errno ", errno);
-    return r;
-  }
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof(buf), p)) > 0) {
-    r.output.append(buf, n);
-  }
-  int status = pclose(p);
-  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  return r;
-}
 
 // Tool runs a tpm2-tools command against `tcti` (given explicitly with -T).
-CmdResult Tool(const std::string& tcti, const std::string& tool, const std::string& args) {
+ShellResult Tool(const std::string& tcti, const std::string& tool, const std::string& args) {
   return RunShell(absl::StrCat(tool, " -T ", ShellQuote(tcti), " ", args));
 }
 
@@ -192,7 +172,7 @@ class SwtpmFixtureTest : public ::testing::Test {
   // ReadNvCert reads an EK certificate from NV `index` of the TPM behind `tcti`.
   absl::StatusOr<OsslPtr<X509>> ReadNvCert(const std::string& tcti, const std::string& index) {
     std::string out = absl::StrCat(tmp_, "/nv-", index, ".der");
-    CmdResult r = Tool(tcti, "tpm2_nvread", absl::StrCat(index, " -o ", ShellQuote(out)));
+    ShellResult r = Tool(tcti, "tpm2_nvread", absl::StrCat(index, " -o ", ShellQuote(out)));
     if (r.exit_code != 0) {
       return absl::NotFoundError(absl::StrCat("tpm2_nvread ", index, ": ", r.output));
     }
@@ -202,7 +182,7 @@ class SwtpmFixtureTest : public ::testing::Test {
 
   absl::StatusOr<OsslPtr<EVP_PKEY>> ReadPublic(const std::string& tcti, const std::string& handle) {
     std::string out = absl::StrCat(tmp_, "/pub-", handle, ".pem");
-    CmdResult r =
+    ShellResult r =
         Tool(tcti, "tpm2_readpublic", absl::StrCat("-c ", handle, " -f pem -o ", ShellQuote(out)));
     if (r.exit_code != 0) {
       return absl::NotFoundError(absl::StrCat("tpm2_readpublic ", handle, ": ", r.output));
@@ -219,7 +199,7 @@ TEST_F(SwtpmFixtureTest, TpmAnswersAndEnvironmentIsExported) {
   EXPECT_EQ(s.ctrl_port(), s.port() + 1);
   EXPECT_GT(s.pid(), 0);
 
-  CmdResult r = Tool(s.tcti(), "tpm2_getrandom", "8 --hex");
+  ShellResult r = Tool(s.tcti(), "tpm2_getrandom", "8 --hex");
   ASSERT_EQ(r.exit_code, 0) << r.output;
   std::string hex(absl::StripAsciiWhitespace(r.output));
   ASSERT_EQ(hex.size(), 16u) << r.output;
@@ -234,12 +214,12 @@ TEST_F(SwtpmFixtureTest, TpmAnswersAndEnvironmentIsExported) {
   EXPECT_EQ(std::string(getenv("TPM2OPENSSL_TCTI")), s.tcti());
   ASSERT_NE(getenv("HWID_EK_CA"), nullptr);
   EXPECT_EQ(std::string(getenv("HWID_EK_CA")), s.ek_ca_bundle());
-  CmdResult via_env = RunShell("tpm2_getrandom 4 --hex");
+  ShellResult via_env = RunShell("tpm2_getrandom 4 --hex");
   EXPECT_EQ(via_env.exit_code, 0) << via_env.output;
 }
 
 TEST_F(SwtpmFixtureTest, BothPcrBanksAreActive) {
-  CmdResult r = Tool(GlobalSwtpm().tcti(), "tpm2_pcrread", "sha1:0+sha256:0");
+  ShellResult r = Tool(GlobalSwtpm().tcti(), "tpm2_pcrread", "sha1:0+sha256:0");
   ASSERT_EQ(r.exit_code, 0) << r.output;
   // A fresh TPM after Startup(CLEAR): PCR 0 is all zeros in both banks.
   EXPECT_TRUE(absl::StrContains(r.output, "sha1:")) << r.output;
@@ -249,7 +229,7 @@ TEST_F(SwtpmFixtureTest, BothPcrBanksAreActive) {
   EXPECT_TRUE(absl::StrContains(r.output, absl::StrCat("0x", std::string(64, '0'))))
       << r.output;
   // sha384 is implemented by swtpm but not allocated by our provisioning.
-  CmdResult caps = Tool(GlobalSwtpm().tcti(), "tpm2_getcap", "pcrs");
+  ShellResult caps = Tool(GlobalSwtpm().tcti(), "tpm2_getcap", "pcrs");
   ASSERT_EQ(caps.exit_code, 0) << caps.output;
   EXPECT_TRUE(absl::StrContains(caps.output, "sha1: [ 0, 1, 2, 3")) << caps.output;
   EXPECT_TRUE(absl::StrContains(caps.output, "sha256: [ 0, 1, 2, 3")) << caps.output;
@@ -351,10 +331,10 @@ TEST_F(SwtpmFixtureTest, RestartKeepsPersistentStateAndDropsTransients) {
   const int port = s.port();
   const pid_t old_pid = s.pid();
 
-  CmdResult cp = Tool(tcti, "tpm2_createprimary",
+  ShellResult cp = Tool(tcti, "tpm2_createprimary",
                       absl::StrCat("-C o -G ecc -c ", ShellQuote(tmp_ + "/primary.ctx")));
   ASSERT_EQ(cp.exit_code, 0) << cp.output;
-  CmdResult before = Tool(tcti, "tpm2_getcap", "handles-transient");
+  ShellResult before = Tool(tcti, "tpm2_getcap", "handles-transient");
   ASSERT_EQ(before.exit_code, 0) << before.output;
   EXPECT_TRUE(absl::StrContains(before.output, "0x80")) << before.output;
 
@@ -366,12 +346,12 @@ TEST_F(SwtpmFixtureTest, RestartKeepsPersistentStateAndDropsTransients) {
   EXPECT_NE(s.pid(), old_pid);
   EXPECT_NE(kill(old_pid, 0), 0) << "old swtpm pid " << old_pid << " still exists";
 
-  CmdResult rnd = Tool(tcti, "tpm2_getrandom", "8 --hex");
+  ShellResult rnd = Tool(tcti, "tpm2_getrandom", "8 --hex");
   EXPECT_EQ(rnd.exit_code, 0) << rnd.output;
-  CmdResult after = Tool(tcti, "tpm2_getcap", "handles-transient");
+  ShellResult after = Tool(tcti, "tpm2_getcap", "handles-transient");
   ASSERT_EQ(after.exit_code, 0) << after.output;
   EXPECT_FALSE(absl::StrContains(after.output, "0x80")) << after.output;
-  CmdResult persistent = Tool(tcti, "tpm2_getcap", "handles-persistent");
+  ShellResult persistent = Tool(tcti, "tpm2_getcap", "handles-persistent");
   ASSERT_EQ(persistent.exit_code, 0) << persistent.output;
   for (const char* h : {"0x81010001", "0x81010002", "0x81010016"}) {
     EXPECT_TRUE(absl::StrContains(persistent.output, h)) << persistent.output;
@@ -401,12 +381,12 @@ TEST_F(SwtpmFixtureTest, TwoInstancesAreIndependent) {
   EXPECT_EQ(EVP_PKEY_eq(ek_a->get(), ek_b->get()), 1);
 
   const std::string index = "0x01500020";
-  CmdResult def = Tool(b->tcti(), "tpm2_nvdefine",
+  ShellResult def = Tool(b->tcti(), "tpm2_nvdefine",
                        absl::StrCat(index, " -C o -s 8 -a \"ownerread|ownerwrite\""));
   ASSERT_EQ(def.exit_code, 0) << def.output;
-  CmdResult in_b = Tool(b->tcti(), "tpm2_nvreadpublic", index);
+  ShellResult in_b = Tool(b->tcti(), "tpm2_nvreadpublic", index);
   EXPECT_EQ(in_b.exit_code, 0) << in_b.output;
-  CmdResult in_a = Tool(a.tcti(), "tpm2_nvreadpublic", index);
+  ShellResult in_a = Tool(a.tcti(), "tpm2_nvreadpublic", index);
   EXPECT_NE(in_a.exit_code, 0) << in_a.output;
 
   // Stop is idempotent, and Restart after Stop brings b back with its NV index.
@@ -428,7 +408,7 @@ TEST_F(SwtpmFixtureTest, TwoInstancesAreIndependent) {
   EXPECT_EQ(errno, ESRCH);
   EXPECT_FALSE(fs::exists(b_dir));
   EXPECT_NE(Tool(b_tcti, "tpm2_getrandom", "4").exit_code, 0);
-  CmdResult a_alive = Tool(a.tcti(), "tpm2_getrandom", "4 --hex");
+  ShellResult a_alive = Tool(a.tcti(), "tpm2_getrandom", "4 --hex");
   EXPECT_EQ(a_alive.exit_code, 0) << a_alive.output;
 }
 

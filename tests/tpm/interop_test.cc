@@ -17,22 +17,16 @@
 #include "tpm/wire/crypto.h"
 #include "tpm/wire/keyfile.h"
 #include "tpm/wire/marshal.h"
+#include "tests/testing/run_shell.h"
 
 namespace hwid::tpm {
 namespace {
 
 // Shell executes a shell command with the test's TCTI; returns its exit status and stdout+stderr.
 std::pair<int, std::string> Shell(const std::string& cmd) {
-  std::string full = absl::StrCat("TPM2TOOLS_TCTI='", testing::GlobalSwtpm().tcti(), "' ", cmd, " 2>&1");
-  FILE* p = popen(full.c_str(), "r");
-  std::string out;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof(buf), p)) > 0) {
-    out.append(buf, n);
-  }
-  int st = pclose(p);
-  return {WIFEXITED(st) ? WEXITSTATUS(st) : -1, out};
+  hwid::testing::ShellResult r = hwid::testing::RunShell(
+      absl::StrCat("TPM2TOOLS_TCTI='", testing::GlobalSwtpm().tcti(), "' ", cmd));
+  return {r.exit_code, r.output};
 }
 
 class InteropTest : public ::testing::Test {
