@@ -378,12 +378,15 @@ absl::StatusOr<std::shared_ptr<Token>> Token::Open(absl::string_view uri) {
   return Open(parsed);
 }
 
-absl::StatusOr<std::shared_ptr<Token>> Token::Open(const Pkcs11Uri& uri) {
+absl::StatusOr<std::shared_ptr<Token>> Token::Open(const Pkcs11Uri& uri,
+                                                   const OpenOptions& options) {
   std::string path;
   if (uri.module_path.has_value()) {
     path = *uri.module_path;
   } else if (const char* env = std::getenv("HWID_PKCS11_MODULE"); env != nullptr && *env != 0) {
     path = env;
+  } else if (!options.module_path.empty()) {
+    path = options.module_path;
   } else {
     path = std::string(DefaultModulePath());
   }
@@ -434,8 +437,23 @@ absl::StatusOr<std::shared_ptr<Token>> Token::Open(const Pkcs11Uri& uri) {
   } else if (const char* env = std::getenv("HWID_PKCS11_PIN"); env != nullptr) {
     pin.assign(env, env + std::strlen(env));
     have_pin = true;
+  } else if (!options.pin_source.empty()) {
+    absl::StatusOr<SecureBytes> p = ReadPinSource(options.pin_source);
+    if (!p.ok()) {
+      return absl::Status(p.status().code(),
+                          absl::StrCat("pkcs11-pin-source (openssl.cnf): ", p.status().message()));
+    }
+    pin = std::move(*p);
+    have_pin = true;
   }
   auto& m = matches.front();
+  if (!have_pin && options.ask_pin) {
+    CK_TOKEN_INFO ti;
+    if (fl->C_GetTokenInfo(m.second.first, &ti) == CKR_OK && (ti.flags & CKF_LOGIN_REQUIRED) != 0) {
+      pin = options.ask_pin();
+      have_pin = !pin.empty();
+    }
+  }
   std::shared_ptr<Token> token(
       new Token(module, m.first, m.second.first, std::move(m.second.second), std::move(pin)));
   if (have_pin) {

@@ -18,6 +18,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -77,6 +78,17 @@ struct KeyInfo {
 class Key;
 class Module;
 
+// OpenOptions are the caller's fallbacks for what a URI does not say (the provider fills them from
+// openssl.cnf). Precedence: the URI, then the environment ($HWID_PKCS11_MODULE, $HWID_PKCS11_PIN),
+// then these, then p11-kit's proxy module / no login.
+struct OpenOptions {
+  std::string module_path;  // "" = none
+  std::string pin_source;   // "file:/path" or "/path"; "" = none
+  // ask_pin, when set, is called last for a token that needs a login (e.g. OpenSSL's passphrase
+  // callback); an empty result means "no PIN".
+  std::function<SecureBytes()> ask_pin;
+};
+
 class Token : public std::enable_shared_from_this<Token> {
  public:
   // kMaxIdleSessions bounds the idle sessions kept in the pool.
@@ -89,7 +101,8 @@ class Token : public std::enable_shared_from_this<Token> {
   // Errors: InvalidArgument (bad URI, several tokens match), FailedPrecondition (module does not
   // load, PIN in its final try), NotFound (no token matches), PermissionDenied (wrong/locked PIN).
   static absl::StatusOr<std::shared_ptr<Token>> Open(absl::string_view uri);
-  static absl::StatusOr<std::shared_ptr<Token>> Open(const Pkcs11Uri& uri);
+  static absl::StatusOr<std::shared_ptr<Token>> Open(const Pkcs11Uri& uri,
+                                                     const OpenOptions& options = {});
 
   ~Token();
   Token(const Token&) = delete;

@@ -1,18 +1,20 @@
 // The backend interface of the hwid OpenSSL provider: where private keys live and how they sign.
 // The provider's OpenSSL glue (keymgmt, signature, store, decoder, encoder) speaks only this
-// interface; TpmBackend (tpm_backend.h) implements it over hwid::tpm, and a PKCS#11 backend can be
-// added behind the same interface.
+// interface; TpmBackend (tpm_backend.h) implements it over hwid::tpm, Pkcs11Backend
+// (pkcs11_backend.h) over hwid::pkcs11.
 //
 // A Key never exposes private material: it offers its public key (an EVP_PKEY in the provider's
 // own library context, served by OpenSSL's default provider), a signature over a digest computed
 // by the caller in software, and an encoding of its *reference* (for a TPM key the TSS2 PRIVATE
-// KEY file, which holds only a TPM-wrapped blob).
+// KEY file, which holds only a TPM-wrapped blob; for a token key the PKCS#11 PROVIDER URI file,
+// which holds only the key's pkcs11: URI).
 #ifndef HWID_PROVIDER_BACKEND_H_
 #define HWID_PROVIDER_BACKEND_H_
 
 #include <openssl/evp.h>
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -26,6 +28,12 @@
 namespace hwid::provider {
 
 enum class KeyType { kEc, kRsa };
+
+// Device says where a key lives; it picks the wording of OpenSSL errors ("TPM ..." / "PKCS#11 ...").
+enum class Device { kTpm, kPkcs11 };
+
+// PassphraseFn asks the application for a secret (OpenSSL's passphrase callback); empty = none.
+using PassphraseFn = std::function<SecureBytes()>;
 
 // The padding / signature scheme of one signature.
 enum class Padding { kEcdsa, kPkcs1, kPss };
@@ -53,6 +61,7 @@ class Key {
   virtual ~Key() = default;
 
   virtual KeyType type() const = 0;
+  virtual Device device() const = 0;
   // public_key is the key's public half in the provider's library context (never null).
   virtual EVP_PKEY* public_key() const = 0;
   // Describe names the key for error messages ("TPM key file (parent 0x40000001)",
@@ -79,6 +88,14 @@ class Backend {
  public:
   virtual ~Backend() = default;
 
+  virtual Device device() const = 0;
+  // Scheme is the OSSL_STORE URI scheme this backend serves ("handle", "pkcs11").
+  virtual const char* Scheme() const = 0;
+  // LoadUri makes an inactive key for a store URI of this backend's scheme (the whole URI,
+  // "handle:0x81000010?pass", "pkcs11:token=..;object=.."). `ask` is called when the key or token
+  // needs a secret the URI and configuration do not give.
+  virtual absl::StatusOr<std::shared_ptr<Key>> LoadUri(absl::string_view uri,
+                                                       const PassphraseFn& ask) = 0;
   // LoadKeyFile makes an inactive key from its file form (PEM or DER): parsed and checked, not yet
   // in the device (see Key::Activate). `auth` is the key's authorization value (empty for none).
   // InvalidArgument for a malformed file.
@@ -90,6 +107,7 @@ class Backend {
   // reads its public part from the device.
   virtual absl::StatusOr<std::shared_ptr<Key>> LoadHandle(uint32_t handle, ByteSpan auth) = 0;
   // Generate makes a new non-exportable signing key in the device (returned active).
+  // Unimplemented for backends that generate keys elsewhere (PKCS#11: `hwid key create --pkcs11`).
   virtual absl::StatusOr<std::shared_ptr<Key>> Generate(KeySpec spec, ByteSpan auth) = 0;
   // CommandCount is the number of device commands this process has sent through the backend.
   virtual uint64_t CommandCount() = 0;

@@ -1,5 +1,6 @@
-// ENCODER for hwid keys: PrivateKeyInfo -> our "TSS2 PRIVATE KEY" file (PEM or DER; what
-// `openssl genpkey` writes: a TPM-wrapped blob, never key material), SubjectPublicKeyInfo (PEM or
+// ENCODER for hwid keys: PrivateKeyInfo -> the key's reference file (PEM or DER): "TSS2 PRIVATE
+// KEY" for a TPM key (what `openssl genpkey` writes: a TPM-wrapped blob, never key material),
+// "PKCS#11 PROVIDER URI" for a token key (its URI, never a PIN), SubjectPublicKeyInfo (PEM or
 // DER) for `pkey -pubout`, CSRs and certificates. No import_object: these encoders only serve
 // hwid keys.
 #include <openssl/core_names.h>
@@ -52,14 +53,16 @@ int Encode(void* vctx, OSSL_CORE_BIO* out, const void* obj, const OSSL_PARAM[], 
       if (c->kind == Kind::kPrivPem) {
         absl::StatusOr<std::string> pem = k->priv->EncodePem();
         if (!pem.ok()) {
-          RaiseStatus(c->prov, kReasonUnsupported, "writing the TPM key file", pem.status());
+          RaiseStatus(c->prov, kReasonUnsupported, "writing the key file", pem.status(),
+                      k->priv->device());
           return 0;
         }
         return WriteToCoreBio(c->prov, out, AsSpan(*pem)) ? 1 : 0;
       }
       absl::StatusOr<Bytes> der = k->priv->EncodeDer();
       if (!der.ok()) {
-        RaiseStatus(c->prov, kReasonUnsupported, "writing the TPM key file", der.status());
+        RaiseStatus(c->prov, kReasonUnsupported, "writing the key file", der.status(),
+                    k->priv->device());
         return 0;
       }
       return WriteToCoreBio(c->prov, out, *der) ? 1 : 0;

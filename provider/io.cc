@@ -40,7 +40,7 @@ bool WriteToCoreBio(ProvCtx* prov, OSSL_CORE_BIO* out, ByteSpan data) {
 }
 
 int PassKeyReference(std::shared_ptr<Key> key, ProvCtx* prov, OSSL_CALLBACK* cb, void* cbarg,
-                     ByteSpan by_value) {
+                     ByteSpan by_value, const char* structure) {
   auto* k = new ProvKey;
   k->prov = prov;
   k->type = key->type();
@@ -52,7 +52,7 @@ int PassKeyReference(std::shared_ptr<Key> key, ProvCtx* prov, OSSL_CALLBACK* cb,
       OSSL_PARAM_int(OSSL_OBJECT_PARAM_TYPE, &object_type),
       OSSL_PARAM_octet_string(OSSL_OBJECT_PARAM_DATA, const_cast<uint8_t*>(by_value.data()),
                               by_value.size()),
-      OSSL_PARAM_construct_utf8_string(OSSL_OBJECT_PARAM_DATA_STRUCTURE, const_cast<char*>("TSS2"), 0),
+      OSSL_PARAM_construct_utf8_string(OSSL_OBJECT_PARAM_DATA_STRUCTURE, const_cast<char*>(structure), 0),
       OSSL_PARAM_construct_utf8_string(OSSL_OBJECT_PARAM_DATA_TYPE, const_cast<char*>(KeymgmtName(k->type)), 0),
       OSSL_PARAM_octet_string(OSSL_OBJECT_PARAM_REFERENCE, &k, sizeof(k)),
       OSSL_PARAM_END,

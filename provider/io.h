@@ -24,8 +24,9 @@ bool WriteToCoreBio(ProvCtx* prov, OSSL_CORE_BIO* out, ByteSpan data);
 // its type is left unknown: OpenSSL's file: store cannot use a reference from another provider's
 // decoder, so it re-decodes the data through OSSL_DECODER_CTX_new_for_pkey, whose constructor
 // prefers this provider's keymgmt; decoder chains for EVP_PKEY use the reference directly.
+// `structure` names the DER structure of `by_value` ("TSS2", "pk11-uri").
 int PassKeyReference(std::shared_ptr<Key> key, ProvCtx* prov, OSSL_CALLBACK* cb, void* cbarg,
-                     ByteSpan by_value = {});
+                     ByteSpan by_value = {}, const char* structure = "TSS2");
 
 // AskPassphrase asks the application (pw_cb) for a key's authorization value; empty when no
 // callback is given or it returns nothing.

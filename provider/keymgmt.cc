@@ -191,7 +191,9 @@ void* KeyLoad(const void* reference, size_t reference_sz) {
     absl::Status s = k->priv->Activate();
     Debug("keymgmt load: %s: %s", k->priv->Describe().c_str(), s.ToString().c_str());
     if (!s.ok()) {
-      RaiseStatus(k->prov, kReasonKeyLoadFailed, "loading TPM key", s);
+      RaiseStatus(k->prov, kReasonKeyLoadFailed,
+                  k->priv->device() == Device::kTpm ? "loading TPM key" : "loading PKCS#11 key", s,
+                  k->priv->device());
       return nullptr;
     }
     *ref = nullptr;

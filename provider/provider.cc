@@ -15,6 +15,9 @@
 #include <unistd.h>
 
 #include "provider/tpm_backend.h"
+#ifdef HWID_WITH_PKCS11
+#include "provider/pkcs11_backend.h"
+#endif
 #include "tpm/tpm.h"
 
 namespace hwid::provider {
@@ -37,6 +40,11 @@ const OSSL_ITEM kReasonStrings[] = {
     {kReasonTpmResources, const_cast<char*>("TPM out of resources")},
     {kReasonKeyGenFailed, const_cast<char*>("TPM key generation failed")},
     {kReasonInternal, const_cast<char*>("internal error")},
+    {kReasonTokenUnavailable, const_cast<char*>("PKCS#11 module or token unavailable")},
+    {kReasonBadUriFile, const_cast<char*>("bad PKCS#11 URI or URI key file")},
+    {kReasonTokenKeyLoadFailed, const_cast<char*>("PKCS#11 key load failed")},
+    {kReasonTokenLoginFailed, const_cast<char*>("PKCS#11 login failed")},
+    {kReasonTokenSignFailed, const_cast<char*>("PKCS#11 signing failed")},
     {0, nullptr},
 };
 
@@ -48,6 +56,7 @@ const OSSL_PARAM kGettableParams[] = {
     OSSL_PARAM_DEFN("hwid-tcti", OSSL_PARAM_UTF8_PTR, nullptr, 0),
     OSSL_PARAM_DEFN("hwid-tpm-commands", OSSL_PARAM_UNSIGNED_INTEGER, nullptr, 0),
     OSSL_PARAM_DEFN("hwid-signatures", OSSL_PARAM_UNSIGNED_INTEGER, nullptr, 0),
+    OSSL_PARAM_DEFN("hwid-pkcs11-calls", OSSL_PARAM_UNSIGNED_INTEGER, nullptr, 0),
     OSSL_PARAM_END,
 };
 
@@ -57,7 +66,8 @@ int ProvGetParams(void* vctx, OSSL_PARAM params[]) {
   auto* prov = static_cast<ProvCtx*>(vctx);
   return Guard(prov, 0, [&]() {
     OSSL_PARAM* p = OSSL_PARAM_locate(params, OSSL_PROV_PARAM_NAME);
-    if (p != nullptr && OSSL_PARAM_set_utf8_ptr(p, "hwid TPM 2.0 key provider") != 1) {
+    if (p != nullptr &&
+        OSSL_PARAM_set_utf8_ptr(p, "hwid TPM 2.0 and PKCS#11 key provider") != 1) {
       return 0;
     }
     p = OSSL_PARAM_locate(params, OSSL_PROV_PARAM_VERSION);
@@ -78,6 +88,11 @@ int ProvGetParams(void* vctx, OSSL_PARAM params[]) {
     }
     p = OSSL_PARAM_locate(params, "hwid-tpm-commands");
     if (p != nullptr && OSSL_PARAM_set_uint64(p, prov->backend->CommandCount()) != 1) {
+      return 0;
+    }
+    p = OSSL_PARAM_locate(params, "hwid-pkcs11-calls");
+    if (p != nullptr &&
+        OSSL_PARAM_set_uint64(p, prov->pkcs11 ? prov->pkcs11->CommandCount() : 0) != 1) {
       return 0;
     }
     p = OSSL_PARAM_locate(params, "hwid-signatures");
@@ -123,12 +138,16 @@ void ProvTeardown(void* vctx) {
                    static_cast<unsigned long long>(prov->signatures.load()));
     }
     prov->backend->UnloadAll();
+    if (prov->pkcs11) {
+      prov->pkcs11->UnloadAll();
+    }
     return 0;
   });
   // Keys still referenced by the application keep the TPM connection alive (shared) and their
   // public keys live in prov->libctx, so the library context is only freed when no key is left.
   OSSL_PROVIDER_unload(prov->default_provider);
   prov->backend.reset();
+  prov->pkcs11.reset();
   OSSL_LIB_CTX_free(prov->libctx);
   delete prov;
 }
@@ -174,7 +193,18 @@ void RaiseError(const ProvCtx* prov, int reason, const char* fmt, ...) {
   va_end(ap);
 }
 
-void RaiseStatus(const ProvCtx* prov, int fallback, const char* what, const absl::Status& s) {
+Backend* BackendForScheme(const ProvCtx* prov, absl::string_view scheme) {
+  if (prov->backend && scheme == prov->backend->Scheme()) {
+    return prov->backend.get();
+  }
+  if (prov->pkcs11 && scheme == prov->pkcs11->Scheme()) {
+    return prov->pkcs11.get();
+  }
+  return nullptr;
+}
+
+void RaiseStatus(const ProvCtx* prov, int fallback, const char* what, const absl::Status& s,
+                 Device device) {
   int reason = fallback;
   switch (s.code()) {
     case absl::StatusCode::kUnavailable:
@@ -188,6 +218,27 @@ void RaiseStatus(const ProvCtx* prov, int fallback, const char* what, const absl
       break;
     default:
       break;
+  }
+  if (device == Device::kPkcs11) {
+    switch (reason) {
+      case kReasonTpmUnavailable:
+        reason = kReasonTokenUnavailable;
+        break;
+      case kReasonBadKeyFile:
+        reason = kReasonBadUriFile;
+        break;
+      case kReasonKeyLoadFailed:
+        reason = kReasonTokenKeyLoadFailed;
+        break;
+      case kReasonAuthFailed:
+        reason = kReasonTokenLoginFailed;
+        break;
+      case kReasonSignFailed:
+        reason = kReasonTokenSignFailed;
+        break;
+      default:
+        break;
+    }
   }
   const std::string msg(s.message());
   RaiseError(prov, reason, "%s: %s", what, msg.c_str());
@@ -232,11 +283,27 @@ extern "C" __attribute__((visibility("default"))) int OSSL_provider_init(
   }
   // TCTI: the provider section's "tcti" (openssl.cnf) wins, then $HWID_TCTI, then
   // device:/dev/tpmrm0.
+  // PKCS#11: the URI's module-path / pin-source, then $HWID_PKCS11_MODULE / $HWID_PKCS11_PIN, then
+  // "pkcs11-module-path" / "pkcs11-pin-source" here (a PIN file, never a PIN in openssl.cnf).
+  [[maybe_unused]] std::string pkcs11_module;
+  [[maybe_unused]] std::string pkcs11_pin_source;
   if (core_get_params != nullptr) {
     char* tcti = nullptr;
-    OSSL_PARAM p[] = {OSSL_PARAM_utf8_ptr("tcti", &tcti, 0), OSSL_PARAM_END};
-    if (core_get_params(handle, p) == 1 && tcti != nullptr) {
-      prov->tcti = tcti;
+    char* module = nullptr;
+    char* pin_source = nullptr;
+    OSSL_PARAM p[] = {OSSL_PARAM_utf8_ptr("tcti", &tcti, 0),
+                      OSSL_PARAM_utf8_ptr("pkcs11-module-path", &module, 0),
+                      OSSL_PARAM_utf8_ptr("pkcs11-pin-source", &pin_source, 0), OSSL_PARAM_END};
+    if (core_get_params(handle, p) == 1) {
+      if (tcti != nullptr) {
+        prov->tcti = tcti;
+      }
+      if (module != nullptr) {
+        pkcs11_module = module;
+      }
+      if (pin_source != nullptr) {
+        pkcs11_pin_source = pin_source;
+      }
     }
   }
   prov->libctx = OSSL_LIB_CTX_new_from_dispatch(handle, in);
@@ -265,6 +332,10 @@ extern "C" __attribute__((visibility("default"))) int OSSL_provider_init(
     prov->tcti = hwid::tpm::DefaultTcti();
   }
   prov->backend = std::move(*backend);
+#ifdef HWID_WITH_PKCS11
+  prov->pkcs11 = std::make_unique<hwid::provider::Pkcs11Backend>(
+      prov->libctx, hwid::provider::Pkcs11Config{pkcs11_module, pkcs11_pin_source});
+#endif
   *out = hwid::provider::kProviderDispatch;
   *provctx = prov.release();
   return 1;

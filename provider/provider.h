@@ -13,6 +13,7 @@
 #include <string>
 
 #include "absl/status/status.h"
+#include "absl/strings/string_view.h"
 #include "common/ossl.h"
 #include "provider/backend.h"
 
@@ -33,6 +34,12 @@ enum Reason : int {
   kReasonTpmResources = 11,
   kReasonKeyGenFailed = 12,
   kReasonInternal = 13,
+  // The same failures for PKCS#11 token keys (RaiseStatus with Device::kPkcs11 maps 1-5 here).
+  kReasonTokenUnavailable = 14,
+  kReasonBadUriFile = 15,
+  kReasonTokenKeyLoadFailed = 16,
+  kReasonTokenLoginFailed = 17,
+  kReasonTokenSignFailed = 18,
 };
 
 struct ProvCtx {
@@ -41,7 +48,8 @@ struct ProvCtx {
   // all software crypto (hashing, public keys, verification) happens here.
   OSSL_LIB_CTX* libctx = nullptr;
   OSSL_PROVIDER* default_provider = nullptr;
-  std::unique_ptr<Backend> backend;
+  std::unique_ptr<Backend> backend;  // the TPM
+  std::unique_ptr<Backend> pkcs11;   // PKCS#11 tokens; null when built without the pkcs11 layer
   std::string tcti;
   OSSL_FUNC_core_new_error_fn* core_new_error = nullptr;
   OSSL_FUNC_core_set_error_debug_fn* core_set_error_debug = nullptr;
@@ -72,8 +80,13 @@ void RaiseError(const ProvCtx* prov, int reason, const char* fmt, ...)
     __attribute__((format(printf, 3, 4)));
 // RaiseStatus raises `s` (not OK): the reason follows the status code (Unavailable ->
 // kReasonTpmUnavailable, PermissionDenied -> kReasonAuthFailed, ResourceExhausted ->
-// kReasonTpmResources), else `fallback`; the message is "<what>: <status message>".
-void RaiseStatus(const ProvCtx* prov, int fallback, const char* what, const absl::Status& s);
+// kReasonTpmResources), else `fallback`; for Device::kPkcs11 the TPM reasons 1-5 become their
+// PKCS#11 counterparts 14-18. The message is "<what>: <status message>".
+void RaiseStatus(const ProvCtx* prov, int fallback, const char* what, const absl::Status& s,
+                 Device device = Device::kTpm);
+
+// BackendForScheme returns the backend serving a store URI scheme ("handle", "pkcs11"), or null.
+Backend* BackendForScheme(const ProvCtx* prov, absl::string_view scheme);
 
 // NoteSignature counts a signature for the statistics line (HWID_PROVIDER_STATS).
 void NoteSignature(ProvCtx* prov);

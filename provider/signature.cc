@@ -197,7 +197,9 @@ int DoSign(SigCtx* c, unsigned char* sig, size_t* siglen, size_t sigsize, const 
   if (!out.ok()) {
     const int reason = absl::IsFailedPrecondition(out.status()) ? kReasonPssSaltUnsupported
                                                                  : kReasonSignFailed;
-    RaiseStatus(c->prov, reason, "TPM signature", out.status());
+    RaiseStatus(c->prov, reason,
+                c->priv->device() == Device::kTpm ? "TPM signature" : "PKCS#11 signature",
+                out.status(), c->priv->device());
     return 0;
   }
   if (out->size() > sigsize) {

@@ -1,7 +1,10 @@
-// STORE "handle": keys persisted in the TPM, addressed as handle:0x81xxxxxx (the form tpm2-openssl
-// writes). A "?pass" suffix asks the application's passphrase callback for the key's
-// authorization value. Key files are read by the default/base provider's file: store with hwid's
-// decoder.
+// STORE "handle" and "pkcs11": keys addressed by URI instead of by file.
+//   handle:0x81xxxxxx[?pass]   a persistent TPM key (the form tpm2-openssl writes); "?pass" asks the
+//                              application's passphrase callback for its authorization value.
+//   pkcs11:token=..;object=..  a private key on a PKCS#11 token (RFC 7512); the PIN comes from the
+//                              URI, the environment, openssl.cnf or the passphrase callback.
+// Both schemes go through the same Backend interface; key files are read by the default/base
+// provider's file: store with hwid's decoder.
 #include <openssl/core_names.h>
 #include <openssl/core_object.h>
 #include <openssl/params.h>
@@ -9,41 +12,44 @@
 
 #include <string>
 
-#include "absl/strings/match.h"
-#include "absl/strings/strip.h"
 #include "absl/strings/str_cat.h"
 #include "provider/io.h"
 #include "provider/provider.h"
-#include "tpm/tpm.h"
 
 namespace hwid::provider {
 namespace {
 
 struct StoreCtx {
   ProvCtx* prov;
-  uint32_t handle;
-  bool ask_pass;
+  Backend* backend;
+  std::string uri;
   int expect = 0;
   bool done = false;
 };
 
+// RedactUri drops everything after "pin-value=" up to the next ';'/'&' for messages.
+std::string RedactUri(absl::string_view uri) {
+  std::string out(uri);
+  size_t pos = out.find("pin-value=");
+  while (pos != std::string::npos) {
+    const size_t start = pos + 10;
+    const size_t end = out.find_first_of(";&", start);
+    out.replace(start, (end == std::string::npos ? out.size() : end) - start, "***");
+    pos = out.find("pin-value=", start);
+  }
+  return out;
+}
+
+template <const char* kScheme>
 void* Open(void* provctx, const char* uri) {
   auto* prov = static_cast<ProvCtx*>(provctx);
   return Guard<void*>(prov, nullptr, [&]() -> void* {
+    Backend* backend = BackendForScheme(prov, kScheme);
     absl::string_view u(uri);
-    if (!absl::ConsumePrefix(&u, "handle:")) {
+    if (backend == nullptr || u.substr(0, u.find(':')) != kScheme) {
       return nullptr;
     }
-    bool ask_pass = false;
-    if (absl::ConsumeSuffix(&u, "?pass")) {
-      ask_pass = true;
-    }
-    absl::StatusOr<uint32_t> h = tpm::ParseHandle(u);
-    if (!h.ok()) {
-      RaiseStatus(prov, kReasonInvalidArgument, "key URI", h.status());
-      return nullptr;
-    }
-    return new StoreCtx{prov, *h, ask_pass};
+    return new StoreCtx{prov, backend, std::string(u)};
   });
 }
 
@@ -72,15 +78,18 @@ int Load(void* vctx, OSSL_CALLBACK* object_cb, void* object_cbarg,
     if (c->expect != 0 && c->expect != OSSL_STORE_INFO_PKEY) {
       return 0;
     }
-    SecureBytes auth;
-    if (c->ask_pass) {
-      auth = AskPassphrase(pw_cb, pw_cbarg, "TPM key authorization value");
-    }
-    absl::StatusOr<std::shared_ptr<Key>> key = c->prov->backend->LoadHandle(c->handle, AsSpan(auth));
+    const bool tpm = c->backend->device() == Device::kTpm;
+    PassphraseFn ask = [&]() {
+      return AskPassphrase(pw_cb, pw_cbarg,
+                           tpm ? "TPM key authorization value" : "PKCS#11 token user PIN");
+    };
+    absl::StatusOr<std::shared_ptr<Key>> key = c->backend->LoadUri(c->uri, ask);
     if (!key.ok()) {
-      RaiseStatus(c->prov, kReasonKeyLoadFailed,
-                  absl::StrCat("loading handle:", tpm::FormatHandle(c->handle)).c_str(),
-                  key.status());
+      const int reason = absl::IsInvalidArgument(key.status())
+                             ? (tpm ? kReasonInvalidArgument : kReasonBadUriFile)
+                             : kReasonKeyLoadFailed;
+      RaiseStatus(c->prov, reason, absl::StrCat("loading ", RedactUri(c->uri)).c_str(),
+                  key.status(), c->backend->device());
       return 0;
     }
     return PassKeyReference(std::move(*key), c->prov, object_cb, object_cbarg);
@@ -96,23 +105,36 @@ int Close(void* vctx) {
 
 int ExportObject(void*, const void*, size_t, OSSL_CALLBACK*, void*) { return 0; }
 
+constexpr char kHandle[] = "handle";
+#ifdef HWID_WITH_PKCS11
+constexpr char kPkcs11[] = "pkcs11";
+#endif
+
 #define FN(id, f) {id, reinterpret_cast<void (*)()>(f)}
-const OSSL_DISPATCH kHandleStore[] = {
-    FN(OSSL_FUNC_STORE_OPEN, Open),
-    FN(OSSL_FUNC_STORE_ATTACH, Attach),
-    FN(OSSL_FUNC_STORE_SETTABLE_CTX_PARAMS, SettableCtxParams),
-    FN(OSSL_FUNC_STORE_SET_CTX_PARAMS, SetCtxParams),
-    FN(OSSL_FUNC_STORE_LOAD, Load),
-    FN(OSSL_FUNC_STORE_EOF, Eof),
-    FN(OSSL_FUNC_STORE_CLOSE, Close),
-    FN(OSSL_FUNC_STORE_EXPORT_OBJECT, ExportObject),
-    {0, nullptr},
-};
+#define STORE(name, scheme)                                              \
+  const OSSL_DISPATCH name[] = {                                         \
+      FN(OSSL_FUNC_STORE_OPEN, Open<scheme>),                            \
+      FN(OSSL_FUNC_STORE_ATTACH, Attach),                                \
+      FN(OSSL_FUNC_STORE_SETTABLE_CTX_PARAMS, SettableCtxParams),        \
+      FN(OSSL_FUNC_STORE_SET_CTX_PARAMS, SetCtxParams),                  \
+      FN(OSSL_FUNC_STORE_LOAD, Load),                                    \
+      FN(OSSL_FUNC_STORE_EOF, Eof),                                      \
+      FN(OSSL_FUNC_STORE_CLOSE, Close),                                  \
+      FN(OSSL_FUNC_STORE_EXPORT_OBJECT, ExportObject),                   \
+      {0, nullptr},                                                      \
+  }
+STORE(kHandleStore, kHandle);
+#ifdef HWID_WITH_PKCS11
+STORE(kPkcs11Store, kPkcs11);
+#endif
 
 }  // namespace
 
 const OSSL_ALGORITHM kStoreAlgorithms[] = {
     {"handle", "provider=hwid", kHandleStore, "TPM persistent keys (handle:0x81xxxxxx)"},
+#ifdef HWID_WITH_PKCS11
+    {"pkcs11", "provider=hwid", kPkcs11Store, "PKCS#11 token keys (RFC 7512 pkcs11: URIs)"},
+#endif
     {nullptr, nullptr, nullptr, nullptr},
 };
 

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
 #include "common/ossl.h"
 #include "common/status_macros.h"
 #include "provider/pss.h"
@@ -194,6 +195,7 @@ class TpmKey final : public Key {
   }
 
   KeyType type() const override { return type_; }
+  Device device() const override { return Device::kTpm; }
   EVP_PKEY* public_key() const override { return pub_.get(); }
   std::string Describe() const override { return description_; }
   PssSaltMode pss_salt_mode() const override { return pss_mode_; }
@@ -491,6 +493,21 @@ absl::StatusOr<std::shared_ptr<Key>> TpmBackend::LoadKeyFile(ByteSpan pem_or_der
   auto key = std::make_shared<TpmKey>(libctx_, device_, type, std::move(evp), std::move(*file), 0,
                                       SecureBytes(auth.begin(), auth.end()), std::move(what));
   return MakeInactive(std::move(key));
+}
+
+absl::StatusOr<std::shared_ptr<Key>> TpmBackend::LoadUri(absl::string_view uri,
+                                                         const PassphraseFn& ask) {
+  absl::string_view u = uri;
+  if (!absl::ConsumePrefix(&u, "handle:")) {
+    return absl::InvalidArgumentError(absl::StrCat("'", uri, "' is not a handle: URI"));
+  }
+  const bool ask_pass = absl::ConsumeSuffix(&u, "?pass");
+  ASSIGN_OR_RETURN(uint32_t handle, tpm::ParseHandle(u));
+  SecureBytes auth;
+  if (ask_pass && ask) {
+    auth = ask();
+  }
+  return LoadHandle(handle, AsSpan(auth));
 }
 
 absl::StatusOr<std::shared_ptr<Key>> TpmBackend::LoadHandle(uint32_t handle, ByteSpan auth) {

@@ -35,6 +35,11 @@ class TpmBackend : public Backend {
   static absl::StatusOr<std::unique_ptr<TpmBackend>> New(OSSL_LIB_CTX* libctx, std::string tcti);
   ~TpmBackend() override;
 
+  Device device() const override { return Device::kTpm; }
+  const char* Scheme() const override { return "handle"; }
+  // LoadUri serves handle:0x81xxxxxx; a "?pass" suffix asks for the key's authorization value.
+  absl::StatusOr<std::shared_ptr<Key>> LoadUri(absl::string_view uri,
+                                               const PassphraseFn& ask) override;
   absl::StatusOr<std::shared_ptr<Key>> LoadKeyFile(ByteSpan pem_or_der, ByteSpan auth) override;
   absl::StatusOr<bool> KeyFileNeedsAuth(ByteSpan pem_or_der) override;
   absl::StatusOr<std::shared_ptr<Key>> LoadHandle(uint32_t handle, ByteSpan auth) override;

@@ -1,0 +1,185 @@
+#include "provider/pkcs11_backend.h"
+
+#include <openssl/x509.h>
+
+#include <utility>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "common/ossl.h"
+#include "common/status_macros.h"
+#include "pkcs11/pkcs11.h"
+#include "pkcs11/uri.h"
+#include "pkcs11/uri_pem.h"
+
+namespace hwid::provider {
+namespace {
+
+// PublicInLibctx re-creates the token key's public half (made in the default library context) in
+// the provider's own library context, where all of the provider's software crypto runs.
+absl::StatusOr<OsslPtr<EVP_PKEY>> PublicInLibctx(OSSL_LIB_CTX* libctx, EVP_PKEY* pub) {
+  unsigned char* der = nullptr;
+  const int n = i2d_PUBKEY(pub, &der);
+  if (n <= 0) {
+    return OpenSslError("encoding the token key's public key");
+  }
+  const unsigned char* p = der;
+  OsslPtr<EVP_PKEY> out(d2i_PUBKEY_ex(nullptr, &p, n, libctx, nullptr));
+  OPENSSL_free(der);
+  if (out == nullptr) {
+    return OpenSslError("decoding the token key's public key");
+  }
+  return out;
+}
+
+class Pkcs11Key final : public Key {
+ public:
+  Pkcs11Key(std::shared_ptr<pkcs11::Key> key, OsslPtr<EVP_PKEY> pub)
+      : key_(std::move(key)), pub_(std::move(pub)) {}
+
+  KeyType type() const override {
+    return key_->type() == pkcs11::KeyType::kEc ? KeyType::kEc : KeyType::kRsa;
+  }
+  Device device() const override { return Device::kPkcs11; }
+  EVP_PKEY* public_key() const override { return pub_.get(); }
+  std::string Describe() const override { return key_->Describe(); }
+  // The token takes any PSS salt length we ask for; "auto" means the digest length (TLS 1.3).
+  PssSaltMode pss_salt_mode() const override { return PssSaltMode::kDigestLength; }
+
+  absl::StatusOr<Bytes> Sign(ByteSpan digest, const SignParams& params) override {
+    pkcs11::SignOptions o;
+    switch (params.padding) {
+      case Padding::kEcdsa:
+        o.mechanism = pkcs11::SignMechanism::kEcdsa;
+        break;
+      case Padding::kPkcs1:
+        o.mechanism = pkcs11::SignMechanism::kRsaPkcs1;
+        break;
+      case Padding::kPss:
+        o.mechanism = pkcs11::SignMechanism::kRsaPss;
+        break;
+    }
+    o.digest_name = params.digest_name;
+    o.pss_salt_len = params.pss_salt_len;
+    return key_->Sign(digest, o);
+  }
+
+  absl::StatusOr<std::string> EncodePem() const override { return pkcs11::EncodeUriPem(key_->uri()); }
+  absl::StatusOr<Bytes> EncodeDer() const override { return pkcs11::EncodeUriDer(key_->uri()); }
+
+  // The key object was found on the logged-in token at load; confirm it is still a protected
+  // signing key (sensitive, not extractable is *reported*, not required: tokens differ, and a key
+  // made elsewhere is the operator's choice) and that the session works.
+  absl::Status Activate() override {
+    if (activated_) {
+      return absl::OkStatus();
+    }
+    ASSIGN_OR_RETURN(pkcs11::KeyAttributes a, key_->ReadAttributes());
+    if (!a.sign) {
+      return absl::FailedPreconditionError(
+          absl::StrCat(key_->Describe(), " does not allow signing (CKA_SIGN is false)"));
+    }
+    activated_ = true;
+    return absl::OkStatus();
+  }
+
+  const std::shared_ptr<pkcs11::Key>& key() const { return key_; }
+
+ private:
+  std::shared_ptr<pkcs11::Key> key_;
+  OsslPtr<EVP_PKEY> pub_;
+  bool activated_ = false;
+};
+
+}  // namespace
+
+Pkcs11Backend::Pkcs11Backend(OSSL_LIB_CTX* libctx, Pkcs11Config config)
+    : libctx_(libctx), config_(std::move(config)) {}
+
+Pkcs11Backend::~Pkcs11Backend() = default;
+
+absl::StatusOr<std::shared_ptr<Key>> Pkcs11Backend::LoadUri(absl::string_view uri,
+                                                            const PassphraseFn& ask) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (recent_ != nullptr && recent_uri_ == uri) {
+      return recent_;
+    }
+  }
+  ASSIGN_OR_RETURN(pkcs11::Pkcs11Uri parsed, pkcs11::ParseUri(uri));
+  if (parsed.type.has_value() && *parsed.type != "private") {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "'", parsed.redacted, "' names type=", *parsed.type,
+        "; the hwid provider loads private keys (type=private) from tokens"));
+  }
+  if (!parsed.object.has_value() && !parsed.id.has_value()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "'", parsed.redacted, "' names no key: add object=LABEL or id=%xx.. to the URI"));
+  }
+  pkcs11::OpenOptions options;
+  options.module_path = config_.module_path;
+  options.pin_source = config_.pin_source;
+  options.ask_pin = ask;
+  ASSIGN_OR_RETURN(std::shared_ptr<pkcs11::Token> token, pkcs11::Token::Open(parsed, options));
+  ASSIGN_OR_RETURN(std::shared_ptr<pkcs11::Key> key, token->FindKey(parsed));
+  ASSIGN_OR_RETURN(OsslPtr<EVP_PKEY> pub, PublicInLibctx(libctx_, key->public_key()));
+  std::shared_ptr<Key> out = std::make_shared<Pkcs11Key>(std::move(key), std::move(pub));
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    std::erase_if(tokens_, [](const std::weak_ptr<pkcs11::Token>& t) { return t.expired(); });
+    tokens_.push_back(token);
+    recent_uri_ = std::string(uri);
+    recent_ = out;
+  }
+  return out;
+}
+
+absl::StatusOr<std::shared_ptr<Key>> Pkcs11Backend::LoadKeyFile(ByteSpan pem_or_der,
+                                                                ByteSpan auth) {
+  ASSIGN_OR_RETURN(std::string uri, pkcs11::ParseUriFile(pem_or_der));
+  SecureBytes pin(auth.begin(), auth.end());
+  PassphraseFn ask;
+  if (!pin.empty()) {
+    ask = [&pin]() { return pin; };
+  }
+  return LoadUri(uri, ask);
+}
+
+absl::StatusOr<bool> Pkcs11Backend::KeyFileNeedsAuth(ByteSpan pem_or_der) {
+  ASSIGN_OR_RETURN(std::string uri, pkcs11::ParseUriFile(pem_or_der));
+  (void)uri;
+  return false;
+}
+
+absl::StatusOr<std::shared_ptr<Key>> Pkcs11Backend::LoadHandle(uint32_t, ByteSpan) {
+  return absl::UnimplementedError("PKCS#11 keys are named by pkcs11: URIs, not TPM handles");
+}
+
+absl::StatusOr<std::shared_ptr<Key>> Pkcs11Backend::Generate(KeySpec, ByteSpan) {
+  return absl::UnimplementedError(
+      "generate token keys with `hwid key create --pkcs11 URI --alg ALG --label NAME`");
+}
+
+uint64_t Pkcs11Backend::CommandCount() {
+  std::lock_guard<std::mutex> lock(mu_);
+  uint64_t n = 0;
+  for (const auto& w : tokens_) {
+    if (std::shared_ptr<pkcs11::Token> t = w.lock()) {
+      n += t->command_count();
+    }
+  }
+  return n;
+}
+
+void Pkcs11Backend::UnloadAll() {
+  std::lock_guard<std::mutex> lock(mu_);
+  recent_.reset();
+  recent_uri_.clear();
+  for (const auto& w : tokens_) {
+    if (std::shared_ptr<pkcs11::Token> t = w.lock()) {
+      t->CloseIdleSessions();
+    }
+  }
+}
+
+}  // namespace hwid::provider
