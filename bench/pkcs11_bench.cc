@@ -1,15 +1,24 @@
-// pkcs11_bench: signatures/s on one SoftHSM2 token through hwid's pkcs11/ library, through the
-// libp11 ENGINE (Debian's libengine-pkcs11-openssl, MODULE_PATH = SoftHSM) and through raw
-// C_SignInit+C_Sign on the same module (the limit); ECDSA P-256 and RSA-2048 (PKCS#1 v1.5,
-// SHA-256 digest computed once, outside the timed loop, for every path), with 1 and 2 threads.
+// pkcs11_bench: on one SoftHSM2 token, in one run:
+//  * signatures/s through the hwid provider (EVP_PKEY_sign on a key loaded from its pkcs11: URI in
+//    a library context with default + hwid), through hwid's pkcs11/ library directly, through the
+//    libp11 ENGINE (Debian's libengine-pkcs11-openssl, MODULE_PATH = SoftHSM) and raw
+//    C_SignInit+C_Sign on the same module (the limit); ECDSA P-256 and RSA-2048 (PKCS#1 v1.5; the
+//    SHA-256 digest is computed once, outside the timed loop, for every path); 1 and 2 threads;
+//  * TLS 1.3 handshakes/s with the server key on the token (through hwid) vs a software key of the
+//    same type (in-process, BIO pair, client verifying with the default provider only), 1 and 2
+//    threads, and PKCS#11 calls per handshake (hwid's "hwid-pkcs11-calls" counter).
 // Prints ratios; no assertions.
 //
-// usage: pkcs11_bench [--seconds S]   (makes its own token in a temporary SOFTHSM2_CONF)
+// usage: pkcs11_bench [--seconds S] [--module-dir DIR]
+//        (makes its own token in a temporary SOFTHSM2_CONF)
 #define OPENSSL_SUPPRESS_DEPRECATED  // the libp11 ENGINE is an OpenSSL 1.x-style engine
 #include <dlfcn.h>
 #include <openssl/engine.h>
 #include <openssl/evp.h>
+#include <openssl/provider.h>
 #include <openssl/rsa.h>
+#include <openssl/ssl.h>
+#include <openssl/store.h>
 #include <p11-kit/pkcs11.h>
 #include <stdlib.h>
 #include <unistd.h>
@@ -28,6 +37,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "common/bytes.h"
+#include "bench/tls_loop.h"
 #include "pkcs11/pkcs11.h"
 
 namespace {
@@ -76,8 +86,10 @@ const uint8_t kSha256Prefix[] = {0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86,
 
 int main(int argc, char** argv) {
   double seconds = 2.0;
+  std::string module_dir = HWID_PROVIDER_DIR;
   for (int i = 1; i + 1 < argc; i += 2) {
     if (std::string(argv[i]) == "--seconds") seconds = std::atof(argv[i + 1]);
+    if (std::string(argv[i]) == "--module-dir") module_dir = argv[i + 1];
   }
   if (access(kModule, R_OK) != 0) Die("SoftHSM2 is not installed (apt-get install softhsm2)");
   // A private token.
@@ -180,33 +192,135 @@ int main(int argc, char** argv) {
     return ok;
   };
 
-  auto hwid_sign = [&](bool is_ec) {
+  auto lib_sign = [&](bool is_ec) {
     hwid::pkcs11::SignOptions o;
     o.mechanism = is_ec ? hwid::pkcs11::SignMechanism::kEcdsa : hwid::pkcs11::SignMechanism::kRsaPkcs1;
     return (is_ec ? *ec : *rsa)->Sign(digest, o).ok();
   };
 
+  // The hwid provider: default + hwid in a private library context; keys from pkcs11: URIs.
+  setenv("HWID_PKCS11_MODULE", kModule, 1);
+  setenv("HWID_PKCS11_PIN", kPin, 1);
+  OSSL_LIB_CTX* pctx = OSSL_LIB_CTX_new();
+  OSSL_PROVIDER_set_default_search_path(pctx, module_dir.c_str());
+  OSSL_PROVIDER* pdef = OSSL_PROVIDER_load(pctx, "default");
+  OSSL_PROVIDER* phwid = OSSL_PROVIDER_load(pctx, "hwid");
+  if (pdef == nullptr || phwid == nullptr) Die(absl::StrCat("cannot load hwid.so from ", module_dir));
+  auto prov_key = [&](const char* label) {
+    const std::string u = absl::StrCat("pkcs11:token=bench;object=", label);
+    OSSL_STORE_CTX* sc = OSSL_STORE_open_ex(u.c_str(), pctx, nullptr, nullptr, nullptr, nullptr,
+                                            nullptr, nullptr);
+    EVP_PKEY* k = nullptr;
+    while (sc != nullptr && k == nullptr && !OSSL_STORE_eof(sc)) {
+      OSSL_STORE_INFO* info = OSSL_STORE_load(sc);
+      if (info != nullptr && OSSL_STORE_INFO_get_type(info) == OSSL_STORE_INFO_PKEY) {
+        k = OSSL_STORE_INFO_get1_PKEY(info);
+      }
+      OSSL_STORE_INFO_free(info);
+    }
+    OSSL_STORE_close(sc);
+    if (k == nullptr) Die(absl::StrCat("provider: load ", u));
+    return k;
+  };
+  EVP_PKEY* prov_ec = prov_key("eckey");
+  EVP_PKEY* prov_rsa = prov_key("rsakey");
+  auto prov_sign = [&](bool is_ec) {
+    EVP_PKEY_CTX* c = EVP_PKEY_CTX_new_from_pkey(pctx, is_ec ? prov_ec : prov_rsa, nullptr);
+    uint8_t sig[512];
+    size_t len = sizeof(sig);
+    bool ok = c != nullptr && EVP_PKEY_sign_init(c) == 1 &&
+              (is_ec || (EVP_PKEY_CTX_set_rsa_padding(c, RSA_PKCS1_PADDING) == 1 &&
+                         EVP_PKEY_CTX_set_signature_md(c, EVP_sha256()) == 1)) &&
+              EVP_PKEY_sign(c, sig, &len, digest.data(), digest.size()) == 1;
+    EVP_PKEY_CTX_free(c);
+    return ok;
+  };
+
   std::printf("PKCS#11 signing on SoftHSM2 %s, %u cores, %.1f s per cell\n", "2.6.1",
               std::thread::hardware_concurrency(), seconds);
-  std::printf("%-14s %-8s %12s %12s %12s %10s %10s\n", "key", "threads", "raw C_Sign/s",
-              "engine/s", "hwid/s", "hwid/raw", "hwid/eng");
+  std::printf("%-14s %-8s %12s %12s %12s %12s %10s %10s %10s\n", "key", "threads", "raw C_Sign/s",
+              "engine/s", "pkcs11 lib/s", "provider/s", "lib/raw", "prov/raw", "prov/eng");
   // The three paths run interleaved in short slices (kRounds x seconds/kRounds each), so load
   // from other processes on a shared machine hits them alike.
   constexpr int kRounds = 8;
   for (bool is_ec : {true, false}) {
     for (int threads : {1, 2}) {
-      double r = 0, g = 0, h = 0;
+      double r = 0, g = 0, h = 0, p = 0;
       for (int round = 0; round < kRounds; ++round) {
         const double slice = seconds / kRounds;
         r += Run(threads, slice, [&](int t) { return raw_sign(t, is_ec); }) / kRounds;
         g += Run(threads, slice, [&](int) { return engine_sign(is_ec); }) / kRounds;
-        h += Run(threads, slice, [&](int) { return hwid_sign(is_ec); }) / kRounds;
+        h += Run(threads, slice, [&](int) { return lib_sign(is_ec); }) / kRounds;
+        p += Run(threads, slice, [&](int) { return prov_sign(is_ec); }) / kRounds;
       }
-      std::printf("%-14s %-8d %12.0f %12.0f %12.0f %10.3f %10.3f\n",
-                  is_ec ? "ECDSA P-256" : "RSA-2048 v1.5", threads, r, g, h, h / r, h / g);
+      std::printf("%-14s %-8d %12.0f %12.0f %12.0f %12.0f %10.3f %10.3f %10.3f\n",
+                  is_ec ? "ECDSA P-256" : "RSA-2048 v1.5", threads, r, g, h, p, h / r, p / r, p / g);
       std::fflush(stdout);
     }
   }
+
+  // TLS 1.3 handshakes: token key (through hwid) vs software key, same library context.
+  std::printf("\nTLS 1.3 handshakes/s (in-process, BIO pair, no resumption), %.1f s per cell\n",
+              seconds);
+  std::printf("%-14s %-8s %12s %12s %10s %16s\n", "server key", "threads", "token key/s",
+              "software/s", "ratio", "PKCS#11 calls/hs");
+  auto calls = [&]() {
+    uint64_t v = 0;
+    OSSL_PARAM q[] = {OSSL_PARAM_uint64("hwid-pkcs11-calls", &v), OSSL_PARAM_END};
+    OSSL_PROVIDER_get_params(phwid, q);
+    return v;
+  };
+  SSL_CTX* cli = SSL_CTX_new_ex(nullptr, nullptr, TLS_client_method());  // default provider only
+  SSL_CTX_set_min_proto_version(cli, TLS1_3_VERSION);
+  SSL_CTX_set_session_cache_mode(cli, SSL_SESS_CACHE_OFF);
+  for (bool is_ec : {true, false}) {
+    EVP_PKEY* tok = is_ec ? prov_ec : prov_rsa;
+    EVP_PKEY* sw = is_ec ? EVP_PKEY_Q_keygen(pctx, "provider=default", "EC", "P-256")
+                         : EVP_PKEY_Q_keygen(pctx, "provider=default", "RSA", static_cast<size_t>(2048));
+    X509* tok_cert = hwid::bench::SelfSigned(pctx, tok);
+    X509* sw_cert = hwid::bench::SelfSigned(pctx, sw);
+    if (sw == nullptr || tok_cert == nullptr || sw_cert == nullptr) Die("TLS keys/certificates");
+    auto server = [&](EVP_PKEY* k, X509* x) {
+      SSL_CTX* s = SSL_CTX_new_ex(pctx, nullptr, TLS_server_method());
+      SSL_CTX_set_min_proto_version(s, TLS1_3_VERSION);
+      SSL_CTX_set_session_cache_mode(s, SSL_SESS_CACHE_OFF);
+      SSL_CTX_set_options(s, SSL_OP_NO_TICKET);
+      if (SSL_CTX_use_certificate(s, x) != 1 || SSL_CTX_use_PrivateKey(s, k) != 1) Die("server key");
+      return s;
+    };
+    SSL_CTX* tok_srv = server(tok, tok_cert);
+    SSL_CTX* sw_srv = server(sw, sw_cert);
+    if (!hwid::bench::Handshake(tok_srv, cli)) Die("TLS 1.3 handshake with the token key");
+    for (int threads : {1, 2}) {
+      double t = 0, w = 0;
+      uint64_t hs = 0, c0 = calls();
+      for (int round = 0; round < kRounds; ++round) {
+        const double slice = seconds / kRounds;
+        std::atomic<uint64_t> n{0};
+        t += Run(threads, slice, [&](int) {
+               ++n;
+               return hwid::bench::Handshake(tok_srv, cli);
+             }) / kRounds;
+        hs += n.load();
+        w += Run(threads, slice, [&](int) { return hwid::bench::Handshake(sw_srv, cli); }) / kRounds;
+      }
+      const double per = hs == 0 ? 0 : static_cast<double>(calls() - c0) / static_cast<double>(hs);
+      std::printf("%-14s %-8d %12.0f %12.0f %10.3f %16.3f\n", is_ec ? "ECDSA P-256" : "RSA-2048",
+                  threads, t, w, t / w, per);
+      std::fflush(stdout);
+    }
+    SSL_CTX_free(tok_srv);
+    SSL_CTX_free(sw_srv);
+    X509_free(tok_cert);
+    X509_free(sw_cert);
+    EVP_PKEY_free(sw);
+  }
+  SSL_CTX_free(cli);
+  EVP_PKEY_free(prov_ec);
+  EVP_PKEY_free(prov_rsa);
+  OSSL_PROVIDER_unload(phwid);
+  OSSL_PROVIDER_unload(pdef);
+  OSSL_LIB_CTX_free(pctx);
   for (auto& r : raw) fl->C_CloseSession(r.s);
   EVP_PKEY_free(eng_ec);
   EVP_PKEY_free(eng_rsa);

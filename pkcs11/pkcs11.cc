@@ -342,6 +342,42 @@ absl::StatusOr<OsslPtr<EVP_PKEY>> RsaPublicKey(const Bytes& n, const Bytes& e, i
   return key;
 }
 
+}  // namespace
+
+namespace internal {
+Bytes EcdsaRawToDer(ByteSpan rs) {
+  const size_t half = rs.size() / 2;
+  auto integer = [](ByteSpan v, Bytes& out) {
+    size_t i = 0;
+    while (i + 1 < v.size() && v[i] == 0) {
+      ++i;
+    }
+    const bool pad = (v[i] & 0x80) != 0;
+    out.push_back(0x02);
+    out.push_back(static_cast<uint8_t>(v.size() - i + (pad ? 1 : 0)));
+    if (pad) {
+      out.push_back(0x00);
+    }
+    out.insert(out.end(), v.begin() + static_cast<std::ptrdiff_t>(i), v.end());
+  };
+  Bytes body;
+  body.reserve(rs.size() + 6);
+  integer(rs.subspan(0, half), body);
+  integer(rs.subspan(half), body);
+  Bytes out;
+  out.reserve(body.size() + 3);
+  out.push_back(0x30);
+  if (body.size() >= 0x80) {
+    out.push_back(0x81);
+  }
+  out.push_back(static_cast<uint8_t>(body.size()));
+  out.insert(out.end(), body.begin(), body.end());
+  return out;
+}
+}  // namespace internal
+
+namespace {
+
 std::string IdHex(const Bytes& id) { return id.empty() ? "(none)" : HexEncode(id); }
 
 }  // namespace
@@ -888,7 +924,10 @@ absl::StatusOr<Bytes> Key::Sign(ByteSpan digest, const SignOptions& options) {
     ASSIGN_OR_RETURN(h, Handle(s, true));
     rv = lease.Check(fl->C_SignInit(s, &mech, h));
   }
-  RETURN_IF_ERROR(CkrError(rv, absl::StrCat("C_SignInit (", mech_name, ")"), Describe()));
+  // Messages are built only on failure: this is the per-signature hot path.
+  if (rv != CKR_OK) {
+    return CkrError(rv, absl::StrCat("C_SignInit (", mech_name, ")"), Describe());
+  }
   rv = lease.Check(fl->C_Sign(s, const_cast<uint8_t*>(input.data()), input.size(), sig.data(),
                               &sig_len));
   if (rv != CKR_OK) {
@@ -904,23 +943,7 @@ absl::StatusOr<Bytes> Key::Sign(ByteSpan digest, const SignOptions& options) {
     return absl::InternalError(absl::StrFormat("C_Sign (CKM_ECDSA) with %s returned %u bytes",
                                                Describe(), sig_len));
   }
-  const int half = static_cast<int>(sig_len / 2);
-  OsslPtr<ECDSA_SIG> esig(ECDSA_SIG_new());
-  BIGNUM* r = BN_bin2bn(sig.data(), half, nullptr);
-  BIGNUM* sv = BN_bin2bn(sig.data() + half, half, nullptr);
-  if (esig == nullptr || r == nullptr || sv == nullptr || ECDSA_SIG_set0(esig.get(), r, sv) != 1) {
-    BN_free(r);
-    BN_free(sv);
-    return OpenSslError("ECDSA_SIG from r||s");
-  }
-  unsigned char* der = nullptr;
-  const int der_len = i2d_ECDSA_SIG(esig.get(), &der);
-  if (der_len <= 0) {
-    return OpenSslError("i2d_ECDSA_SIG");
-  }
-  Bytes out(der, der + der_len);
-  OPENSSL_free(der);
-  return out;
+  return internal::EcdsaRawToDer(ByteSpan(sig.data(), sig_len));
 }
 
 absl::StatusOr<KeyAttributes> Key::ReadAttributes() {

@@ -3,6 +3,7 @@
 #include "pkcs11/pkcs11.h"
 
 #include <dlfcn.h>
+#include <openssl/ecdsa.h>
 #include <openssl/evp.h>
 #include <openssl/rsa.h>
 #include <p11-kit/pkcs11.h>
@@ -22,6 +23,7 @@
 #include "gtest/gtest.h"
 #include "pkcs11/error.h"
 #include "pkcs11/uri.h"
+#include "pkcs11/uri_pem.h"
 #include "tests/pkcs11/softhsm.h"
 
 namespace hwid::pkcs11 {
@@ -140,6 +142,113 @@ TEST(UriTest, FormatRoundTrips) {
   EXPECT_EQ(u->object, "my;key");
   EXPECT_EQ(u->id, (Bytes{0xde, 0xad}));
   EXPECT_FALSE(MatchesToken(*u, TokenFields{"other", "SoftHSM project", "SoftHSM v2", "abc123"}));
+}
+
+// The r || s -> DER conversion against OpenSSL's own encoder, on the edge cases: leading zero
+// bytes (shorter INTEGERs), a set top bit (0x00 pad), all-zero halves, and P-521 sizes (long form).
+TEST(EcdsaDerTest, MatchesOpenSslEncoder) {
+  auto openssl_der = [](ByteSpan rs) {
+    const int half = static_cast<int>(rs.size() / 2);
+    OsslPtr<ECDSA_SIG> sig(ECDSA_SIG_new());
+    ECDSA_SIG_set0(sig.get(), BN_bin2bn(rs.data(), half, nullptr),
+                   BN_bin2bn(rs.data() + half, half, nullptr));
+    unsigned char* der = nullptr;
+    const int n = i2d_ECDSA_SIG(sig.get(), &der);
+    Bytes out(der, der + n);
+    OPENSSL_free(der);
+    return out;
+  };
+  std::vector<Bytes> cases;
+  for (size_t half : {32u, 48u, 66u}) {
+    Bytes a(2 * half, 0x11);
+    cases.push_back(a);
+    Bytes b = a;
+    b[0] = 0x80;  // r needs a pad byte
+    b[half] = 0xff;
+    cases.push_back(b);
+    Bytes c = a;
+    c[0] = c[1] = 0;  // r two bytes shorter
+    c[half] = 0;
+    c[half + 1] = 0x80;  // s one byte shorter, then padded
+    cases.push_back(c);
+    cases.push_back(Bytes(2 * half, 0));  // both zero: INTEGER 0
+    Bytes d(2 * half, 0xff);
+    cases.push_back(d);
+  }
+  for (const Bytes& rs : cases) {
+    EXPECT_EQ(internal::EcdsaRawToDer(rs), openssl_der(rs)) << HexEncode(rs);
+  }
+}
+
+TEST(UriPemTest, RoundTripsAndRefusesPins) {
+  const std::string uri = "pkcs11:token=t;object=k;type=private?module-path=/m.so";
+  absl::StatusOr<std::string> pem = EncodeUriPem(uri);
+  ASSERT_TRUE(pem.ok()) << pem.status();
+  EXPECT_THAT(*pem, HasSubstr("-----BEGIN PKCS#11 PROVIDER URI-----"));
+  absl::StatusOr<std::string> back = ParseUriFile(AsSpan(*pem));
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(*back, uri);
+  absl::StatusOr<Bytes> der = EncodeUriDer(uri);
+  ASSERT_TRUE(der.ok());
+  EXPECT_TRUE(LooksLikeUriDer(*der));
+  EXPECT_EQ(*ParseUriFile(*der), uri);
+  // A PIN never goes into (or comes out of) a key file.
+  EXPECT_EQ(EncodeUriDer("pkcs11:token=t?pin-value=1234").status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(EncodeUriDer("pkcs11:token=t?module-path=/m.so&pin-value=1234").status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(EncodeUriDer("file:/etc/passwd").status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(UriPemTest, RejectsMalformedFiles) {
+  absl::StatusOr<Bytes> good = EncodeUriDer("pkcs11:token=t;object=k");
+  ASSERT_TRUE(good.ok());
+  struct Row {
+    const char* name;
+    Bytes der;
+    const char* message;
+  };
+  Bytes trailing = *good;
+  trailing.push_back(0);
+  Bytes truncated(good->begin(), good->end() - 3);
+  Bytes bad_desc = *good;
+  bad_desc[4] ^= 0x01;  // a byte inside the description
+  Bytes bad_tag = *good;
+  bad_tag[2] = 0x0c;  // description as UTF8String instead of VisibleString
+  Bytes long_len = *good;
+  long_len.insert(long_len.begin() + 1, 0x81);  // non-minimal length (0x81 with a short value)
+  Bytes pin_in_file = {0x30, 0x00};
+  {
+    const std::string desc = kUriPemDescription;
+    const std::string u = "pkcs11:token=t?pin-value=1234";
+    Bytes body = {0x1a, static_cast<uint8_t>(desc.size())};
+    body.insert(body.end(), desc.begin(), desc.end());
+    body.push_back(0x0c);
+    body.push_back(static_cast<uint8_t>(u.size()));
+    body.insert(body.end(), u.begin(), u.end());
+    pin_in_file = {0x30, static_cast<uint8_t>(body.size())};
+    pin_in_file.insert(pin_in_file.end(), body.begin(), body.end());
+  }
+  const Row rows[] = {
+      {"empty", Bytes{}, "empty input"},
+      {"trailing", trailing, "trailing"},
+      {"truncated", truncated, "truncated"},
+      {"description", bad_desc, "unknown description"},
+      {"tag", bad_tag, "unexpected tag"},
+      {"length", long_len, "length"},
+      {"pin", pin_in_file, "pin-value"},
+  };
+  for (const Row& r : rows) {
+    absl::StatusOr<std::string> u = ParseUriFile(r.der);
+    ASSERT_FALSE(u.ok()) << r.name;
+    EXPECT_EQ(u.status().code(), absl::StatusCode::kInvalidArgument) << r.name;
+    EXPECT_THAT(std::string(u.status().message()), HasSubstr(r.message)) << r.name;
+    EXPECT_THAT(std::string(u.status().message()), Not(HasSubstr("1234"))) << r.name;
+  }
+  const std::string wrong_label =
+      "-----BEGIN PRIVATE KEY-----\nMAA=\n-----END PRIVATE KEY-----\n";
+  EXPECT_THAT(std::string(ParseUriFile(AsSpan(wrong_label)).status().message()),
+              HasSubstr("PEM label"));
 }
 
 TEST(CkrErrorTest, NamesCodeAndHint) {
