@@ -137,14 +137,15 @@ class Module {
 };
 
 absl::StatusOr<std::shared_ptr<Module>> Module::Get(const std::string& path) {
+  // Modules stay loaded and initialised for the life of the process (never C_Finalize): a module
+  // is process-global state shared with whoever else uses it here (the application, libp11's
+  // engine, another hwid instance), and finalising it would invalidate their sessions and login.
   static std::mutex registry_mu;
-  static auto* registry = new std::map<std::string, std::weak_ptr<Module>>();
+  static auto* registry = new std::map<std::string, std::shared_ptr<Module>>();
   RegisterForkHandler();
   std::lock_guard<std::mutex> lock(registry_mu);
   if (auto it = registry->find(path); it != registry->end()) {
-    if (std::shared_ptr<Module> m = it->second.lock()) {
-      return m;
-    }
+    return it->second;
   }
   auto m = std::make_shared<Module>();
   m->path_ = path;
@@ -399,6 +400,9 @@ Token::~Token() {
     for (unsigned long s : idle_) {
       module_->fl()->C_CloseSession(s);
     }
+    if (login_session_ != CK_INVALID_HANDLE) {
+      module_->fl()->C_CloseSession(login_session_);
+    }
   }
 }
 
@@ -483,15 +487,26 @@ absl::StatusOr<std::shared_ptr<Token>> Token::Open(const Pkcs11Uri& uri,
     have_pin = true;
   }
   auto& m = matches.front();
-  if (!have_pin && options.ask_pin) {
-    CK_TOKEN_INFO ti;
-    if (fl->C_GetTokenInfo(m.second.first, &ti) == CKR_OK && (ti.flags & CKF_LOGIN_REQUIRED) != 0) {
-      pin = options.ask_pin();
-      have_pin = !pin.empty();
-    }
-  }
   std::shared_ptr<Token> token(
       new Token(module, m.first, m.second.first, std::move(m.second.second), std::move(pin)));
+  if (!have_pin && options.ask_pin) {
+    // Ask only when a login is needed and nobody in this process has logged in yet.
+    CK_TOKEN_INFO ti;
+    CK_SESSION_HANDLE s = CK_INVALID_HANDLE;
+    CK_SESSION_INFO si;
+    bool need = fl->C_GetTokenInfo(m.second.first, &ti) == CKR_OK &&
+                (ti.flags & CKF_LOGIN_REQUIRED) != 0;
+    if (need && fl->C_OpenSession(m.second.first, CKF_SERIAL_SESSION, nullptr, nullptr, &s) ==
+                    CKR_OK) {
+      need = fl->C_GetSessionInfo(s, &si) != CKR_OK ||
+             (si.state != CKS_RO_USER_FUNCTIONS && si.state != CKS_RW_USER_FUNCTIONS);
+      fl->C_CloseSession(s);
+    }
+    if (need) {
+      token->pin_ = options.ask_pin();
+      have_pin = !token->pin_.empty();
+    }
+  }
   if (have_pin) {
     RETURN_IF_ERROR(token->Login());
   }
@@ -507,6 +522,27 @@ absl::Status Token::Login() {
     logged_in_ = true;
     return absl::OkStatus();
   }
+  // PKCS#11 login state belongs to the process, not to us: another user of the module (or an
+  // earlier hwid key) may have logged in, or out. Ask the token, on a session of our own (not the
+  // pool: CheckFork calls this while re-initialising).
+  // This session stays open for the Token's life: closing an application's last session on a
+  // token logs it out (PKCS#11 C_CloseSession).
+  if (login_session_ == CK_INVALID_HANDLE) {
+    CK_SESSION_HANDLE ls = CK_INVALID_HANDLE;
+    commands_.fetch_add(1, std::memory_order_relaxed);
+    const CK_RV orv = fl->C_OpenSession(slot_id_, CKF_SERIAL_SESSION, nullptr, nullptr, &ls);
+    RETURN_IF_ERROR(CkrError(orv, "C_OpenSession (login)", Describe()));
+    login_session_ = ls;
+  }
+  const CK_SESSION_HANDLE s = login_session_;
+  CK_RV rv = CKR_OK;
+  CK_SESSION_INFO si;
+  commands_.fetch_add(1, std::memory_order_relaxed);
+  rv = fl->C_GetSessionInfo(s, &si);
+  if (rv == CKR_OK && (si.state == CKS_RO_USER_FUNCTIONS || si.state == CKS_RW_USER_FUNCTIONS)) {
+    logged_in_ = true;  // already logged in in this process; the PIN is not checked again
+    return absl::OkStatus();
+  }
   if ((ti.flags & CKF_USER_PIN_LOCKED) != 0) {
     return absl::PermissionDeniedError(absl::StrCat(
         "login to ", Describe(), " refused: the user PIN is locked (CKF_USER_PIN_LOCKED); "
@@ -517,18 +553,21 @@ absl::Status Token::Login() {
         "login to ", Describe(), " refused: one more wrong PIN locks the token "
         "(CKF_USER_PIN_FINAL_TRY); check the PIN and log in once with the token's own tools"));
   }
-  // libp11 wants a NUL-terminated PIN and keeps a copy for its own re-login after fork.
-  SecureBytes cpin = pin_;
-  cpin.push_back(0);
+  // Exactly one C_Login per call: a wrong PIN is reported, never retried.
   commands_.fetch_add(1, std::memory_order_relaxed);
-  if (PKCS11_login(static_cast<PKCS11_SLOT*>(slot_), 0,
-                   reinterpret_cast<const char*>(cpin.data())) != 0) {
-    auto [rv, text] = LibP11Error();
-    (void)text;  // libp11's text adds nothing beyond the CK_RV
-    return CkrError(rv, "C_Login (user)", Describe());
+  rv = fl->C_Login(s, CKU_USER, const_cast<CK_UTF8CHAR*>(pin_.data()), pin_.size());
+  if (rv == CKR_USER_ALREADY_LOGGED_IN) {
+    rv = CKR_OK;
   }
+  RETURN_IF_ERROR(CkrError(rv, "C_Login (user)", Describe()));
   logged_in_ = true;
   return absl::OkStatus();
+}
+
+absl::Status Token::Relogin() {
+  std::lock_guard<std::mutex> lock(mu_);
+  logged_in_ = false;
+  return Login();
 }
 
 absl::Status Token::CheckFork() {
@@ -544,6 +583,7 @@ absl::Status Token::CheckFork() {
   (void)mgen;
   // The parent's session handles mean nothing here; forget them without C_CloseSession.
   idle_.clear();
+  login_session_ = CK_INVALID_HANDLE;
   if (logged_in_) {
     logged_in_ = false;
     RETURN_IF_ERROR(Login());
@@ -638,10 +678,15 @@ absl::StatusOr<unsigned long> Token::FindPrivateKeyHandle(unsigned long session,
   fl->C_FindObjectsFinal(session);
   RETURN_IF_ERROR(CkrError(rv, "C_FindObjects", Describe()));
   if (n == 0) {
+    // Private keys are invisible without a login; ask the token rather than trusting our flag
+    // (another user of the module may have logged the process out).
+    CK_SESSION_INFO si;
+    const bool user = fl->C_GetSessionInfo(session, &si) == CKR_OK &&
+                      (si.state == CKS_RO_USER_FUNCTIONS || si.state == CKS_RW_USER_FUNCTIONS);
     return absl::NotFoundError(absl::StrCat(
         "no private key ", what, " on ", Describe(),
-        logged_in_ ? "" : "; not logged in: private keys are visible only after login (give "
-                          "pin-value/pin-source in the URI or HWID_PKCS11_PIN)"));
+        user ? "" : "; not logged in: private keys are visible only after login (give "
+                    "pin-value/pin-source in the URI, HWID_PKCS11_PIN or pkcs11-pin-source)"));
   }
   if (n > 1) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -919,8 +964,17 @@ absl::StatusOr<Bytes> Key::Sign(ByteSpan digest, const SignOptions& options) {
   CK_ULONG sig_len = sig.size();
   token_->commands_.fetch_add(2, std::memory_order_relaxed);
   CK_RV rv = lease.Check(fl->C_SignInit(s, &mech, h));
-  if (rv == CKR_KEY_HANDLE_INVALID || rv == CKR_OBJECT_HANDLE_INVALID) {
-    // The object may have been re-created or the module re-initialised: look it up once more.
+  if (rv == CKR_KEY_HANDLE_INVALID || rv == CKR_OBJECT_HANDLE_INVALID ||
+      rv == CKR_USER_NOT_LOGGED_IN) {
+    // Someone else using the module in this process may have logged it out (private objects
+    // then vanish): log in again, once, with the key's PIN. The object may also have been
+    // re-created or the module re-initialised: look it up once more.
+    CK_SESSION_INFO si;
+    const bool user = fl->C_GetSessionInfo(s, &si) == CKR_OK &&
+                      (si.state == CKS_RO_USER_FUNCTIONS || si.state == CKS_RW_USER_FUNCTIONS);
+    if (!user && token_->HasPin()) {
+      RETURN_IF_ERROR(token_->Relogin());
+    }
     ASSIGN_OR_RETURN(h, Handle(s, true));
     rv = lease.Check(fl->C_SignInit(s, &mech, h));
   }

@@ -142,7 +142,12 @@ class Token : public std::enable_shared_from_this<Token> {
   Token(std::shared_ptr<Module> module, void* slot, unsigned long slot_id, TokenFields fields,
         SecureBytes pin);
 
+  // Login logs in with pin_ unless the process is logged in already (one C_Login, never
+  // retried). Callers hold mu_ or own the token exclusively (Open).
   absl::Status Login();
+  // Relogin runs Login under mu_ after the process was logged out underneath us.
+  absl::Status Relogin();
+  bool HasPin() const { return !pin_.empty(); }
   // CheckFork re-initialises this token after a fork (see the file comment); cheap otherwise.
   absl::Status CheckFork();
   absl::StatusOr<unsigned long> AcquireSession();
@@ -162,6 +167,7 @@ class Token : public std::enable_shared_from_this<Token> {
   std::atomic<uint64_t> generation_;
   std::mutex mu_;  // guards idle_ and re-initialisation; never held across a C_Sign
   std::vector<unsigned long> idle_;
+  unsigned long login_session_ = 0;  // CK_INVALID_HANDLE; kept open while logged in (see Login)
   std::atomic<uint64_t> commands_{0};
   std::atomic<uint64_t> sessions_opened_{0};
 };

@@ -372,6 +372,8 @@ TEST_F(Pkcs11Test, DuplicateLabelIsRefused) {
 }
 
 TEST_F(Pkcs11Test, WrongPinIsClearAndNotRetried) {
+  // Login state is per process: log out, so the token checks the next PIN.
+  ASSERT_TRUE(Hsm()->LogOutThisProcess().ok());
   const std::string uri = absl::StrCat(Hsm()->uri_no_pin(), "&pin-value=wrong-9931");
   absl::StatusOr<std::shared_ptr<Token>> t = Token::Open(uri);
   ASSERT_FALSE(t.ok());
@@ -382,6 +384,18 @@ TEST_F(Pkcs11Test, WrongPinIsClearAndNotRetried) {
   EXPECT_THAT(msg, Not(HasSubstr("wrong-9931")));
   // The right PIN still works: the failure did not lock the token.
   EXPECT_NE(OpenToken(), nullptr);
+}
+
+// Another user of the module logs the process out under a loaded key: the next signature logs in
+// again with the key's PIN (once) instead of failing.
+TEST_F(Pkcs11Test, SignLogsInAgainAfterAnExternalLogout) {
+  std::shared_ptr<Key> key = Generate(KeyAlg::kEcP256, "relogin");
+  ASSERT_NE(key, nullptr);
+  ASSERT_TRUE(Hsm()->LogOutThisProcess().ok());
+  Bytes digest = Sha("SHA256", "after logout");
+  absl::StatusOr<Bytes> sig = key->Sign(digest, {SignMechanism::kEcdsa, "SHA256", {}});
+  ASSERT_TRUE(sig.ok()) << sig.status();
+  EXPECT_TRUE(OracleVerify(key->public_key(), "SHA256", digest, *sig, SignMechanism::kEcdsa));
 }
 
 TEST_F(Pkcs11Test, PinFromSourceFileAndEnvironment) {
@@ -397,10 +411,11 @@ TEST_F(Pkcs11Test, PinFromSourceFileAndEnvironment) {
   absl::StatusOr<std::shared_ptr<Key>> k2 = LoadKey("pkcs11:token=hwid-test;object=pinsrc");
   EXPECT_TRUE(k2.ok()) << k2.status();
   unsetenv("HWID_PKCS11_PIN");
-  // Login state is per application: once the last token object is gone the module is finalised
-  // (logged out). Without a PIN the private key is then invisible, and the error says why.
+  // Login state is per process and outlives our token objects (modules are never finalised):
+  // log the process out. Without a PIN the private key is then invisible, and the error says why.
   k1 = absl::UnknownError("released");
   k2 = absl::UnknownError("released");
+  ASSERT_TRUE(Hsm()->LogOutThisProcess().ok());
   absl::StatusOr<std::shared_ptr<Key>> k3 = LoadKey("pkcs11:token=hwid-test;object=pinsrc");
   ASSERT_FALSE(k3.ok());
   EXPECT_EQ(k3.status().code(), absl::StatusCode::kNotFound);

@@ -1,6 +1,8 @@
 #include "tests/pkcs11/softhsm.h"
 
+#include <dlfcn.h>
 #include <fcntl.h>
+#include <p11-kit/pkcs11.h>
 #include <stdlib.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -64,6 +66,44 @@ absl::StatusOr<std::unique_ptr<SoftHsm>> SoftHsm::Start(const std::string& label
 SoftHsm::~SoftHsm() {
   std::error_code ec;
   std::filesystem::remove_all(dir_, ec);
+}
+
+absl::Status SoftHsm::LogOutThisProcess() const {
+  void* dl = dlopen(kModule, RTLD_NOW | RTLD_NOLOAD);
+  auto get = dl != nullptr
+                 ? reinterpret_cast<CK_C_GetFunctionList>(dlsym(dl, "C_GetFunctionList"))
+                 : nullptr;
+  CK_FUNCTION_LIST* fl = nullptr;
+  if (get == nullptr || get(&fl) != CKR_OK) {
+    return absl::FailedPreconditionError("SoftHSM2 is not loaded in this process");
+  }
+  CK_SLOT_ID slots[32];
+  CK_ULONG n = 32;
+  if (fl->C_GetSlotList(CK_TRUE, slots, &n) != CKR_OK) {
+    return absl::InternalError("C_GetSlotList failed");
+  }
+  for (CK_ULONG i = 0; i < n; ++i) {
+    CK_TOKEN_INFO ti;
+    if (fl->C_GetTokenInfo(slots[i], &ti) != CKR_OK) {
+      continue;
+    }
+    std::string got(reinterpret_cast<const char*>(ti.label), sizeof(ti.label));
+    got.erase(got.find_last_not_of(' ') + 1);
+    if (got != label_) {
+      continue;
+    }
+    CK_SESSION_HANDLE s = 0;
+    if (fl->C_OpenSession(slots[i], CKF_SERIAL_SESSION, nullptr, nullptr, &s) != CKR_OK) {
+      return absl::InternalError("C_OpenSession failed");
+    }
+    const CK_RV rv = fl->C_Logout(s);
+    fl->C_CloseSession(s);
+    if (rv != CKR_OK && rv != CKR_USER_NOT_LOGGED_IN) {
+      return absl::InternalError(absl::StrCat("C_Logout failed: 0x", absl::Hex(rv)));
+    }
+    return absl::OkStatus();
+  }
+  return absl::NotFoundError(absl::StrCat("token ", label_, " not found"));
 }
 
 std::string SoftHsm::uri_no_pin() const {

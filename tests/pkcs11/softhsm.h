@@ -33,6 +33,10 @@ class SoftHsm {
   std::string uri() const;
   // uri_no_pin is the same without pin-value.
   std::string uri_no_pin() const;
+  // LogOutThisProcess logs this process out of the token (C_Logout on a session of the already
+  // loaded module): PKCS#11 login state is per process, so this is how a test gets a token that
+  // checks the next PIN. OK when nobody was logged in.
+  absl::Status LogOutThisProcess() const;
 
  private:
   SoftHsm(std::string dir, std::string label, std::string pin)
