@@ -27,6 +27,7 @@
 #include "common/status_macros.h"
 #if HWID_WITH_PKCS11
 #include "pkcs11/pkcs11.h"
+#include "pkcs11/uri_pem.h"
 #endif
 #include "tpm/tpm.h"
 #include "tpm/wire/attest.h"
@@ -355,13 +356,25 @@ absl::Status CmdKeyCreatePkcs11(const Args& a, const std::string& uri) {
   if (!alg.ok()) return UsageError(std::string(alg.status().message()));
   auto label = a.Get("label");
   if (!label.has_value() || label->empty()) return UsageError("--label NAME is required with --pkcs11");
-  if (a.Get("out") || a.Get("persist") || a.Get("auth-env")) {
-    return UsageError("--out, --persist and --auth-env are for TPM keys, not with --pkcs11");
+  if (a.Get("persist") || a.Get("auth-env")) {
+    return UsageError("--persist and --auth-env are for TPM keys, not with --pkcs11");
   }
-  ASSIGN_OR_RETURN(std::shared_ptr<pkcs11::Token> token, pkcs11::Token::Open(uri));
+  ASSIGN_OR_RETURN(pkcs11::Pkcs11Uri parsed, pkcs11::ParseUri(uri));
+  ASSIGN_OR_RETURN(std::shared_ptr<pkcs11::Token> token, pkcs11::Token::Open(parsed));
   ASSIGN_OR_RETURN(std::shared_ptr<pkcs11::Key> key, token->GenerateKey(*alg, *label));
   std::cerr << absl::StrFormat("created %s key '%s' on %s (CKA_SENSITIVE, not extractable)\n",
                                pkcs11::KeyAlgName(*alg), *label, token->Describe());
+  if (auto out = a.Get("out")) {
+    // The key file names the key (and the module when the URI gave one), never the PIN.
+    std::string key_uri = key->uri();
+    if (parsed.module_path.has_value()) {
+      absl::StrAppend(&key_uri, "?module-path=", *parsed.module_path);
+    }
+    ASSIGN_OR_RETURN(std::string pem, pkcs11::EncodeUriPem(key_uri));
+    RETURN_IF_ERROR(WriteFile(*out, AsSpan(pem), 0644));
+    std::cerr << absl::StrFormat("wrote %s (PKCS#11 PROVIDER URI: usable as a key file by the "
+                                 "hwid provider, nginx and curl)\n", *out);
+  }
   std::cout << key->uri() << "\n";
   return absl::OkStatus();
 }
@@ -601,8 +614,10 @@ std::map<std::string, Command> Commands() {
       "  leaves the TPM unencrypted. --auth-env names an environment variable holding the key's\n"
       "  password.\n"
       "   or: hwid key create --pkcs11 URI --alg ec-p256|ec-p384|rsa-2048|rsa-3072 --label NAME\n"
+      "                       [--out KEY.pem]\n"
       "  Generates the key on the PKCS#11 token URI names (CKA_SENSITIVE, CKA_EXTRACTABLE false)\n"
-      "  and prints its pkcs11: URI. The PIN comes from the URI (pin-value, pin-source) or\n"
+      "  and prints its pkcs11: URI; --out also writes a PKCS#11 PROVIDER URI key file (no PIN)\n"
+      "  that the hwid provider, nginx and curl accept as a key file. The PIN comes from the URI (pin-value, pin-source) or\n"
       "  $HWID_PKCS11_PIN; the module from module-path, $HWID_PKCS11_MODULE or p11-kit's proxy.\n",
       {"tcti", "alg", "out", "persist", "auth-env", "description", "pkcs11", "label"}, {}, CmdKeyCreate};
   c["key pub"] = {"usage: hwid key pub --key KEY.pem|handle:0x81xxxxxx|pkcs11:URI [--out PUB.pem] [--tcti T]\n",

@@ -16,6 +16,7 @@
 #include "common/ossl.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "pkcs11/uri_pem.h"
 #include "tests/pkcs11/softhsm.h"
 #include "tests/testing/run_shell.h"
 
@@ -66,6 +67,24 @@ class CliPkcs11Test : public ::testing::Test {
   static SoftHsm* hsm_;
 };
 SoftHsm* CliPkcs11Test::hsm_ = nullptr;
+
+// --out writes a PKCS#11 PROVIDER URI key file naming the new key and its module, never the PIN.
+TEST_F(CliPkcs11Test, CreateWritesUriKeyFileWithoutPin) {
+  const std::string file = hsm_->dir() + "/wrapped.pem";
+  Result c = RunHwid(absl::StrCat("key create --pkcs11 ", Quote(hsm_->uri()),
+                                  " --alg ec-p256 --label wrapped --out ", file));
+  ASSERT_EQ(c.rc, 0) << c.out;
+  absl::StatusOr<Bytes> pem = ReadFile(file);
+  ASSERT_TRUE(pem.ok()) << pem.status();
+  const std::string text(pem->begin(), pem->end());
+  EXPECT_THAT(text, HasSubstr("-----BEGIN PKCS#11 PROVIDER URI-----"));
+  absl::StatusOr<std::string> uri = pkcs11::ParseUriFile(*pem);
+  ASSERT_TRUE(uri.ok()) << uri.status();
+  EXPECT_THAT(*uri, HasSubstr("object=wrapped"));
+  EXPECT_THAT(*uri, HasSubstr(absl::StrCat("module-path=", SoftHsm::kModule)));
+  EXPECT_THAT(*uri, Not(HasSubstr("pin")));
+  EXPECT_THAT(text + c.out, Not(HasSubstr(kPin)));
+}
 
 TEST_F(CliPkcs11Test, CreateListPubSignVerify) {
   for (const char* alg : {"ec-p256", "ec-p384", "rsa-2048"}) {
