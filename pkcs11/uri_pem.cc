@@ -86,19 +86,20 @@ absl::Status CheckUri(absl::string_view uri) {
       return Malformed("the URI contains a non-printable or non-ASCII character");
     }
   }
-  // pin-value is a query attribute: after '?' or '&'.
-  const size_t q = uri.find('?');
-  if (q != absl::string_view::npos) {
-    absl::string_view query = uri.substr(q);
-    if (absl::StrContains(query, "?pin-value=") || absl::StrContains(query, "&pin-value=")) {
-      return Malformed("the URI carries a pin-value; key files must not hold PINs "
-                       "(use pin-source, $HWID_PKCS11_PIN or pkcs11-pin-source in openssl.cnf)");
-    }
+  // pin-value belongs in the query part, but refuse it anywhere (any case): a key file is never
+  // the place for a PIN, and a strict rule leaves nothing to interpret.
+  if (MentionsPinValue(uri)) {
+    return Malformed("the URI carries a pin-value; key files must not hold PINs "
+                     "(use pin-source, $HWID_PKCS11_PIN or pkcs11-pin-source in openssl.cnf)");
   }
   return absl::OkStatus();
 }
 
 }  // namespace
+
+bool MentionsPinValue(absl::string_view uri) {
+  return absl::StrContains(absl::AsciiStrToLower(uri), "pin-value");
+}
 
 absl::StatusOr<Bytes> EncodeUriDer(absl::string_view uri) {
   absl::Status s = CheckUri(uri);

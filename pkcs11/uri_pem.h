@@ -36,6 +36,10 @@ absl::StatusOr<std::string> ParseUriDer(ByteSpan der);
 // ParseUriFile accepts the PEM form (label above, no headers) or the DER form.
 absl::StatusOr<std::string> ParseUriFile(ByteSpan pem_or_der);
 
+// MentionsPinValue is true when "pin-value" appears anywhere in `uri`, in any case (key files
+// refuse such URIs).
+bool MentionsPinValue(absl::string_view uri);
+
 // LooksLikeUriDer is a cheap prefix test (SEQUENCE, then a VisibleString with the description)
 // used by decoders to tell "ours but broken" from "someone else's input".
 bool LooksLikeUriDer(ByteSpan der);
