@@ -4,12 +4,17 @@
 //     Esys_Sign on a loaded key (the limit);
 //   - TLS 1.3 handshakes/s with the server key in the TPM (hwid) vs a software key, in-process
 //     (server and client SSL objects over a BIO pair, the client in a default-provider-only
-//     library context), and the TPM commands per handshake (hwid's "hwid-tpm-commands").
+//     library context), and the TPM commands per handshake (hwid's "hwid-tpm-commands");
+//   - with --swtpm-pid, where each operation's wall time went: CPU of this process and of swtpm
+//     per operation (and how long swtpm waited runnable for a CPU).
 // Rounds alternate the contenders and the median is printed with ratios. No assertions: see
 // docs/benchmarks.md for targets and recorded results.
 //
 // usage: provider_bench [--tcti T] [--seconds S] [--rounds R] [--threads N] [--module-dir D]
-//                       [--hwid-first]
+//                       [--hwid-first] [--swtpm-pid PID] [--only PART]
+//                       [--tls-keys tpm|software|both]
+// PART selects what runs: ecdsa-sign, rsa-sign, ecdsa-tls, rsa-tls, or a substring ("tls");
+// --tls-keys times only one of the two TLS servers (for profiling one side with perf).
 // Run it through bench/run-provider-bench, which starts a private swtpm.
 #include <openssl/core_names.h>
 #include <openssl/err.h>
@@ -34,6 +39,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "bench/cpu_account.h"
 #include "bench/raw_esys_signer.h"
 #include "common/bytes.h"
 #include "tpm/wire/keyfile.h"
@@ -50,20 +56,62 @@ using Clock = std::chrono::steady_clock;
   std::exit(1);
 }
 
-double OpsPerSecond(double seconds, const std::function<void()>& op) {
+// Sample: one timed loop, its rate and per-operation CPU split.
+struct Sample {
+  double rate = 0;
+  hwid::bench::CpuUsage cpu;
+};
+
+Sample Measure(const hwid::bench::CpuAccount& acct, double seconds,
+               const std::function<void()>& op) {
   int n = 0;
-  const auto start = Clock::now();
-  const auto deadline = start + std::chrono::duration<double>(seconds);
+  const hwid::bench::CpuSnapshot a = acct.Take();
+  const auto deadline = a.wall + std::chrono::duration<double>(seconds);
   while (Clock::now() < deadline || n < 5) {
     op();
     ++n;
   }
-  return n / std::chrono::duration<double>(Clock::now() - start).count();
+  const hwid::bench::CpuSnapshot b = acct.Take();
+  Sample s;
+  s.cpu = hwid::bench::CpuAccount::PerOp(a, b, n);
+  s.rate = 1e6 / s.cpu.wall_us;
+  return s;
 }
 
 double Median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
   return v.empty() ? 0 : v[v.size() / 2];
+}
+
+// Medians of each field over the rounds.
+Sample Median(const std::vector<Sample>& v) {
+  auto m = [&](auto field) {
+    std::vector<double> x;
+    for (const Sample& s : v) {
+      x.push_back(field(s));
+    }
+    return Median(x);
+  };
+  Sample r;
+  r.rate = m([](const Sample& s) { return s.rate; });
+  r.cpu.wall_us = m([](const Sample& s) { return s.cpu.wall_us; });
+  r.cpu.self_us = m([](const Sample& s) { return s.cpu.self_us; });
+  r.cpu.self_sys_us = m([](const Sample& s) { return s.cpu.self_sys_us; });
+  r.cpu.other_us = m([](const Sample& s) { return s.cpu.other_us; });
+  r.cpu.other_run_us = m([](const Sample& s) { return s.cpu.other_run_us; });
+  r.cpu.other_wait_us = m([](const Sample& s) { return s.cpu.other_wait_us; });
+  return r;
+}
+
+// PrintCpu prints where one operation's wall time went (only with --swtpm-pid).
+void PrintCpu(const hwid::bench::CpuAccount& acct, const char* what, const Sample& s) {
+  if (acct.other_pid() <= 0) {
+    return;
+  }
+  std::printf("    %-27s per op: wall %7.1f us | bench process CPU %7.1f us (kernel %6.1f) | "
+              "swtpm CPU %7.1f us (ran %7.1f, waited for a CPU %6.1f)\n",
+              what, s.cpu.wall_us, s.cpu.self_us, s.cpu.self_sys_us, s.cpu.other_us,
+              s.cpu.other_run_us, s.cpu.other_wait_us);
 }
 
 // A library context with the given providers (in that order).
@@ -132,7 +180,14 @@ struct Opts {
   int rounds = 3;
   int threads = 4;
   bool hwid_first = false;
+  long swtpm_pid = 0;
+  std::string only;  // "sign", "tls", "ecdsa-tls", ... : run only the parts whose name contains it
+  std::string tls_keys = "both";  // "tpm" or "software": time only that server key (profiling)
 };
+
+bool Wanted(const Opts& o, const std::string& part) {
+  return o.only.empty() || part.find(o.only) != std::string::npos;
+}
 
 // GenerateKeyFile makes a TPM key through hwid and returns its TSS2 PEM.
 std::string GenerateKeyFile(const Opts& o, bool ecc) {
@@ -162,12 +217,13 @@ void BenchSign(const Opts& o, bool ecc) {
   TPM2B_DIGEST d = {};
   d.size = 32;
   std::memset(d.buffer, 0x42, 32);
-  std::vector<double> hwid, tpm2, raw;
+  const hwid::bench::CpuAccount acct(o.swtpm_pid);
+  std::vector<Sample> hwid, tpm2, raw;
   std::string tpm2_note;
   for (int r = 0; r < o.rounds; ++r) {
     {
       hwid::bench::RawEsysSigner s(o.tcti, *kf, ecc ? TPM2_ALG_ECDSA : TPM2_ALG_RSASSA);
-      raw.push_back(OpsPerSecond(o.seconds, [&] { s.Sign(d); }));
+      raw.push_back(Measure(acct, o.seconds, [&] { s.Sign(d); }));
     }
     {
       Ctx c(o.module_dir, {"default", "hwid"});
@@ -176,7 +232,7 @@ void BenchSign(const Opts& o, bool ecc) {
         Die("hwid cannot read its own key file");
       }
       SignOnce(c.ctx, k, msg);  // warm: first use
-      hwid.push_back(OpsPerSecond(o.seconds, [&] { SignOnce(c.ctx, k, msg); }));
+      hwid.push_back(Measure(acct, o.seconds, [&] { SignOnce(c.ctx, k, msg); }));
       EVP_PKEY_free(k);
     }
     {
@@ -187,16 +243,20 @@ void BenchSign(const Opts& o, bool ecc) {
         tpm2_note = "tpm2-openssl could not load the key";
         ERR_clear_error();
       } else {
-        tpm2.push_back(OpsPerSecond(o.seconds, [&] { SignOnce(c.ctx, k, msg); }));
+        tpm2.push_back(Measure(acct, o.seconds, [&] { SignOnce(c.ctx, k, msg); }));
         EVP_PKEY_free(k);
       }
     }
   }
-  const double h = Median(hwid), t = Median(tpm2), l = Median(raw);
+  const Sample hs = Median(hwid), ts = Median(tpm2), ls = Median(raw);
+  const double h = hs.rate, t = ts.rate, l = ls.rate;
   std::printf("%-14s | hwid %8.1f sig/s | tpm2-openssl %8.1f sig/s | raw Esys_Sign %8.1f sig/s | "
               "hwid/raw %.3f | hwid/tpm2-openssl %.2fx %s\n",
               ecc ? "ECDSA P-256" : "RSA-2048", h, t, l, l > 0 ? h / l : 0, t > 0 ? h / t : 0,
               tpm2_note.c_str());
+  PrintCpu(acct, "hwid EVP_DigestSign", hs);
+  PrintCpu(acct, "tpm2-openssl EVP_DigestSign", ts);
+  PrintCpu(acct, "raw Esys_Sign", ls);
 }
 
 // --- TLS 1.3 handshakes ---
@@ -283,10 +343,11 @@ void BenchTls(const Opts& o, bool ecc) {
   }
   ++hs;
   // Throughput of `threads` threads doing handshakes for o.seconds.
+  const hwid::bench::CpuAccount acct(o.swtpm_pid);
   auto rate = [&](SSL_CTX* srv, int threads, bool count) {
     std::atomic<uint64_t> n{0};
-    const auto start = Clock::now();
-    const auto deadline = start + std::chrono::duration<double>(o.seconds);
+    const hwid::bench::CpuSnapshot a = acct.Take();
+    const auto deadline = a.wall + std::chrono::duration<double>(o.seconds);
     std::vector<std::thread> ts;
     for (int i = 0; i < threads; ++i) {
       ts.emplace_back([&] {
@@ -304,19 +365,28 @@ void BenchTls(const Opts& o, bool ecc) {
     for (auto& t : ts) {
       t.join();
     }
-    return static_cast<double>(n.load()) /
-           std::chrono::duration<double>(Clock::now() - start).count();
+    Sample s;
+    s.cpu = hwid::bench::CpuAccount::PerOp(a, acct.Take(), static_cast<double>(n.load()));
+    s.rate = 1e6 / s.cpu.wall_us;
+    return s;
   };
   for (int threads : {1, o.threads}) {
-    std::vector<double> tpm, sw;
+    std::vector<Sample> tpm, sw;
     for (int r = 0; r < o.rounds; ++r) {
-      sw.push_back(rate(sw_srv, threads, false));
-      tpm.push_back(rate(tpm_srv, threads, true));
+      if (o.tls_keys != "tpm") {
+        sw.push_back(rate(sw_srv, threads, false));
+      }
+      if (o.tls_keys != "software") {
+        tpm.push_back(rate(tpm_srv, threads, true));
+      }
     }
-    const double t = Median(tpm), s = Median(sw);
+    const Sample ts = Median(tpm), ss = Median(sw);
+    const double t = ts.rate, s = ss.rate;
     std::printf("%-14s | %d thread(s) | TLS 1.3 TPM key %7.1f hs/s | software key %7.1f hs/s | "
                 "ratio %.3f\n",
                 ecc ? "ECDSA P-256" : "RSA-2048 (PSS)", threads, t, s, s > 0 ? t / s : 0);
+    PrintCpu(acct, "handshake, TPM key", ts);
+    PrintCpu(acct, "handshake, software key", ss);
   }
   const uint64_t cmds = c.HwidParam("hwid-tpm-commands") - cmd0;
   std::printf("%-14s | TPM commands per handshake %.3f (%llu commands in %llu handshakes)\n",
@@ -359,8 +429,14 @@ int main(int argc, char** argv) {
       o.threads = std::atoi(argv[i + 1]);
     } else if (a == "--module-dir") {
       o.module_dir = argv[i + 1];
+    } else if (a == "--tls-keys") {
+      o.tls_keys = argv[i + 1];
+    } else if (a == "--only") {
+      o.only = argv[i + 1];
+    } else if (a == "--swtpm-pid") {
+      o.swtpm_pid = std::atol(argv[i + 1]);
     } else {
-      Die("usage: provider_bench [--tcti T] [--seconds S] [--rounds R] [--threads N] [--module-dir D] [--hwid-first]");
+      Die("usage: provider_bench [--tcti T] [--seconds S] [--rounds R] [--threads N] [--module-dir D] [--hwid-first] [--swtpm-pid PID] [--only PART] [--tls-keys tpm|software|both]");
     }
   }
   if (o.tcti.empty()) {
@@ -371,11 +447,19 @@ int main(int argc, char** argv) {
               o.seconds);
   std::printf("-- signatures (EVP_DigestSign SHA-256 of a short message; raw = Esys_Sign of a "
               "fixed digest) --\n");
-  BenchSign(o, true);
-  BenchSign(o, false);
+  if (Wanted(o, "ecdsa-sign")) {
+    BenchSign(o, true);
+  }
+  if (Wanted(o, "rsa-sign")) {
+    BenchSign(o, false);
+  }
   std::printf("-- TLS 1.3 handshakes in one process (server key in the TPM vs in software; each "
               "thread runs server and client, the client with the default provider only) --\n");
-  BenchTls(o, true);
-  BenchTls(o, false);
+  if (Wanted(o, "ecdsa-tls")) {
+    BenchTls(o, true);
+  }
+  if (Wanted(o, "rsa-tls")) {
+    BenchTls(o, false);
+  }
   return 0;
 }

@@ -3,12 +3,13 @@
 // command. Verification is software only, with the key's public half. A key without a private
 // half (imported public key) never signs: there is no software fallback.
 #include <openssl/core_names.h>
+#include <openssl/evp.h>
+#include <openssl/obj_mac.h>
 #include <openssl/params.h>
 #include <openssl/rsa.h>
 
 #include <climits>
 #include <cstring>
-#include <optional>
 #include <string>
 
 #include "absl/strings/numbers.h"
@@ -27,25 +28,36 @@ struct SigCtx {
   std::shared_ptr<Key> priv;
   OsslPtr<EVP_PKEY> pub;
   OsslPtr<EVP_MD> md;
-  OsslPtr<EVP_MD_CTX> mdctx;  // streaming digest-sign/verify
+  // Streaming digest-sign/verify: `streaming` after DigestSign/VerifyInit; `mdctx` is made on the
+  // first update or final, so one-shot users (libssl's EVP_DigestSign) never allocate it.
+  bool streaming = false;
+  OsslPtr<EVP_MD_CTX> mdctx;
   Padding pad = Padding::kEcdsa;
   int saltlen = kSaltUnset;  // OpenSSL codes: -1 digest, -2 auto, -3 max, >= 0 bytes
   OsslPtr<EVP_MD> mgf1;
 };
 
-// DigestName maps a fetched digest to the backend's name ("SHA256").
-std::optional<std::string> DigestName(const EVP_MD* md) {
-  for (const char* n : {"SHA256", "SHA384", "SHA512", "SHA1"}) {
-    if (EVP_MD_is_a(md, n)) {
-      return std::string(n);
-    }
+// DigestName maps a fetched digest to the backend's name ("SHA256"), null for other digests.
+// By NID (a field of the fetched method; every alias of a digest has its NID): this runs on every
+// signature init, where EVP_MD_is_a's name-map lookups cost more than the rest of the init.
+const char* DigestName(const EVP_MD* md) {
+  switch (EVP_MD_get_type(md)) {
+    case NID_sha256:
+      return "SHA256";
+    case NID_sha384:
+      return "SHA384";
+    case NID_sha512:
+      return "SHA512";
+    case NID_sha1:
+      return "SHA1";
+    default:
+      return nullptr;
   }
-  return std::nullopt;
 }
 
 bool SetDigest(SigCtx* c, const char* name) {
   OsslPtr<EVP_MD> md(EVP_MD_fetch(c->prov->libctx, name, nullptr));
-  if (md == nullptr || !DigestName(md.get()).has_value()) {
+  if (md == nullptr || DigestName(md.get()) == nullptr) {
     RaiseError(c->prov, kReasonUnsupported, "digest %s is not supported for TPM signatures "
                "(SHA1, SHA256, SHA384, SHA512)", name);
     return false;
@@ -74,6 +86,7 @@ void* DupCtx(void* vctx) {
     d->priv = src->priv;
     d->pad = src->pad;
     d->saltlen = src->saltlen;
+    d->streaming = src->streaming;
     if (src->pub != nullptr) {
       EVP_PKEY_up_ref(src->pub.get());
       d->pub.reset(src->pub.get());
@@ -117,6 +130,7 @@ int Init(SigCtx* c, void* vkey, const OSSL_PARAM params[], bool signing) {
   c->pad = k->type == KeyType::kEc ? Padding::kEcdsa : Padding::kPkcs1;
   c->saltlen = kSaltUnset;
   c->mgf1.reset();
+  c->streaming = false;
   c->mdctx.reset();
   return params == nullptr ? 1 : SetCtxParams(c, params);
 }
@@ -171,7 +185,7 @@ int DoSign(SigCtx* c, unsigned char* sig, size_t* siglen, size_t sigsize, const 
   }
   SignParams p;
   p.padding = c->pad;
-  p.digest_name = *DigestName(c->md.get());
+  p.digest_name = DigestName(c->md.get());
   const int hlen = EVP_MD_get_size(c->md.get());
   if (static_cast<int>(tbslen) != hlen) {
     RaiseError(c->prov, kReasonInvalidArgument, "input of %zu bytes is not a %s digest", tbslen,
@@ -262,12 +276,26 @@ int DigestInit(SigCtx* c, const char* mdname, void* vkey, const OSSL_PARAM param
   if (params != nullptr && SetCtxParams(c, params) != 1) {
     return 0;
   }
-  c->mdctx.reset(EVP_MD_CTX_new());
-  if (c->mdctx == nullptr || EVP_DigestInit_ex2(c->mdctx.get(), c->md.get(), nullptr) != 1) {
-    RaiseError(c->prov, kReasonInternal, "digest init failed");
-    return 0;
-  }
+  c->mdctx.reset();
+  c->streaming = true;
   return 1;
+}
+
+// StreamingDigest returns the context's digest context, made and initialised on first use;
+// null (with an error raised) when no digest init was done or the digest cannot start.
+EVP_MD_CTX* StreamingDigest(SigCtx* c) {
+  if (!c->streaming) {
+    return nullptr;
+  }
+  if (c->mdctx == nullptr) {
+    OsslPtr<EVP_MD_CTX> m(EVP_MD_CTX_new());
+    if (m == nullptr || EVP_DigestInit_ex2(m.get(), c->md.get(), nullptr) != 1) {
+      RaiseError(c->prov, kReasonInternal, "digest init failed");
+      return nullptr;
+    }
+    c->mdctx = std::move(m);
+  }
+  return c->mdctx.get();
 }
 
 int DigestSignInit(void* vctx, const char* mdname, void* vkey, const OSSL_PARAM params[]) {
@@ -282,7 +310,8 @@ int DigestVerifyInit(void* vctx, const char* mdname, void* vkey, const OSSL_PARA
 int DigestUpdate(void* vctx, const unsigned char* data, size_t len) {
   auto* c = static_cast<SigCtx*>(vctx);
   return Guard(c->prov, 0, [&]() {
-    return c->mdctx != nullptr && EVP_DigestUpdate(c->mdctx.get(), data, len) == 1 ? 1 : 0;
+    EVP_MD_CTX* m = StreamingDigest(c);
+    return m != nullptr && EVP_DigestUpdate(m, data, len) == 1 ? 1 : 0;
   });
 }
 
@@ -295,7 +324,8 @@ int DigestSignFinal(void* vctx, unsigned char* sig, size_t* siglen, size_t sigsi
     }
     unsigned char digest[EVP_MAX_MD_SIZE];
     unsigned int dlen = 0;
-    if (c->mdctx == nullptr || EVP_DigestFinal_ex(c->mdctx.get(), digest, &dlen) != 1) {
+    EVP_MD_CTX* m = StreamingDigest(c);
+    if (m == nullptr || EVP_DigestFinal_ex(m, digest, &dlen) != 1) {
       return 0;
     }
     return DoSign(c, sig, siglen, sigsize, digest, dlen);
@@ -307,7 +337,8 @@ int DigestVerifyFinal(void* vctx, const unsigned char* sig, size_t siglen) {
   return Guard(c->prov, 0, [&]() {
     unsigned char digest[EVP_MAX_MD_SIZE];
     unsigned int dlen = 0;
-    if (c->mdctx == nullptr || EVP_DigestFinal_ex(c->mdctx.get(), digest, &dlen) != 1) {
+    EVP_MD_CTX* m = StreamingDigest(c);
+    if (m == nullptr || EVP_DigestFinal_ex(m, digest, &dlen) != 1) {
       return 0;
     }
     return SoftwareVerify(c, sig, siglen, digest, dlen);

@@ -380,6 +380,65 @@ TEST_F(ProviderTest, OneTpmCommandPerSignature) {
   EXPECT_EQ(ctx_->Commands() - before, 5u);
 }
 
+// Streaming digest-sign (Init, Update..., Final): several chunks, no chunk at all (empty message),
+// a context copied mid-stream, and the streaming verify of our own signature.
+TEST_F(ProviderTest, StreamingDigestSignAndVerify) {
+  OsslPtr<EVP_PKEY> key = Generate(ctx_->get(), kAlgs[0]);
+  ASSERT_NE(key, nullptr) << Errors();
+  OsslPtr<EVP_PKEY> oracle = OraclePublicFromFile(ToPem(key.get()));
+  ASSERT_NE(oracle, nullptr);
+  auto stream_sign = [&](const std::vector<std::string>& chunks, EVP_MD_CTX* m) -> Bytes {
+    for (const std::string& c : chunks) {
+      EXPECT_EQ(EVP_DigestSignUpdate(m, c.data(), c.size()), 1) << Errors();
+    }
+    size_t len = 0;
+    EXPECT_EQ(EVP_DigestSignFinal(m, nullptr, &len), 1) << Errors();
+    Bytes sig(len);
+    EXPECT_EQ(EVP_DigestSignFinal(m, sig.data(), &len), 1) << Errors();
+    sig.resize(len);
+    return sig;
+  };
+  auto new_sign_ctx = [&]() {
+    OsslPtr<EVP_MD_CTX> m(EVP_MD_CTX_new());
+    EXPECT_EQ(EVP_DigestSignInit_ex(m.get(), nullptr, "SHA256", ctx_->get(), nullptr, key.get(),
+                                    nullptr),
+              1)
+        << Errors();
+    return m;
+  };
+  {
+    OsslPtr<EVP_MD_CTX> m = new_sign_ctx();
+    const Bytes sig = stream_sign({"streamed ", "in three ", "chunks"}, m.get());
+    EXPECT_TRUE(OracleVerify(oracle.get(), AsSpan(std::string("streamed in three chunks")), sig));
+  }
+  {
+    OsslPtr<EVP_MD_CTX> m = new_sign_ctx();
+    const Bytes sig = stream_sign({}, m.get());
+    EXPECT_TRUE(OracleVerify(oracle.get(), AsSpan(std::string()), sig));
+  }
+  {
+    OsslPtr<EVP_MD_CTX> m = new_sign_ctx();
+    ASSERT_EQ(EVP_DigestSignUpdate(m.get(), "common ", 7), 1) << Errors();
+    OsslPtr<EVP_MD_CTX> copy(EVP_MD_CTX_new());
+    ASSERT_EQ(EVP_MD_CTX_copy_ex(copy.get(), m.get()), 1) << Errors();
+    const Bytes a = stream_sign({"prefix, then a"}, m.get());
+    const Bytes b = stream_sign({"prefix, then b"}, copy.get());
+    EXPECT_TRUE(OracleVerify(oracle.get(), AsSpan(std::string("common prefix, then a")), a));
+    EXPECT_TRUE(OracleVerify(oracle.get(), AsSpan(std::string("common prefix, then b")), b));
+
+    // Streaming verify through hwid (software, with the key's public half).
+    OsslPtr<EVP_MD_CTX> v(EVP_MD_CTX_new());
+    ASSERT_EQ(EVP_DigestVerifyInit_ex(v.get(), nullptr, "SHA256", ctx_->get(), nullptr, key.get(),
+                                      nullptr),
+              1)
+        << Errors();
+    ASSERT_EQ(EVP_DigestVerifyUpdate(v.get(), "common prefix, ", 15), 1);
+    ASSERT_EQ(EVP_DigestVerifyUpdate(v.get(), "then a", 6), 1);
+    EXPECT_EQ(EVP_DigestVerifyFinal(v.get(), a.data(), a.size()), 1) << Errors();
+    ERR_clear_error();
+  }
+}
+
 TEST_F(ProviderTest, PreHashedSignWithPkeySign) {
   OsslPtr<EVP_PKEY> key = Generate(ctx_->get(), kAlgs[0]);
   ASSERT_NE(key, nullptr) << Errors();
