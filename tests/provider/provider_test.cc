@@ -765,7 +765,8 @@ TEST_F(ProviderTest, CorruptAndTruncatedKeyFilesAreClearErrors) {
   EXPECT_THAT(Errors(), HasSubstr("bad TPM key file"));
   // Corrupted private blob: parses, the TPM refuses to load it (integrity check).
   Bytes corrupt = *der;
-  corrupt[corrupt.size() - 10] ^= 0x5a;
+  ASSERT_GT(corrupt.size(), 10u);
+  corrupt.at(corrupt.size() - 10) ^= 0x5a;
   EXPECT_EQ(FromPem(ctx_->get(), pem_of(corrupt)), nullptr);
   EXPECT_THAT(Errors(), HasSubstr("TPM key load failed"));
   // Garbage in the TSS2 label.
