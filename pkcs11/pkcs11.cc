@@ -18,6 +18,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "common/ecdsa_der.h"
 #include "common/status_macros.h"
 #include "pkcs11/error.h"
 
@@ -345,37 +346,6 @@ absl::StatusOr<OsslPtr<EVP_PKEY>> RsaPublicKey(const Bytes& n, const Bytes& e, i
 
 }  // namespace
 
-namespace internal {
-Bytes EcdsaRawToDer(ByteSpan rs) {
-  const size_t half = rs.size() / 2;
-  auto integer = [](ByteSpan v, Bytes& out) {
-    size_t i = 0;
-    while (i + 1 < v.size() && v[i] == 0) {
-      ++i;
-    }
-    const bool pad = (v[i] & 0x80) != 0;
-    out.push_back(0x02);
-    out.push_back(static_cast<uint8_t>(v.size() - i + (pad ? 1 : 0)));
-    if (pad) {
-      out.push_back(0x00);
-    }
-    out.insert(out.end(), v.begin() + static_cast<std::ptrdiff_t>(i), v.end());
-  };
-  Bytes body;
-  body.reserve(rs.size() + 6);
-  integer(rs.subspan(0, half), body);
-  integer(rs.subspan(half), body);
-  Bytes out;
-  out.reserve(body.size() + 3);
-  out.push_back(0x30);
-  if (body.size() >= 0x80) {
-    out.push_back(0x81);
-  }
-  out.push_back(static_cast<uint8_t>(body.size()));
-  out.insert(out.end(), body.begin(), body.end());
-  return out;
-}
-}  // namespace internal
 
 namespace {
 
@@ -997,7 +967,8 @@ absl::StatusOr<Bytes> Key::Sign(ByteSpan digest, const SignOptions& options) {
     return absl::InternalError(absl::StrFormat("C_Sign (CKM_ECDSA) with %s returned %u bytes",
                                                Describe(), sig_len));
   }
-  return internal::EcdsaRawToDer(ByteSpan(sig.data(), sig_len));
+  const ByteSpan rs(sig.data(), sig_len);
+  return EcdsaDerFromRS(rs.subspan(0, sig_len / 2), rs.subspan(sig_len / 2));
 }
 
 absl::StatusOr<KeyAttributes> Key::ReadAttributes() {

@@ -215,12 +215,6 @@ class Key {
   std::string uri_;
 };
 
-namespace internal {
-// EcdsaRawToDer turns CKM_ECDSA's r || s (two equal halves, big-endian) into a DER
-// ECDSA-Sig-Value (minimal non-negative INTEGERs) without heap BIGNUMs. Exposed for tests.
-Bytes EcdsaRawToDer(ByteSpan rs);
-}  // namespace internal
-
 // LoadKey opens the token a URI names and finds the key it names (Token::Open + FindKey).
 absl::StatusOr<std::shared_ptr<Key>> LoadKey(absl::string_view uri);
 

@@ -1,10 +1,14 @@
 #include <gtest/gtest.h>
+#include <openssl/ecdsa.h>
 #include <openssl/evp.h>
 #include <unistd.h>
 
 #include <cstdlib>
+#include <utility>
+#include <vector>
 
 #include "common/bytes.h"
+#include "common/ecdsa_der.h"
 #include "common/ossl.h"
 #include "common/status_macros.h"
 
@@ -83,6 +87,45 @@ absl::StatusOr<int> Quarter(int x) {
 TEST(StatusMacrosTest, PropagateErrorsAndValues) {
   EXPECT_EQ(*Quarter(8), 2);
   EXPECT_EQ(Quarter(6).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace hwid
+
+namespace hwid {
+namespace {
+
+// EcdsaDerFromRS against OpenSSL's own encoder on the edge cases: leading zero bytes (shorter
+// INTEGERs), a set top bit (0x00 pad), zero values, r and s of different lengths (TPMs may strip
+// leading zeros), and P-521 sizes (long-form SEQUENCE length).
+TEST(EcdsaDerTest, MatchesOpenSslEncoder) {
+  auto openssl_der = [](const Bytes& r, const Bytes& s) {
+    OsslPtr<ECDSA_SIG> sig(ECDSA_SIG_new());
+    ECDSA_SIG_set0(sig.get(), BN_bin2bn(r.data(), static_cast<int>(r.size()), nullptr),
+                   BN_bin2bn(s.data(), static_cast<int>(s.size()), nullptr));
+    unsigned char* der = nullptr;
+    const int n = i2d_ECDSA_SIG(sig.get(), &der);
+    Bytes out(der, der + n);
+    OPENSSL_free(der);
+    return out;
+  };
+  std::vector<std::pair<Bytes, Bytes>> cases;
+  for (size_t half : {32u, 48u, 66u}) {
+    cases.push_back({Bytes(half, 0x11), Bytes(half, 0x22)});
+    cases.push_back({Bytes(half, 0x80), Bytes(half, 0xff)});
+    Bytes r(half, 0x33), s(half, 0x44);
+    r[0] = r[1] = 0;
+    s[0] = 0;
+    s[1] = 0x80;
+    cases.push_back({r, s});
+    cases.push_back({Bytes(half, 0), Bytes(half, 0)});
+    cases.push_back({Bytes(half - 3, 0x7f), Bytes(half, 0x01)});
+  }
+  cases.push_back({Bytes{0x01}, Bytes{0x80}});
+  cases.push_back({Bytes{}, Bytes{0x05}});
+  for (const auto& [r, s] : cases) {
+    EXPECT_EQ(EcdsaDerFromRS(r, s), openssl_der(r, s)) << HexEncode(r) << " " << HexEncode(s);
+  }
 }
 
 }  // namespace

@@ -144,42 +144,6 @@ TEST(UriTest, FormatRoundTrips) {
   EXPECT_FALSE(MatchesToken(*u, TokenFields{"other", "SoftHSM project", "SoftHSM v2", "abc123"}));
 }
 
-// The r || s -> DER conversion against OpenSSL's own encoder, on the edge cases: leading zero
-// bytes (shorter INTEGERs), a set top bit (0x00 pad), all-zero halves, and P-521 sizes (long form).
-TEST(EcdsaDerTest, MatchesOpenSslEncoder) {
-  auto openssl_der = [](ByteSpan rs) {
-    const int half = static_cast<int>(rs.size() / 2);
-    OsslPtr<ECDSA_SIG> sig(ECDSA_SIG_new());
-    ECDSA_SIG_set0(sig.get(), BN_bin2bn(rs.data(), half, nullptr),
-                   BN_bin2bn(rs.data() + half, half, nullptr));
-    unsigned char* der = nullptr;
-    const int n = i2d_ECDSA_SIG(sig.get(), &der);
-    Bytes out(der, der + n);
-    OPENSSL_free(der);
-    return out;
-  };
-  std::vector<Bytes> cases;
-  for (size_t half : {32u, 48u, 66u}) {
-    Bytes a(2 * half, 0x11);
-    cases.push_back(a);
-    Bytes b = a;
-    b[0] = 0x80;  // r needs a pad byte
-    b[half] = 0xff;
-    cases.push_back(b);
-    Bytes c = a;
-    c[0] = c[1] = 0;  // r two bytes shorter
-    c[half] = 0;
-    c[half + 1] = 0x80;  // s one byte shorter, then padded
-    cases.push_back(c);
-    cases.push_back(Bytes(2 * half, 0));  // both zero: INTEGER 0
-    Bytes d(2 * half, 0xff);
-    cases.push_back(d);
-  }
-  for (const Bytes& rs : cases) {
-    EXPECT_EQ(internal::EcdsaRawToDer(rs), openssl_der(rs)) << HexEncode(rs);
-  }
-}
-
 TEST(UriPemTest, RoundTripsAndRefusesPins) {
   const std::string uri = "pkcs11:token=t;object=k;type=private?module-path=/m.so";
   absl::StatusOr<std::string> pem = EncodeUriPem(uri);

@@ -11,6 +11,7 @@
 #include <string_view>
 
 #include "absl/strings/str_cat.h"
+#include "common/ecdsa_der.h"
 #include "common/status_macros.h"
 #include "tpm/wire/marshal.h"
 
@@ -261,24 +262,8 @@ absl::StatusOr<Bytes> SignatureToDer(const TPMT_SIGNATURE& sig) {
       if (ecc.signatureR.size == 0 || ecc.signatureS.size == 0) {
         return absl::InvalidArgumentError("TPMT_SIGNATURE: empty ECDSA r or s");
       }
-      OsslPtr<BIGNUM> r(BN_bin2bn(ecc.signatureR.buffer, ecc.signatureR.size, nullptr));
-      OsslPtr<BIGNUM> s(BN_bin2bn(ecc.signatureS.buffer, ecc.signatureS.size, nullptr));
-      OsslPtr<ECDSA_SIG> esig(ECDSA_SIG_new());
-      if (r == nullptr || s == nullptr || esig == nullptr) {
-        return OpenSslError("SignatureToDer: allocation");
-      }
-      if (ECDSA_SIG_set0(esig.get(), r.get(), s.get()) != 1) {
-        return OpenSslError("SignatureToDer: ECDSA_SIG_set0");
-      }
-      r.release();  // Now owned by esig.
-      s.release();
-      unsigned char* raw = nullptr;
-      const int len = i2d_ECDSA_SIG(esig.get(), &raw);
-      OwnedDer der(raw);
-      if (len <= 0 || der == nullptr) {
-        return OpenSslError("SignatureToDer: i2d_ECDSA_SIG");
-      }
-      return Bytes(der.get(), der.get() + len);
+      return EcdsaDerFromRS(ByteSpan(ecc.signatureR.buffer, ecc.signatureR.size),
+                            ByteSpan(ecc.signatureS.buffer, ecc.signatureS.size));
     }
     case TPM2_ALG_RSASSA:
     case TPM2_ALG_RSAPSS: {
