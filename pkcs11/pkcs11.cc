@@ -1,6 +1,9 @@
 #include "pkcs11/pkcs11.h"
 
 #include <dlfcn.h>
+#include <limits.h>
+#include <link.h>
+#include <stdlib.h>
 #include <libp11.h>
 #include <openssl/core_names.h>
 #include <openssl/ec.h>
@@ -43,6 +46,43 @@ void RegisterForkHandler() {
 }
 
 uint64_t ForkGeneration() { return g_fork_generation.load(std::memory_order_relaxed); }
+
+// Process exit: a module loaded with dlopen registers its own static destructors (SoftHSM2 does,
+// during C_Initialize) after OpenSSL registered OPENSSL_cleanup, so at exit() the module is torn
+// down *before* OpenSSL unloads providers and frees the keys still alive. Calls into the module
+// from then on crash. An exit handler registered after the first module's C_Initialize runs
+// before those destructors and makes every later teardown path skip the module.
+std::atomic<bool> g_process_exiting{false};
+
+void OnProcessExit() { g_process_exiting.store(true, std::memory_order_release); }
+
+void RegisterExitHandler() {
+  static std::once_flag once;
+  std::call_once(once, [] { std::atexit(OnProcessExit); });
+}
+
+// ModuleUsable is false once the process is exiting: teardown must not call the module.
+bool ModuleUsable() { return !g_process_exiting.load(std::memory_order_acquire); }
+
+// SymbolOwner is the resolved path of the shared object defining `sym` ("" when unknown).
+std::string SymbolOwner(void* sym) {
+  Dl_info info{};
+  if (dladdr(sym, &info) == 0 || info.dli_fname == nullptr) {
+    return "";
+  }
+  char buf[PATH_MAX];
+  return realpath(info.dli_fname, buf) != nullptr ? std::string(buf) : std::string(info.dli_fname);
+}
+
+// LoadedPath is the resolved path of a dlopen handle's object ("" when unknown).
+std::string LoadedPath(void* handle) {
+  struct link_map* lm = nullptr;
+  if (dlinfo(handle, RTLD_DI_LINKMAP, &lm) != 0 || lm == nullptr || lm->l_name == nullptr) {
+    return "";
+  }
+  char buf[PATH_MAX];
+  return realpath(lm->l_name, buf) != nullptr ? std::string(buf) : std::string(lm->l_name);
+}
 
 struct CtxDeleter {
   void operator()(PKCS11_CTX* c) const noexcept { PKCS11_CTX_free(c); }
@@ -163,6 +203,15 @@ absl::StatusOr<std::shared_ptr<Module>> Module::Get(const std::string& path) {
     return absl::FailedPreconditionError(absl::StrCat(
         "loading PKCS#11 module '", path, "' failed: it has no C_GetFunctionList (not a PKCS#11 module)"));
   }
+  // dlsym also searches the library's dependencies: a library that merely links p11-kit would
+  // silently hand us p11-kit's proxy. The symbol must be the module's own.
+  if (std::string owner = SymbolOwner(reinterpret_cast<void*>(get_list)),
+      self = LoadedPath(m->dl_);
+      !owner.empty() && !self.empty() && owner != self) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "loading PKCS#11 module '", path, "' failed: it does not define C_GetFunctionList itself "
+        "(found in its dependency ", owner, "); point module-path at the PKCS#11 module"));
+  }
   m->ctx_.reset(PKCS11_CTX_new());
   if (m->ctx_ == nullptr) {
     return absl::ResourceExhaustedError("PKCS11_CTX_new: out of memory");
@@ -199,6 +248,7 @@ absl::StatusOr<std::shared_ptr<Module>> Module::Get(const std::string& path) {
     return CkrError(erv, "C_GetSlotList (PKCS11_enumerate_slots)", absl::StrCat("module ", path));
   }
   m->generation_.store(ForkGeneration());
+  RegisterExitHandler();  // after C_Initialize: runs before the module's own destructors
   (*registry)[path] = m;
   return m;
 }
@@ -366,7 +416,7 @@ Token::Token(std::shared_ptr<Module> module, void* slot, unsigned long slot_id, 
       generation_(ForkGeneration()) {}
 
 Token::~Token() {
-  if (generation_.load() == ForkGeneration()) {
+  if (ModuleUsable() && generation_.load() == ForkGeneration()) {
     for (unsigned long s : idle_) {
       module_->fl()->C_CloseSession(s);
     }
@@ -597,6 +647,9 @@ void Token::CloseIdleSessions() {
   {
     std::lock_guard<std::mutex> lock(mu_);
     idle.swap(idle_);
+  }
+  if (!ModuleUsable()) {
+    return;  // process exiting: the module may already be gone (see OnProcessExit)
   }
   for (unsigned long s : idle) {
     module_->fl()->C_CloseSession(s);

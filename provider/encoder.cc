@@ -7,13 +7,15 @@
 #include <openssl/pem.h>
 #include <openssl/x509.h>
 
+#include <string>
+
 #include "provider/io.h"
 #include "provider/provider.h"
 
 namespace hwid::provider {
 namespace {
 
-enum class Kind { kPrivPem, kPrivDer, kPubPem, kPubDer };
+enum class Kind { kPrivPem, kPrivDer, kPubPem, kPubDer, kText };
 
 struct EncCtx {
   ProvCtx* prov;
@@ -31,6 +33,9 @@ int PrivSelection(void*, int selection) {
 }
 int PubSelection(void*, int selection) {
   return (selection & OSSL_KEYMGMT_SELECT_PUBLIC_KEY) != 0;
+}
+int TextSelection(void*, int selection) {
+  return (selection & OSSL_KEYMGMT_SELECT_KEYPAIR) != 0;
 }
 
 int Encode(void* vctx, OSSL_CORE_BIO* out, const void* obj, const OSSL_PARAM[], int selection,
@@ -72,6 +77,21 @@ int Encode(void* vctx, OSSL_CORE_BIO* out, const void* obj, const OSSL_PARAM[], 
     if (bio == nullptr) {
       return 0;
     }
+    if (c->kind == Kind::kText) {
+      // `openssl pkey -text`: where the private key lives (never its value), then the public key.
+      if ((selection & OSSL_KEYMGMT_SELECT_PRIVATE_KEY) != 0) {
+        const std::string where =
+            k->priv != nullptr
+                ? k->priv->Describe() + (k->priv->device() == Device::kTpm
+                                             ? ": private key in the TPM, not exportable\n"
+                                             : ": private key on the token, not exportable\n")
+                : std::string("public key only (no private part)\n");
+        if (BIO_puts(bio.get(), where.c_str()) <= 0) {
+          return 0;
+        }
+      }
+      return EVP_PKEY_print_public(bio.get(), k->pub.get(), 0, nullptr) == 1 ? 1 : 0;
+    }
     if (c->kind == Kind::kPubPem) {
       return PEM_write_bio_PUBKEY(bio.get(), k->pub.get()) == 1 ? 1 : 0;
     }
@@ -92,6 +112,7 @@ ENCODER(kPrivPem, Kind::kPrivPem, PrivSelection);
 ENCODER(kPrivDer, Kind::kPrivDer, PrivSelection);
 ENCODER(kPubPem, Kind::kPubPem, PubSelection);
 ENCODER(kPubDer, Kind::kPubDer, PubSelection);
+ENCODER(kText, Kind::kText, TextSelection);
 
 #define EC_NAME "EC:id-ecPublicKey:1.2.840.10045.2.1"
 #define RSA_NAME "RSA:rsaEncryption:1.2.840.113549.1.1.1"
@@ -107,6 +128,8 @@ const OSSL_ALGORITHM kEncoderAlgorithms[] = {
     {RSA_NAME, "provider=hwid,output=der,structure=PrivateKeyInfo", kPrivDer, "TSS2 key DER"},
     {RSA_NAME, "provider=hwid,output=pem,structure=SubjectPublicKeyInfo", kPubPem, "RSA SPKI PEM"},
     {RSA_NAME, "provider=hwid,output=der,structure=SubjectPublicKeyInfo", kPubDer, "RSA SPKI DER"},
+    {EC_NAME, "provider=hwid,output=text", kText, "EC key text (public part, key location)"},
+    {RSA_NAME, "provider=hwid,output=text", kText, "RSA key text (public part, key location)"},
     {nullptr, nullptr, nullptr, nullptr},
 };
 

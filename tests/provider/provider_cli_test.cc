@@ -296,6 +296,9 @@ TEST_F(CliTest, PrivateKeyNeverExportsToSoftware) {
   GenKey("k", "EC");
   // pkey -traditional / -outform DER still writes only the TPM key file, never key material.
   auto [rc, out] = Run(absl::StrCat("openssl pkey ", kP, " -in k.pem -text -noout"));
+  EXPECT_EQ(rc, 0) << out;
+  EXPECT_THAT(out, HasSubstr("private key in the TPM, not exportable"));
+  EXPECT_THAT(out, HasSubstr("pub:"));
   EXPECT_THAT(out, ::testing::Not(HasSubstr("priv:")));
   auto [rc2, out2] = Run(absl::StrCat("openssl pkey ", kP, " -in k.pem -out re.pem && cat re.pem"));
   EXPECT_EQ(rc2, 0) << out2;
