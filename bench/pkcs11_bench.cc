@@ -180,8 +180,11 @@ int main(int argc, char** argv) {
   };
   EVP_PKEY* eng_ec = engine_key("eckey");
   EVP_PKEY* eng_rsa = engine_key("rsakey");
-  auto engine_sign = [&](bool is_ec) {
-    EVP_PKEY_CTX* c = EVP_PKEY_CTX_new(is_ec ? eng_ec : eng_rsa, nullptr);
+  // EVP_PKEY_sign over the precomputed digest (RSA: PKCS#1 v1.5 with SHA-256): the engine key in
+  // the default library context, the provider key in its own (libctx = null / pctx).
+  auto evp_sign = [&](OSSL_LIB_CTX* libctx, EVP_PKEY* key, bool is_ec) {
+    EVP_PKEY_CTX* c = libctx == nullptr ? EVP_PKEY_CTX_new(key, nullptr)
+                                        : EVP_PKEY_CTX_new_from_pkey(libctx, key, nullptr);
     uint8_t sig[512];
     size_t len = sizeof(sig);
     bool ok = c != nullptr && EVP_PKEY_sign_init(c) == 1 &&
@@ -191,6 +194,7 @@ int main(int argc, char** argv) {
     EVP_PKEY_CTX_free(c);
     return ok;
   };
+  auto engine_sign = [&](bool is_ec) { return evp_sign(nullptr, is_ec ? eng_ec : eng_rsa, is_ec); };
 
   auto lib_sign = [&](bool is_ec) {
     hwid::pkcs11::SignOptions o;
@@ -224,17 +228,7 @@ int main(int argc, char** argv) {
   };
   EVP_PKEY* prov_ec = prov_key("eckey");
   EVP_PKEY* prov_rsa = prov_key("rsakey");
-  auto prov_sign = [&](bool is_ec) {
-    EVP_PKEY_CTX* c = EVP_PKEY_CTX_new_from_pkey(pctx, is_ec ? prov_ec : prov_rsa, nullptr);
-    uint8_t sig[512];
-    size_t len = sizeof(sig);
-    bool ok = c != nullptr && EVP_PKEY_sign_init(c) == 1 &&
-              (is_ec || (EVP_PKEY_CTX_set_rsa_padding(c, RSA_PKCS1_PADDING) == 1 &&
-                         EVP_PKEY_CTX_set_signature_md(c, EVP_sha256()) == 1)) &&
-              EVP_PKEY_sign(c, sig, &len, digest.data(), digest.size()) == 1;
-    EVP_PKEY_CTX_free(c);
-    return ok;
-  };
+  auto prov_sign = [&](bool is_ec) { return evp_sign(pctx, is_ec ? prov_ec : prov_rsa, is_ec); };
 
   std::printf("PKCS#11 signing on SoftHSM2 %s, %u cores, %.1f s per cell\n", "2.6.1",
               std::thread::hardware_concurrency(), seconds);

@@ -45,6 +45,18 @@ void FreeCtx(void* vctx) { delete static_cast<DecCtx*>(vctx); }
   return selection == 0 || (selection & OSSL_KEYMGMT_SELECT_KEYPAIR) != 0;
 }
 
+// PassDer hands a key file's DER body to the next decoder in the chain, tagged with `structure`.
+int PassDer(unsigned char* data, long len, const char* structure, OSSL_CALLBACK* data_cb,
+            void* data_cbarg) {
+  OSSL_PARAM params[] = {
+      OSSL_PARAM_octet_string(OSSL_OBJECT_PARAM_DATA, data, static_cast<size_t>(len)),
+      OSSL_PARAM_construct_utf8_string(OSSL_OBJECT_PARAM_DATA_STRUCTURE,
+                                       const_cast<char*>(structure), 0),
+      OSSL_PARAM_END,
+  };
+  return data_cb(params, data_cbarg);
+}
+
 int PemDecode(void* vctx, OSSL_CORE_BIO* in, int, OSSL_CALLBACK* data_cb, void* data_cbarg,
               [[maybe_unused]] OSSL_PASSPHRASE_CALLBACK* pw_cb,
               [[maybe_unused]] void* pw_cbarg) {
@@ -87,13 +99,7 @@ int PemDecode(void* vctx, OSSL_CORE_BIO* in, int, OSSL_CALLBACK* data_cb, void* 
                     key.status(), Device::kPkcs11);
         r = 0;
       } else {
-        OSSL_PARAM params[] = {
-            OSSL_PARAM_octet_string(OSSL_OBJECT_PARAM_DATA, data, static_cast<size_t>(len)),
-            OSSL_PARAM_construct_utf8_string(OSSL_OBJECT_PARAM_DATA_STRUCTURE,
-                                             const_cast<char*>(kUriStructure), 0),
-            OSSL_PARAM_END,
-        };
-        r = data_cb(params, data_cbarg);
+        r = PassDer(data, len, kUriStructure, data_cb, data_cbarg);
       }
       OPENSSL_free(name);
       OPENSSL_free(header);
@@ -113,12 +119,7 @@ int PemDecode(void* vctx, OSSL_CORE_BIO* in, int, OSSL_CALLBACK* data_cb, void* 
         OPENSSL_free(data);
         return 0;
       }
-      OSSL_PARAM params[] = {
-          OSSL_PARAM_octet_string(OSSL_OBJECT_PARAM_DATA, data, static_cast<size_t>(len)),
-          OSSL_PARAM_construct_utf8_string(OSSL_OBJECT_PARAM_DATA_STRUCTURE, const_cast<char*>(kStructure), 0),
-          OSSL_PARAM_END,
-      };
-      r = data_cb(params, data_cbarg);
+      r = PassDer(data, len, kStructure, data_cb, data_cbarg);
     }
     OPENSSL_free(name);
     OPENSSL_free(header);
