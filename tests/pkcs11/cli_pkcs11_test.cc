@@ -56,12 +56,7 @@ class CliPkcs11Test : public ::testing::Test {
     hsm_ = nullptr;
   }
   void SetUp() override {
-    if (!hwid::testing::SoftHsmAvailable()) {
-      if (const char* ci = std::getenv("CI"); ci != nullptr && std::string(ci) == "true") {
-        FAIL() << "SoftHSM2 is required when CI=true";
-      }
-      GTEST_SKIP() << "SoftHSM2 not installed";
-    }
+    HWID_REQUIRE_SOFTHSM();
     ASSERT_NE(hsm_, nullptr);
   }
   static SoftHsm* hsm_;

@@ -59,12 +59,7 @@ SoftHsm* Hsm() {
 class Pkcs11Test : public ::testing::Test {
  protected:
   void SetUp() override {
-    if (!hwid::testing::SoftHsmAvailable()) {
-      if (const char* ci = std::getenv("CI"); ci != nullptr && std::string(ci) == "true") {
-        FAIL() << "SoftHSM2 is required when CI=true (apt-get install softhsm2)";
-      }
-      GTEST_SKIP() << "SoftHSM2 not installed";
-    }
+    HWID_REQUIRE_SOFTHSM();
     ASSERT_NE(Hsm(), nullptr) << "SoftHSM token setup failed";
     unsetenv("HWID_PKCS11_PIN");
     unsetenv("HWID_PKCS11_MODULE");

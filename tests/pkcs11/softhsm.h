@@ -9,6 +9,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "tests/testing/run_shell.h"
 
 namespace hwid::testing {
 
@@ -46,10 +47,21 @@ class SoftHsm {
   std::string pin_;
 };
 
-// RequireSoftHsm returns true when SoftHSM2 is installed; otherwise it records a skip (or, with
-// CI=true, a failure) and returns false.
+// SoftHsmAvailable returns true when SoftHSM2 is installed (module and softhsm2-util).
 bool SoftHsmAvailable();
 
 }  // namespace hwid::testing
+
+// HWID_REQUIRE_SOFTHSM(), in a fixture's SetUp or a test body (GoogleTest included), skips the
+// test when SoftHSM2 is not installed, but fails it under CI=true (RunningInCi).
+#define HWID_REQUIRE_SOFTHSM()                                                       \
+  do {                                                                               \
+    if (!::hwid::testing::SoftHsmAvailable()) {                                      \
+      if (::hwid::testing::RunningInCi()) {                                          \
+        FAIL() << "SoftHSM2 is required when CI=true (apt-get install softhsm2)";   \
+      }                                                                              \
+      GTEST_SKIP() << "SoftHSM2 not installed";                                      \
+    }                                                                                \
+  } while (false)
 
 #endif  // HWID_TESTS_PKCS11_SOFTHSM_H_

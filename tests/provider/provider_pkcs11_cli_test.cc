@@ -7,34 +7,26 @@
 // and stops itself, bounded in time.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
-#include <netinet/in.h>
 #include <signal.h>
-#include <sys/socket.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 #include <algorithm>
-#include <chrono>
-#include <cstdio>
 #include <cstdlib>
 #include <map>
 #include <memory>
 #include <string>
-#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
-#include "common/bytes.h"
 #include "tests/pkcs11/softhsm.h"
-#include "tests/testing/run_shell.h"
-#include "tests/testing/swtpm.h"
-#include "tpm/tpm.h"
+#include "tests/provider/cli_support.h"
 
 namespace hwid {
 namespace {
 
+using ::hwid::testing::Background;
+using ::hwid::testing::FreePort;
 using ::hwid::testing::SoftHsm;
 using ::testing::HasSubstr;
 using ::testing::Not;
@@ -46,162 +38,6 @@ constexpr char kToken[] = "p11cli";
 constexpr char kPin[] = "Pc-7301-pin";
 constexpr char kSoPin[] = "so-7301";
 constexpr char kWrapperBegin[] = "-----BEGIN PKCS#11 PROVIDER URI-----";
-
-std::pair<int, std::string> Shell(const std::string& cmd) {
-  ::hwid::testing::ShellResult r = ::hwid::testing::RunShell(cmd);
-  return {r.exit_code, r.output};
-}
-
-// SanitizerEnv prefixes a command that loads hwid.so (see provider_cli_test.cc): in a sanitized
-// build the uninstrumented programs need the sanitizer runtimes preloaded to dlopen hwid.so.
-std::string SanitizerEnv() {
-#ifdef HWID_SANITIZER_PRELOAD
-  return "env LD_PRELOAD=" HWID_SANITIZER_PRELOAD " ASAN_OPTIONS=detect_leaks=0 ";
-#else
-  return "";
-#endif
-}
-
-bool HaveTool(const char* name) {
-  return Shell(absl::StrCat("command -v ", name, " || test -x /usr/sbin/", name)).first == 0;
-}
-
-// RequireTool skips without the tool, but fails under CI=true.
-#define REQUIRE_TOOL(name)                                                     \
-  do {                                                                         \
-    if (!HaveTool(name)) {                                                     \
-      const char* ci = std::getenv("CI");                                      \
-      if (ci != nullptr && std::string(ci) == "true") {                        \
-        FAIL() << name << " is missing (CI=true: install it, scripts/lib.sh)"; \
-      }                                                                        \
-      GTEST_SKIP() << name << " is missing";                                   \
-    }                                                                          \
-  } while (false)
-
-int FreePort() {
-  const int s = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  bind(s, reinterpret_cast<sockaddr*>(&a), sizeof(a));
-  socklen_t len = sizeof(a);
-  getsockname(s, reinterpret_cast<sockaddr*>(&a), &len);
-  close(s);
-  return ntohs(a.sin_port);
-}
-
-bool PortOpen(int port) {
-  const int s = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  a.sin_port = htons(static_cast<uint16_t>(port));
-  const bool ok = connect(s, reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0;
-  close(s);
-  return ok;
-}
-
-// Background is one server process started by this test (sh -c "exec ..."), output to a log.
-class Background {
- public:
-  Background(const std::string& cmd, const std::string& log) : log_(log) {
-    pid_ = fork();
-    if (pid_ == 0) {
-      setpgid(0, 0);
-      execl("/bin/sh", "sh", "-c",
-            absl::StrCat("exec ", SanitizerEnv(), cmd, " >'", log, "' 2>&1").c_str(),
-            static_cast<char*>(nullptr));
-      _exit(127);
-    }
-  }
-  ~Background() { Stop(SIGTERM); }
-
-  // WaitForLog waits (bounded) until the log contains `what` (s_server prints ACCEPT).
-  bool WaitForLog(const std::string& what) {
-    for (int i = 0; i < 400; ++i) {
-      if (Log().find(what) != std::string::npos) {
-        return true;
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    }
-    return false;
-  }
-
-  bool WaitForPort(int port) {
-    for (int i = 0; i < 200; ++i) {
-      if (PortOpen(port)) {
-        return true;
-      }
-      int st = 0;
-      if (waitpid(pid_, &st, WNOHANG) == pid_) {
-        pid_ = -1;
-        status_ = st;
-        return false;
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    }
-    return false;
-  }
-
-  // Wait waits (bounded) for the process to exit by itself; returns its exit code, or -1 when it
-  // was killed by a signal (a crash at exit counts as a failure) or did not exit in time.
-  int Wait(int seconds = 20) {
-    for (int i = 0; pid_ > 0 && i < seconds * 20; ++i) {
-      int st = 0;
-      if (waitpid(pid_, &st, WNOHANG) == pid_) {
-        pid_ = -1;
-        status_ = st;
-        break;
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    }
-    if (pid_ > 0) {
-      Stop(SIGKILL);
-      return -1;
-    }
-    return WIFEXITED(status_) ? WEXITSTATUS(status_) : -1;
-  }
-
-  // Stop sends `sig` to its own process only and waits for it (bounded), then SIGKILL.
-  int Stop(int sig) {
-    if (pid_ <= 0) {
-      return WIFEXITED(status_) ? WEXITSTATUS(status_) : -1;
-    }
-    kill(pid_, sig);
-    for (int i = 0; i < 200; ++i) {
-      int st = 0;
-      if (waitpid(pid_, &st, WNOHANG) == pid_) {
-        pid_ = -1;
-        status_ = st;
-        return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    }
-    kill(pid_, SIGKILL);
-    waitpid(pid_, nullptr, 0);
-    pid_ = -1;
-    return -1;
-  }
-
-  std::string Log() const {
-    auto b = ReadFile(log_);
-    return b.ok() ? std::string(b->begin(), b->end()) : "";
-  }
-
- private:
-  std::string log_;
-  pid_t pid_ = -1;
-  int status_ = 0;
-};
-
-size_t TransientCount() {
-  auto t = tpm::Tpm::Open(testing::GlobalSwtpm().tcti());
-  if (!t.ok()) {
-    return 999;
-  }
-  auto h = (*t)->TransientHandles();
-  return h.ok() ? h->size() : 999;
-}
 
 // A key made on the token by `hwid key create --pkcs11` (once per binary).
 struct TokenKey {
@@ -228,13 +64,14 @@ class TokenEnv : public ::testing::Environment {
 };
 const auto* const kTokenEnv = ::testing::AddGlobalTestEnvironment(new TokenEnv);
 
-class P11CliTest : public ::testing::Test {
+class P11CliTest : public testing::ProviderCliTest {
  protected:
+  P11CliTest() : ProviderCliTest("hwid-p11cli") {}
+
   static void SetUpTestSuite() {
-    setenv("OPENSSL_MODULES", HWID_PROVIDER_DIR, 1);
-    // The system openssl.cnf stays out of the way; module and PIN never come from the
-    // environment unless a command sets them itself (the openssl.cnf tests depend on that).
-    unsetenv("OPENSSL_CONF");
+    ProviderCliTest::SetUpTestSuite();
+    // Module and PIN never come from the environment unless a command sets them itself (the
+    // openssl.cnf tests depend on that).
     unsetenv("HWID_PKCS11_MODULE");
     unsetenv("HWID_PKCS11_PIN");
     if (g_hsm != nullptr || !testing::SoftHsmAvailable()) {
@@ -254,9 +91,9 @@ class P11CliTest : public ::testing::Test {
                        TokenKey{"rsa-3072", "rsa3072", true, ""},
                        TokenKey{"ec-p384", "ca", false, ""}}) {
       // stdout only: the last line is the key's URI (the CLI reports on stderr).
-      auto [rc, out] = Shell(absl::StrCat(cli != nullptr ? cli : "hwid", " key create --pkcs11 '",
-                                          g_hsm->uri(), "' --alg ", k.alg, " --label ", k.label,
-                                          " 2>/dev/null"));
+      auto [rc, out] = testing::RunShell(
+          absl::StrCat(cli != nullptr ? cli : "hwid", " key create --pkcs11 '", g_hsm->uri(),
+                       "' --alg ", k.alg, " --label ", k.label, " 2>/dev/null"));
       if (rc != 0) {
         ADD_FAILURE() << "hwid key create --pkcs11 --alg " << k.alg << ": " << out;
         continue;
@@ -269,67 +106,10 @@ class P11CliTest : public ::testing::Test {
   static void TearDownTestSuite() {}
 
   void SetUp() override {
-    if (!testing::SoftHsmAvailable()) {
-      const char* ci = std::getenv("CI");
-      if (ci != nullptr && std::string(ci) == "true") {
-        FAIL() << "SoftHSM2 is required when CI=true (apt-get install softhsm2)";
-      }
-      GTEST_SKIP() << "SoftHSM2 not installed";
-    }
+    HWID_REQUIRE_SOFTHSM();
     ASSERT_NE(g_hsm, nullptr);
     ASSERT_EQ(g_keys->size(), 5u) << "key creation failed in SetUpTestSuite";
-    char tmpl[] = "/tmp/hwid-p11cli-XXXXXX";
-    ASSERT_NE(mkdtemp(tmpl), nullptr);
-    dir_ = tmpl;
-    ASSERT_EQ(TransientCount(), 0u);
-  }
-  void TearDown() override {
-    if (dir_.empty()) {
-      return;
-    }
-    EXPECT_EQ(TransientCount(), 0u) << "a process left transient objects in the TPM";
-    Shell("tpm2_flushcontext -t");
-    if (!HasFailure()) {
-      Shell(absl::StrCat("rm -rf '", dir_, "'"));
-    } else {
-      std::fprintf(stderr, "kept %s for debugging\n", dir_.c_str());
-    }
-  }
-
-  // Run runs a shell command in dir_, bounded in time. The command must not contain single
-  // quotes (it is passed to sh -c '...'); quote URIs with double quotes.
-  std::pair<int, std::string> Run(const std::string& cmd, int seconds = 60) {
-    // Not for tpm2-tools, pkcs11-tool or a plain curl client (they do not load hwid.so; curl and
-    // tpm2-tools hang with the sanitizer runtimes preloaded).
-    const bool loads_hwid = cmd.find("tpm2_") == std::string::npos &&
-                            cmd.find("pkcs11-tool") == std::string::npos &&
-                            cmd.rfind("curl ", 0) != 0;
-    const std::string env = loads_hwid ? SanitizerEnv() : "";
-    return Shell(absl::StrCat("cd '", dir_, "' && timeout ", seconds, " ", env, "sh -c '", cmd,
-                              "'"));
-  }
-  void MustRun(const std::string& cmd, int seconds = 60) {
-    auto [rc, out] = Run(cmd, seconds);
-    ASSERT_EQ(rc, 0) << cmd << "\n" << out;
-  }
-  // MustFail runs a command that must fail cleanly: non-zero exit, not by a signal (the shell
-  // reports 128 + signal, timeout 124), no crash report; returns its output.
-  std::string MustFail(const std::string& cmd) {
-    auto [rc, out] = Run(cmd);
-    EXPECT_NE(rc, 0) << cmd << "\n" << out;
-    EXPECT_LT(rc, 124) << "killed by a signal or timed out: " << cmd << "\n" << out;
-    EXPECT_THAT(out, Not(HasSubstr("Segmentation"))) << cmd;
-    EXPECT_THAT(out, Not(HasSubstr("AddressSanitizer"))) << cmd;
-    EXPECT_THAT(out, Not(HasSubstr("runtime error"))) << cmd;
-    return out;
-  }
-
-  std::string Text(const std::string& name) {
-    auto b = ReadFile(dir_ + "/" + name);
-    return b.ok() ? std::string(b->begin(), b->end()) : "";
-  }
-  void Write(const std::string& name, const std::string& text) {
-    ASSERT_TRUE(WriteFile(dir_ + "/" + name, AsSpan(text)).ok());
+    ProviderCliTest::SetUp();
   }
 
   // Uri names a token key with module-path (the PIN comes from -passin / -pass), double-quoted.
@@ -356,15 +136,9 @@ class P11CliTest : public ::testing::Test {
   // and a PIN file (pkcs11-pin-source = file:`pin_file`).
   std::string WriteOpensslCnf(const std::string& name, const std::string& module,
                               const std::string& pin_file) {
-    const std::string path = dir_ + "/" + name;
-    const std::string cnf = absl::StrCat(
-        "openssl_conf = openssl_init\n[openssl_init]\nproviders = provider_sect\n"
-        "[provider_sect]\ndefault = default_sect\nhwid = hwid_sect\n[default_sect]\nactivate = 1\n"
-        "[hwid_sect]\nmodule = ", HWID_PROVIDER_DIR, "/hwid.so\ntcti = ",
-        testing::GlobalSwtpm().tcti(), "\npkcs11-module-path = ", module,
-        "\npkcs11-pin-source = file:", pin_file, "\nactivate = 1\n");
-    EXPECT_TRUE(WriteFile(path, AsSpan(cnf)).ok());
-    return path;
+    return ProviderCliTest::WriteOpensslCnf(
+        name, absl::StrCat("pkcs11-module-path = ", module, "\npkcs11-pin-source = file:",
+                           pin_file, "\n"));
   }
 
   // MakeCa makes a CA whose key is the token key "ca" (EC P-384): ca.crt, self-signed on the token.
@@ -393,8 +167,6 @@ class P11CliTest : public ::testing::Test {
     MustRun(absl::StrCat("openssl genpkey ", kGen, " -algorithm EC -pkeyopt group:P-256 -out ",
                          name, ".pem"), 120);
   }
-
-  std::string dir_;
 };
 
 // ---- Signatures -----------------------------------------------------------------------------
@@ -409,7 +181,7 @@ TEST_F(P11CliTest, CliPrintsUriWithoutPin) {
     EXPECT_THAT(k.printed_uri, Not(HasSubstr(kPin)));
   }
   // The keys are sensitive and never extractable on the token itself.
-  REQUIRE_TOOL("pkcs11-tool");
+  HWID_REQUIRE_TOOL("pkcs11-tool");
   auto [rc, out] = Run(absl::StrCat("pkcs11-tool --module ", SoftHsm::kModule, " --token-label ",
                                     kToken, " --login --pin ", kPin,
                                     " --list-objects --type privkey"));
@@ -577,17 +349,10 @@ TEST_P(P11TlsTest, SServerKeyOnTokenSClientVerifies) {
                                  client.empty() ? "" : "-Verify 1 -verify_return_error"),
                     dir_ + "/server.log");
   ASSERT_TRUE(server.WaitForLog("ACCEPT")) << server.Log();
-  auto [rc, out] = Run(absl::StrCat("printf \"GET / HTTP/1.0\\r\\n\\r\\n\" | openssl s_client ",
-                                    client_args, "-connect 127.0.0.1:", port,
-                                    " -CAfile ca.crt -verify_return_error -verify_ip 127.0.0.1 ",
-                                    tc.version, " -brief -ign_eof"),
-                       30);
+  const testing::ShellResult r =
+      Run(testing::SClientGetCommand(client_args, port, tc.version), 30);
   EXPECT_EQ(server.Wait(), 0) << server.Log();
-  EXPECT_EQ(rc, 0) << out;
-  EXPECT_THAT(out, HasSubstr("Verification: OK"));
-  EXPECT_THAT(out, HasSubstr(std::string(tc.version) == "-tls1_3" ? "TLSv1.3" : "TLSv1.2"));
-  EXPECT_THAT(out, HasSubstr(tc.expect_sig));
-  EXPECT_THAT(out, HasSubstr("HTTP/1.0 200 ok"));
+  testing::ExpectSClientGetOk(r, tc.version, tc.expect_sig);
   if (!client.empty()) {
     // The server (-Verify 1 -verify_return_error) verified the client's handshake signature.
     EXPECT_THAT(server.Log(), HasSubstr("depth=0 CN = client"));
@@ -616,7 +381,7 @@ INSTANTIATE_TEST_SUITE_P(
 
 // curl 7.88 takes --key as a file: the URI key file, with module and PIN from openssl.cnf only.
 TEST_F(P11CliTest, CurlClientKeyFileModuleAndPinFromOpensslCnf) {
-  REQUIRE_TOOL("curl");
+  HWID_REQUIRE_TOOL("curl");
 #ifdef HWID_SANITIZER_PRELOAD
   GTEST_SKIP() << "curl cannot load a sanitized hwid.so (see provider_cli_test)";
 #endif
@@ -684,8 +449,8 @@ class P11NginxTest : public P11CliTest, public ::testing::WithParamInterface<Ngi
 // nginx 1.22 reads ssl_certificate_key with PEM_read_bio_PrivateKey: the URI key file, decoded by
 // the provider that openssl.cnf activates, with the module and the PIN file from openssl.cnf.
 TEST_P(P11NginxTest, ServesWithTokenKeyFileAndCurlVerifies) {
-  REQUIRE_TOOL("nginx");
-  REQUIRE_TOOL("curl");
+  HWID_REQUIRE_TOOL("nginx");
+  HWID_REQUIRE_TOOL("curl");
   const NginxCase& nc = GetParam();
   MakeCa();
   MakeCert("server", absl::StrCat(Uri(nc.key), " ", Passin()), "IP:127.0.0.1");
@@ -694,17 +459,9 @@ TEST_P(P11NginxTest, ServesWithTokenKeyFileAndCurlVerifies) {
   const std::string cnf = WriteOpensslCnf("openssl.cnf", SoftHsm::kModule, dir_ + "/pin");
   const int port = FreePort();
   MustRun("mkdir -p logs tmp");
-  const std::string conf = absl::StrCat(
-      "daemon off;\nmaster_process on;\nworker_processes ", nc.workers, ";\n",
-      geteuid() == 0 ? "user root root;\n" : "", "error_log ", dir_, "/logs/error.log info;\n",
-      "pid ", dir_, "/logs/nginx.pid;\nevents { worker_connections 64; }\nhttp {\n",
-      "  access_log off;\n  client_body_temp_path ", dir_, "/tmp/body;\n  proxy_temp_path ", dir_,
-      "/tmp/proxy;\n  fastcgi_temp_path ", dir_, "/tmp/fcgi;\n  uwsgi_temp_path ", dir_,
-      "/tmp/uwsgi;\n  scgi_temp_path ", dir_, "/tmp/scgi;\n",
-      "  ssl_protocols TLSv1.2 TLSv1.3;\n",
-      "  server {\n    listen 127.0.0.1:", port, " ssl;\n    ssl_certificate ", dir_,
-      "/server.crt;\n    ssl_certificate_key ", dir_, "/", nc.key, ".wrap.pem;\n",
-      "    location / { return 200 \"hwid nginx token ok\\n\"; }\n  }\n}\n");
+  const std::string conf = testing::NginxConf(dir_, nc.workers, port,
+                                              absl::StrCat(dir_, "/", nc.key, ".wrap.pem"),
+                                              "hwid nginx token ok");
   Write("nginx.conf", conf);
   Background nginx(absl::StrCat("env OPENSSL_CONF=", cnf, " nginx -p ", dir_, " -c ", dir_,
                                 "/nginx.conf -e ", dir_, "/logs/error.log"),
@@ -830,7 +587,7 @@ TEST_F(P11CliTest, WrongPinFailsCleanlyThenTheRightPinWorks) {
   MustRun(absl::StrCat("openssl pkey ", kP, " -in \"pkcs11:token=", kToken,
                        ";object=ec256?module-path=", SoftHsm::kModule, "&pin-source=file:", dir_,
                        "/pin\" -pubout -out ps.pub && cmp ps.pub ec256.pub"));
-  if (HaveTool("pkcs11-tool")) {
+  if (testing::HaveTool("pkcs11-tool")) {
     auto [rc2, slots] = Run(absl::StrCat("pkcs11-tool --module ", SoftHsm::kModule,
                                          " --list-token-slots"));
     EXPECT_EQ(rc2, 0) << slots;

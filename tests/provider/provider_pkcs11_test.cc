@@ -38,40 +38,20 @@
 #include "pkcs11/pkcs11.h"
 #include "pkcs11/uri_pem.h"
 #include "tests/pkcs11/softhsm.h"
+#include "tests/provider/provider_testing.h"
 
 namespace hwid {
-
-template <>
-struct internal::OsslDeleter<SSL_CTX> {
-  void operator()(SSL_CTX* p) const noexcept { SSL_CTX_free(p); }
-};
-template <>
-struct internal::OsslDeleter<SSL> {
-  void operator()(SSL* p) const noexcept { SSL_free(p); }
-};
-
 namespace {
 
+using ::hwid::testing::Ctx;
+using ::hwid::testing::Errors;
 using ::hwid::testing::SoftHsm;
+using ::hwid::testing::ToPem;
 using ::testing::HasSubstr;
 using ::testing::Not;
 
 constexpr char kPin[] = "Tk-4411-pin";
 constexpr char kSoPin[] = "so-9911";
-
-std::string Errors() {
-  std::string out;
-  const char* data = nullptr;
-  int flags = 0;
-  unsigned long e;
-  while ((e = ERR_get_error_all(nullptr, nullptr, nullptr, &data, &flags)) != 0) {
-    char buf[256];
-    ERR_error_string_n(e, buf, sizeof(buf));
-    absl::StrAppend(&out, buf, (flags & ERR_TXT_STRING) != 0 && data != nullptr ? " | " : "",
-                    (flags & ERR_TXT_STRING) != 0 && data != nullptr ? data : "", "\n");
-  }
-  return out;
-}
 
 // The token and its keys, made once per binary.
 struct Fixture {
@@ -123,56 +103,6 @@ Fixture* Fix() {
   return g_fix;
 }
 
-// A private library context with default, then hwid (optionally configured by an openssl.cnf).
-class Ctx {
- public:
-  static std::unique_ptr<Ctx> New(const std::string& hwid_section_extra = "") {
-    auto c = std::unique_ptr<Ctx>(new Ctx);
-    c->ctx_ = OSSL_LIB_CTX_new();
-    if (!hwid_section_extra.empty()) {
-      char path[] = "/tmp/hwid-p11-cnf-XXXXXX";
-      const int fd = mkstemp(path);
-      const std::string cnf = absl::StrCat(
-          "openssl_conf = init\n[init]\nproviders = provs\n[provs]\ndefault = dflt\nhwid = hw\n"
-          "[dflt]\nactivate = 1\n[hw]\nmodule = ", HWID_PROVIDER_DIR, "/hwid.so\n",
-          hwid_section_extra, "activate = 1\n");
-      const bool written = write(fd, cnf.data(), cnf.size()) == static_cast<ssize_t>(cnf.size());
-      close(fd);
-      const int ok = written ? OSSL_LIB_CTX_load_config(c->ctx_, path) : 0;
-      unlink(path);
-      if (ok != 1) {
-        return nullptr;
-      }
-    } else {
-      OSSL_PROVIDER_set_default_search_path(c->ctx_, HWID_PROVIDER_DIR);
-    }
-    c->default_ = OSSL_PROVIDER_load(c->ctx_, "default");
-    c->hwid_ = OSSL_PROVIDER_load(c->ctx_, "hwid");
-    if (c->default_ == nullptr || c->hwid_ == nullptr) {
-      return nullptr;
-    }
-    return c;
-  }
-  ~Ctx() {
-    OSSL_PROVIDER_unload(hwid_);
-    OSSL_PROVIDER_unload(default_);
-    OSSL_LIB_CTX_free(ctx_);
-  }
-  OSSL_LIB_CTX* get() const { return ctx_; }
-  uint64_t Param(const char* name) const {
-    uint64_t v = 0;
-    OSSL_PARAM p[] = {OSSL_PARAM_uint64(name, &v), OSSL_PARAM_END};
-    EXPECT_EQ(OSSL_PROVIDER_get_params(hwid_, p), 1);
-    return v;
-  }
-
- private:
-  Ctx() = default;
-  OSSL_LIB_CTX* ctx_ = nullptr;
-  OSSL_PROVIDER* default_ = nullptr;
-  OSSL_PROVIDER* hwid_ = nullptr;
-};
-
 // A UI_METHOD that answers every prompt with `g_pin_answer` (OpenSSL's passphrase path).
 std::string g_pin_answer;
 int UiRead(UI* ui, UI_STRING* uis) {
@@ -213,16 +143,6 @@ OsslPtr<EVP_PKEY> FromPem(OSSL_LIB_CTX* ctx, const std::string& pem, const char*
   OsslPtr<BIO> b(BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size())));
   return OsslPtr<EVP_PKEY>(PEM_read_bio_PrivateKey_ex(b.get(), nullptr, nullptr,
                                                       const_cast<char*>(pass), ctx, nullptr));
-}
-
-std::string ToPem(EVP_PKEY* k) {
-  OsslPtr<BIO> b(BIO_new(BIO_s_mem()));
-  if (PEM_write_bio_PrivateKey(b.get(), k, nullptr, nullptr, 0, nullptr, nullptr) != 1) {
-    return "";
-  }
-  char* d = nullptr;
-  const long n = BIO_get_mem_data(b.get(), &d);
-  return std::string(d, static_cast<size_t>(n));
 }
 
 struct SignCase {
@@ -278,12 +198,7 @@ std::string SignAndVerify(OSSL_LIB_CTX* ctx, EVP_PKEY* key, EVP_PKEY* oracle, co
 class ProviderPkcs11Test : public ::testing::Test {
  protected:
   void SetUp() override {
-    if (!hwid::testing::SoftHsmAvailable()) {
-      if (const char* ci = std::getenv("CI"); ci != nullptr && std::string(ci) == "true") {
-        FAIL() << "SoftHSM2 is required when CI=true (apt-get install softhsm2)";
-      }
-      GTEST_SKIP() << "SoftHSM2 not installed";
-    }
+    HWID_REQUIRE_SOFTHSM();
     ASSERT_NE(Fix(), nullptr);
     setenv("HWID_TCTI", "swtpm:host=127.0.0.1,port=1", 1);  // the TPM must not be needed
     setenv("HWID_PKCS11_MODULE", SoftHsm::kModule, 1);
@@ -409,49 +324,13 @@ TEST_F(ProviderPkcs11Test, PrivatePartsNeverExport) {
 bool Handshake(SSL_CTX* sctx, SSL_CTX* cctx, std::string* sigalg) {
   OsslPtr<SSL> s(SSL_new(sctx));
   OsslPtr<SSL> c(SSL_new(cctx));
-  BIO* sb = nullptr;
-  BIO* cb = nullptr;
-  BIO_new_bio_pair(&sb, 0, &cb, 0);
-  SSL_set_bio(s.get(), sb, sb);
-  SSL_set_bio(c.get(), cb, cb);
-  SSL_set_accept_state(s.get());
-  SSL_set_connect_state(c.get());
-  bool sd = false, cd = false, ok = true;
-  for (int i = 0; i < 100 && !(sd && cd) && ok; ++i) {
-    if (!cd) {
-      const int r = SSL_do_handshake(c.get());
-      cd = r == 1;
-      ok = cd || SSL_get_error(c.get(), r) == SSL_ERROR_WANT_READ;
-    }
-    if (!sd && ok) {
-      const int r = SSL_do_handshake(s.get());
-      sd = r == 1;
-      ok = sd || SSL_get_error(s.get(), r) == SSL_ERROR_WANT_READ;
-    }
-  }
-  if (sigalg != nullptr && cd) {
+  const bool ok = testing::Handshake(s.get(), c.get());
+  if (sigalg != nullptr && ok) {
     int nid = NID_undef;
     SSL_get_peer_signature_type_nid(c.get(), &nid);
     *sigalg = OBJ_nid2sn(nid);
   }
-  return ok && sd && cd;
-}
-
-OsslPtr<X509> SelfSigned(OSSL_LIB_CTX* ctx, EVP_PKEY* key) {
-  OsslPtr<X509> x(X509_new_ex(ctx, nullptr));
-  X509_set_version(x.get(), 2);
-  ASN1_INTEGER_set(X509_get_serialNumber(x.get()), 7);
-  X509_gmtime_adj(X509_getm_notBefore(x.get()), -60);
-  X509_gmtime_adj(X509_getm_notAfter(x.get()), 3600);
-  X509_NAME* name = X509_get_subject_name(x.get());
-  X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC,
-                             reinterpret_cast<const unsigned char*>("token"), -1, -1, 0);
-  X509_set_issuer_name(x.get(), name);
-  X509_set_pubkey(x.get(), key);
-  if (X509_sign(x.get(), key, EVP_sha256()) <= 0) {
-    return nullptr;
-  }
-  return x;
+  return ok;
 }
 
 TEST_F(ProviderPkcs11Test, TlsHandshakesCostOneTokenSignature) {
@@ -459,7 +338,7 @@ TEST_F(ProviderPkcs11Test, TlsHandshakesCostOneTokenSignature) {
     for (int version : {TLS1_3_VERSION, TLS1_2_VERSION}) {
       OsslPtr<EVP_PKEY> k = LoadUri(ctx_->get(), Uri(label));
       ASSERT_NE(k, nullptr) << Errors();
-      OsslPtr<X509> cert = SelfSigned(ctx_->get(), k.get());
+      OsslPtr<X509> cert = testing::SelfSigned(ctx_->get(), k.get(), "token", 7);
       ASSERT_NE(cert, nullptr) << Errors();
       OsslPtr<SSL_CTX> srv(SSL_CTX_new_ex(ctx_->get(), nullptr, TLS_server_method()));
       SSL_CTX_set_min_proto_version(srv.get(), version);
@@ -497,8 +376,8 @@ TEST_F(ProviderPkcs11Test, MutualTlsBothKeysOnTheToken) {
   OsslPtr<EVP_PKEY> ck = LoadUri(ctx_->get(), Uri("rsa3072"));
   ASSERT_NE(sk, nullptr) << Errors();
   ASSERT_NE(ck, nullptr) << Errors();
-  OsslPtr<X509> scert = SelfSigned(ctx_->get(), sk.get());
-  OsslPtr<X509> ccert = SelfSigned(ctx_->get(), ck.get());
+  OsslPtr<X509> scert = testing::SelfSigned(ctx_->get(), sk.get(), "token", 7);
+  OsslPtr<X509> ccert = testing::SelfSigned(ctx_->get(), ck.get(), "token", 7);
   ASSERT_NE(scert, nullptr);
   ASSERT_NE(ccert, nullptr);
   OsslPtr<SSL_CTX> srv(SSL_CTX_new_ex(ctx_->get(), nullptr, TLS_server_method()));

@@ -34,6 +34,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/bytes.h"
 #include "common/ossl.h"
+#include "tests/provider/provider_testing.h"
 #include "tests/testing/swtpm.h"
 #include "tpm/tpm.h"
 #include "tpm/wire/crypto.h"
@@ -42,18 +43,13 @@
 #include "tests/testing/run_shell.h"
 
 namespace hwid {
-
-template <>
-struct internal::OsslDeleter<SSL_CTX> {
-  void operator()(SSL_CTX* p) const noexcept { SSL_CTX_free(p); }
-};
-template <>
-struct internal::OsslDeleter<SSL> {
-  void operator()(SSL* p) const noexcept { SSL_free(p); }
-};
-
 namespace {
 
+using ::hwid::testing::Ctx;
+using ::hwid::testing::Errors;
+using ::hwid::testing::Handshake;
+using ::hwid::testing::SelfSigned;
+using ::hwid::testing::ToPem;
 using ::testing::HasSubstr;
 
 // Shell runs a shell command (TPM2TOOLS_TCTI/TPM2OPENSSL_TCTI point at the swtpm); returns its
@@ -62,80 +58,6 @@ std::pair<int, std::string> Shell(const std::string& cmd) {
   ::hwid::testing::ShellResult r = ::hwid::testing::RunShell(cmd);
   return {r.exit_code, r.output};
 }
-
-// Errors drains the calling thread's OpenSSL error queue into one string (reason + data).
-std::string Errors() {
-  std::string out;
-  const char* data = nullptr;
-  int flags = 0;
-  unsigned long e;
-  while ((e = ERR_get_error_all(nullptr, nullptr, nullptr, &data, &flags)) != 0) {
-    char buf[256];
-    ERR_error_string_n(e, buf, sizeof(buf));
-    absl::StrAppend(&out, buf, (flags & ERR_TXT_STRING) != 0 && data != nullptr ? " | " : "",
-                    (flags & ERR_TXT_STRING) != 0 && data != nullptr ? data : "", "\n");
-  }
-  return out;
-}
-
-// A private library context with the default provider and then hwid (the order documented for
-// TLS, docs/provider.md). With `tcti` non-empty, hwid is configured through an openssl.cnf
-// section (tcti = ...) instead of $HWID_TCTI.
-class Ctx {
- public:
-  static std::unique_ptr<Ctx> New(const std::string& tcti = "") {
-    auto c = std::unique_ptr<Ctx>(new Ctx);
-    c->ctx_ = OSSL_LIB_CTX_new();
-    if (tcti.empty()) {
-      OSSL_PROVIDER_set_default_search_path(c->ctx_, HWID_PROVIDER_DIR);
-      c->default_ = OSSL_PROVIDER_load(c->ctx_, "default");
-      c->hwid_ = OSSL_PROVIDER_load(c->ctx_, "hwid");
-    } else {
-      char path[] = "/tmp/hwid-prov-cnf-XXXXXX";
-      const int fd = mkstemp(path);
-      const std::string cnf = absl::StrCat(
-          "openssl_conf = init\n[init]\nproviders = provs\n[provs]\ndefault = dflt\nhwid = hw\n"
-          "[dflt]\nactivate = 1\n[hw]\nmodule = ", HWID_PROVIDER_DIR, "/hwid.so\ntcti = ", tcti,
-          "\nactivate = 1\n");
-      if (write(fd, cnf.data(), cnf.size()) != static_cast<ssize_t>(cnf.size())) {
-        return nullptr;
-      }
-      close(fd);
-      const int ok = OSSL_LIB_CTX_load_config(c->ctx_, path);
-      unlink(path);
-      if (ok != 1) {
-        return nullptr;
-      }
-      c->default_ = OSSL_PROVIDER_load(c->ctx_, "default");
-      c->hwid_ = OSSL_PROVIDER_load(c->ctx_, "hwid");
-    }
-    if (c->default_ == nullptr || c->hwid_ == nullptr) {
-      return nullptr;
-    }
-    return c;
-  }
-  ~Ctx() {
-    OSSL_PROVIDER_unload(hwid_);
-    OSSL_PROVIDER_unload(default_);
-    OSSL_LIB_CTX_free(ctx_);
-  }
-  OSSL_LIB_CTX* get() const { return ctx_; }
-  OSSL_PROVIDER* hwid() const { return hwid_; }
-
-  uint64_t Param(const char* name) const {
-    uint64_t v = 0;
-    OSSL_PARAM p[] = {OSSL_PARAM_uint64(name, &v), OSSL_PARAM_END};
-    EXPECT_EQ(OSSL_PROVIDER_get_params(hwid_, p), 1);
-    return v;
-  }
-  uint64_t Commands() const { return Param("hwid-tpm-commands"); }
-
- private:
-  Ctx() = default;
-  OSSL_LIB_CTX* ctx_ = nullptr;
-  OSSL_PROVIDER* default_ = nullptr;
-  OSSL_PROVIDER* hwid_ = nullptr;
-};
 
 std::string ProviderName(const EVP_PKEY* k) {
   const OSSL_PROVIDER* p = EVP_PKEY_get0_provider(k);
@@ -171,16 +93,6 @@ OsslPtr<EVP_PKEY> Generate(OSSL_LIB_CTX* ctx, const Alg& alg, const char* auth =
     return nullptr;
   }
   return OsslPtr<EVP_PKEY>(k);
-}
-
-std::string ToPem(EVP_PKEY* k) {
-  OsslPtr<BIO> bio(BIO_new(BIO_s_mem()));
-  if (PEM_write_bio_PrivateKey(bio.get(), k, nullptr, nullptr, 0, nullptr, nullptr) != 1) {
-    return "";
-  }
-  char* data = nullptr;
-  const long n = BIO_get_mem_data(bio.get(), &data);
-  return std::string(data, static_cast<size_t>(n));
 }
 
 int PassCb(char* buf, int size, int, void* u) {
@@ -808,7 +720,7 @@ TEST_F(ProviderTest, KeyFromAnotherTpmIsRefused) {
   // it is a different TPM as far as the key's parent is concerned.
   auto [rc, out] = Shell(absl::StrCat("TPM2TOOLS_TCTI='", (*other)->tcti(), "' tpm2_clear -c p"));
   ASSERT_EQ(rc, 0) << out;
-  auto octx = Ctx::New((*other)->tcti());
+  auto octx = Ctx::New(absl::StrCat("tcti = ", (*other)->tcti(), "\n"));
   ASSERT_NE(octx, nullptr) << Errors();
   EXPECT_EQ(FromPem(octx->get(), pem), nullptr);
   const std::string errs = Errors();
@@ -830,7 +742,7 @@ TEST_F(ProviderTest, UnreachableTpmIsAClearError) {
   getsockname(s, reinterpret_cast<sockaddr*>(&a), &len);
   close(s);
   const std::string tcti = absl::StrCat("swtpm:host=127.0.0.1,port=", ntohs(a.sin_port));
-  auto dctx = Ctx::New(tcti);
+  auto dctx = Ctx::New(absl::StrCat("tcti = ", tcti, "\n"));
   ASSERT_NE(dctx, nullptr) << "the provider must load even when the TPM is down: " << Errors();
   EXPECT_EQ(FromPem(dctx->get(), pem), nullptr);
   EXPECT_THAT(Errors(), HasSubstr("TPM unreachable"));
@@ -856,55 +768,7 @@ TEST_F(ProviderTest, TpmRestartMidRunNextOperationSucceeds) {
 
 // --- TLS in process: one TPM command per handshake ---
 
-OsslPtr<X509> SelfSigned(OSSL_LIB_CTX* ctx, EVP_PKEY* key, const char* cn) {
-  OsslPtr<X509> x(X509_new_ex(ctx, nullptr));
-  X509_set_version(x.get(), 2);
-  ASN1_INTEGER_set(X509_get_serialNumber(x.get()), 1);
-  X509_gmtime_adj(X509_getm_notBefore(x.get()), -60);
-  X509_gmtime_adj(X509_getm_notAfter(x.get()), 3600);
-  X509_NAME* name = X509_get_subject_name(x.get());
-  X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, reinterpret_cast<const unsigned char*>(cn),
-                             -1, -1, 0);
-  X509_set_issuer_name(x.get(), name);
-  X509_set_pubkey(x.get(), key);
-  if (X509_sign(x.get(), key, EVP_sha256()) <= 0) {
-    return nullptr;
-  }
-  return x;
-}
-
 int AcceptAny(int, X509_STORE_CTX*) { return 1; }
-
-// Handshake runs one TLS handshake between two SSL objects over a BIO pair.
-bool Handshake(SSL* server, SSL* client) {
-  BIO* sb = nullptr;
-  BIO* cb = nullptr;
-  BIO_new_bio_pair(&sb, 0, &cb, 0);
-  SSL_set_bio(server, sb, sb);
-  SSL_set_bio(client, cb, cb);
-  SSL_set_accept_state(server);
-  SSL_set_connect_state(client);
-  bool sdone = false, cdone = false;
-  for (int i = 0; i < 100 && !(sdone && cdone); ++i) {
-    if (!cdone) {
-      const int r = SSL_do_handshake(client);
-      if (r == 1) {
-        cdone = true;
-      } else if (SSL_get_error(client, r) != SSL_ERROR_WANT_READ) {
-        return false;
-      }
-    }
-    if (!sdone) {
-      const int r = SSL_do_handshake(server);
-      if (r == 1) {
-        sdone = true;
-      } else if (SSL_get_error(server, r) != SSL_ERROR_WANT_READ) {
-        return false;
-      }
-    }
-  }
-  return sdone && cdone;
-}
 
 struct TlsCase {
   const char* name;

@@ -4,6 +4,8 @@
 
 #include <cerrno>
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
 
 namespace hwid::testing {
 
@@ -26,6 +28,11 @@ ShellResult RunShell(const std::string& cmd) {
     r.exit_code = 128 + WTERMSIG(status);
   }
   return r;
+}
+
+bool RunningInCi() {
+  const char* ci = std::getenv("CI");
+  return ci != nullptr && std::strcmp(ci, "true") == 0;
 }
 
 }  // namespace hwid::testing
