@@ -158,30 +158,17 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
 }
 
 #ifdef HWID_FUZZ_REPLAY_MAIN
+#include "tests/fuzz/replay_main.h"
+
 int main(int argc, char** argv) {
-  int replayed = 0;
-  for (int i = 1; i < argc; ++i) {
-    absl::StatusOr<Bytes> file = hwid::ReadFile(argv[i]);
-    if (!file.ok()) {
-      std::fprintf(stderr, "attestation_fuzz_replay: %s\n",
-                   std::string(file.status().message()).c_str());
-      return 1;
-    }
-    LLVMFuzzerTestOneInput(file->data(), file->size());
-    ++replayed;
+  // Built-in seeds: every entry point with the fixture payload.
+  std::vector<std::string> seeds;
+  const Bytes& p = GetFixture().payload;
+  for (uint8_t mode = 0; mode < 3; ++mode) {
+    std::string in(1, static_cast<char>(mode));
+    in.append(p.begin(), p.end());
+    seeds.push_back(std::move(in));
   }
-  // Without inputs, run the built-in seeds: every entry point with the fixture payload.
-  if (argc == 1) {
-    const Bytes& p = GetFixture().payload;
-    for (uint8_t mode = 0; mode < 3; ++mode) {
-      Bytes in;
-      in.push_back(mode);
-      in.insert(in.end(), p.begin(), p.end());
-      LLVMFuzzerTestOneInput(in.data(), in.size());
-      ++replayed;
-    }
-  }
-  std::printf("attestation_fuzz_replay: %d inputs replayed\n", replayed);
-  return 0;
+  return hwid::fuzzing::ReplayMain("attestation_fuzz_replay", argc, argv, seeds);
 }
 #endif

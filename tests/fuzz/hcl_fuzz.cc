@@ -77,32 +77,23 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
 }
 
 #ifdef HWID_FUZZ_REPLAY_MAIN
+#include "tests/fuzz/replay_main.h"
+
 int main(int argc, char** argv) {
-  std::vector<std::string> inputs;
-  for (int a = 1; a < argc; ++a) {
-    std::ifstream f(argv[a], std::ios::binary);
-    inputs.emplace_back(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
-  }
-  if (inputs.empty()) {
-    inputs = {
-        "",
-        "tcti = \"device:/dev/tpmrm0\"\npcrs = \"sha256:0,1,2\"\n",
-        "allowed_ek_hashes = [\"ab\", \"cd\",]\npcr_policy {\n  \"sha256:7\" = \"00\"\n}\n",
-        "nested { name = \"x\" list = [] }\nrounds = 3\nratio = -1.5e3\nstrict = true\n",
-        "tcti = <<EOT\nabc\nEOT\n",
-        "tcti = <<-EOT\n  a\n  EOT\n",
-        "\"DATA\"",
-        "a = [[[[[[[[[[[[[[[[[[[[[[",
-        "a { b { c { d = \"\\u00e9\\U0001F600\" } } }",
-        "/* x */ # y\n// z\n",
-        "a = 1e99999",
-        "k = \"\\ud800\"",
-    };
-  }
-  for (const std::string& in : inputs) {
-    FuzzOne(reinterpret_cast<const uint8_t*>(in.data()), in.size());
-  }
-  std::printf("hcl_fuzz_replay: %zu inputs replayed\n", inputs.size());
-  return 0;
+  const std::vector<std::string> seeds = {
+      "",
+      "tcti = \"device:/dev/tpmrm0\"\npcrs = \"sha256:0,1,2\"\n",
+      "allowed_ek_hashes = [\"ab\", \"cd\",]\npcr_policy {\n  \"sha256:7\" = \"00\"\n}\n",
+      "nested { name = \"x\" list = [] }\nrounds = 3\nratio = -1.5e3\nstrict = true\n",
+      "tcti = <<EOT\nabc\nEOT\n",
+      "tcti = <<-EOT\n  a\n  EOT\n",
+      "\"DATA\"",
+      "a = [[[[[[[[[[[[[[[[[[[[[[",
+      "a { b { c { d = \"\\u00e9\\U0001F600\" } } }",
+      "/* x */ # y\n// z\n",
+      "a = 1e99999",
+      "k = \"\\ud800\"",
+  };
+  return hwid::fuzzing::ReplayMain("hcl_fuzz_replay", argc, argv, seeds);
 }
 #endif

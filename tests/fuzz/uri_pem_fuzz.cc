@@ -53,37 +53,28 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
 }
 
 #ifdef HWID_FUZZ_REPLAY_MAIN
+#include "tests/fuzz/replay_main.h"
+
 int main(int argc, char** argv) {
-  std::vector<std::string> inputs;
-  for (int a = 1; a < argc; ++a) {
-    std::ifstream f(argv[a], std::ios::binary);
-    inputs.emplace_back(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
-  }
-  if (inputs.empty()) {
-    auto der = [](const std::string& uri) {
-      absl::StatusOr<hwid::Bytes> d = hwid::pkcs11::EncodeUriDer(uri);
-      return d.ok() ? std::string(d->begin(), d->end()) : std::string();
-    };
-    auto pem = [](const std::string& uri) {
-      absl::StatusOr<std::string> p = hwid::pkcs11::EncodeUriPem(uri);
-      return p.ok() ? *p : std::string();
-    };
-    inputs = {
-        "",
-        der("pkcs11:token=t;object=k"),
-        der("pkcs11:token=t;object=k;type=private?module-path=/usr/lib/softhsm/libsofthsm2.so"),
-        der("pkcs11:" + std::string(300, 'a')),
-        pem("pkcs11:token=t;id=%01%02"),
-        "-----BEGIN PKCS#11 PROVIDER URI-----\nMAA=\n-----END PKCS#11 PROVIDER URI-----\n",
-        std::string("\x30\x81\x05\x1a\x00\x0c\x00\x00", 8),
-        std::string("\x30\x82\x00\x04\x1a\x00\x0c\x00", 8),
-        std::string("\x30\x84\xff\xff\xff\xff", 6),
-    };
-  }
-  for (const std::string& in : inputs) {
-    FuzzOne(reinterpret_cast<const uint8_t*>(in.data()), in.size());
-  }
-  std::printf("uri_pem_fuzz_replay: %zu inputs replayed\n", inputs.size());
-  return 0;
+  auto der = [](const std::string& uri) {
+    absl::StatusOr<hwid::Bytes> d = hwid::pkcs11::EncodeUriDer(uri);
+    return d.ok() ? std::string(d->begin(), d->end()) : std::string();
+  };
+  auto pem = [](const std::string& uri) {
+    absl::StatusOr<std::string> p = hwid::pkcs11::EncodeUriPem(uri);
+    return p.ok() ? *p : std::string();
+  };
+  std::vector<std::string> seeds = {
+      "",
+      der("pkcs11:token=t;object=k"),
+      der("pkcs11:token=t;object=k;type=private?module-path=/usr/lib/softhsm/libsofthsm2.so"),
+      der("pkcs11:" + std::string(300, 'a')),
+      pem("pkcs11:token=t;id=%01%02"),
+      "-----BEGIN PKCS#11 PROVIDER URI-----\nMAA=\n-----END PKCS#11 PROVIDER URI-----\n",
+      std::string("\x30\x81\x05\x1a\x00\x0c\x00\x00", 8),
+      std::string("\x30\x82\x00\x04\x1a\x00\x0c\x00", 8),
+      std::string("\x30\x84\xff\xff\xff\xff", 6),
+  };
+  return hwid::fuzzing::ReplayMain("uri_pem_fuzz_replay", argc, argv, seeds);
 }
 #endif

@@ -69,20 +69,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
 }
 
 #ifdef HWID_FUZZ_REPLAY_MAIN
-#include <cstdio>
+#include "tests/fuzz/replay_main.h"
 
 int main(int argc, char** argv) {
-  int replayed = 0;
-  for (int i = 1; i < argc; ++i) {
-    absl::StatusOr<Bytes> file = hwid::ReadFile(argv[i]);
-    if (!file.ok()) {
-      std::fprintf(stderr, "wire_fuzz_replay: %s\n", std::string(file.status().message()).c_str());
-      return 1;
-    }
-    LLVMFuzzerTestOneInput(file->data(), file->size());
-    ++replayed;
-  }
-  std::printf("wire_fuzz_replay: %d inputs replayed\n", replayed);
-  return 0;
+  return hwid::fuzzing::ReplayMain("wire_fuzz_replay", argc, argv, {});
 }
 #endif
