@@ -23,6 +23,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "common/bytes.h"
+#include "common/key_alg.h"
 #include "common/ossl.h"
 
 namespace hwid::provider {
@@ -53,8 +54,6 @@ struct SignParams {
 // the digest length.
 enum class PssSaltMode { kDigestLength, kMaximum };
 
-// The key-generation request of `openssl genpkey`.
-enum class KeySpec { kEcP256, kEcP384, kRsa2048, kRsa3072 };
 
 class Key {
  public:
@@ -108,7 +107,7 @@ class Backend {
   virtual absl::StatusOr<std::shared_ptr<Key>> LoadHandle(uint32_t handle, ByteSpan auth) = 0;
   // Generate makes a new non-exportable signing key in the device (returned active).
   // Unimplemented for backends that generate keys elsewhere (PKCS#11: `hwid key create --pkcs11`).
-  virtual absl::StatusOr<std::shared_ptr<Key>> Generate(KeySpec spec, ByteSpan auth) = 0;
+  virtual absl::StatusOr<std::shared_ptr<Key>> Generate(KeyAlg alg, ByteSpan auth) = 0;
   // CommandCount is the number of device commands this process has sent through the backend.
   virtual uint64_t CommandCount() = 0;
   // UnloadAll releases every device resource held for live keys (they reload on next use).

@@ -17,7 +17,7 @@ namespace {
 struct GenCtx {
   ProvCtx* prov;
   KeyType type;
-  KeySpec spec;
+  KeyAlg alg;
   SecureBytes auth;
 };
 
@@ -230,9 +230,9 @@ int GenSetParams(void* vgen, const OSSL_PARAM params[]) {
       }
       const std::string n(name);
       if (n == "P-256" || n == "prime256v1" || n == "secp256r1") {
-        g->spec = KeySpec::kEcP256;
+        g->alg = KeyAlg::kEcP256;
       } else if (n == "P-384" || n == "secp384r1") {
-        g->spec = KeySpec::kEcP384;
+        g->alg = KeyAlg::kEcP384;
       } else {
         RaiseError(g->prov, kReasonUnsupported, "EC group %s is not supported (P-256, P-384)",
                    name);
@@ -246,9 +246,9 @@ int GenSetParams(void* vgen, const OSSL_PARAM params[]) {
         return 0;
       }
       if (bits == 2048) {
-        g->spec = KeySpec::kRsa2048;
+        g->alg = KeyAlg::kRsa2048;
       } else if (bits == 3072) {
-        g->spec = KeySpec::kRsa3072;
+        g->alg = KeyAlg::kRsa3072;
       } else {
         RaiseError(g->prov, kReasonUnsupported, "RSA key size %zu is not supported (2048, 3072)",
                    bits);
@@ -308,7 +308,7 @@ void* GenInit(ProvCtx* prov, KeyType type, int selection, const OSSL_PARAM param
       RaiseError(prov, kReasonUnsupported, "hwid generates key pairs only (no domain parameters)");
       return nullptr;
     }
-    auto* g = new GenCtx{prov, type, type == KeyType::kEc ? KeySpec::kEcP256 : KeySpec::kRsa2048,
+    auto* g = new GenCtx{prov, type, type == KeyType::kEc ? KeyAlg::kEcP256 : KeyAlg::kRsa2048,
                          {}};
     if (params != nullptr && GenSetParams(g, params) != 1) {
       delete g;
@@ -327,7 +327,7 @@ void* RsaGenInit(void* provctx, int selection, const OSSL_PARAM params[]) {
 void* Gen(void* vgen, OSSL_CALLBACK*, void*) {
   auto* g = static_cast<GenCtx*>(vgen);
   return Guard<void*>(g->prov, nullptr, [&]() -> void* {
-    absl::StatusOr<std::shared_ptr<Key>> key = g->prov->backend->Generate(g->spec, AsSpan(g->auth));
+    absl::StatusOr<std::shared_ptr<Key>> key = g->prov->backend->Generate(g->alg, AsSpan(g->auth));
     if (!key.ok()) {
       RaiseStatus(g->prov, kReasonKeyGenFailed, "generating a TPM key", key.status());
       return nullptr;

@@ -155,7 +155,7 @@ absl::StatusOr<std::shared_ptr<Key>> Pkcs11Backend::LoadHandle(uint32_t, ByteSpa
   return absl::UnimplementedError("PKCS#11 keys are named by pkcs11: URIs, not TPM handles");
 }
 
-absl::StatusOr<std::shared_ptr<Key>> Pkcs11Backend::Generate(KeySpec, ByteSpan) {
+absl::StatusOr<std::shared_ptr<Key>> Pkcs11Backend::Generate(KeyAlg, ByteSpan) {
   return absl::UnimplementedError(
       "generate token keys with `hwid key create --pkcs11 URI --alg ALG --label NAME`");
 }

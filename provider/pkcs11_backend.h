@@ -51,7 +51,7 @@ class Pkcs11Backend : public Backend {
   // else supplies it (LoadUri's `ask`).
   absl::StatusOr<bool> KeyFileNeedsAuth(ByteSpan pem_or_der) override;
   absl::StatusOr<std::shared_ptr<Key>> LoadHandle(uint32_t handle, ByteSpan auth) override;
-  absl::StatusOr<std::shared_ptr<Key>> Generate(KeySpec spec, ByteSpan auth) override;
+  absl::StatusOr<std::shared_ptr<Key>> Generate(KeyAlg alg, ByteSpan auth) override;
   // CommandCount is the number of PKCS#11 calls made for keys loaded through this backend.
   uint64_t CommandCount() override;
   // UnloadAll closes idle pooled sessions (they reopen on demand).

@@ -530,22 +530,7 @@ absl::StatusOr<std::shared_ptr<Key>> TpmBackend::LoadHandle(uint32_t handle, Byt
   return MakeInactive(std::move(key));
 }
 
-absl::StatusOr<std::shared_ptr<Key>> TpmBackend::Generate(KeySpec spec, ByteSpan auth) {
-  wire::KeyAlg alg = wire::KeyAlg::kEcP256;
-  switch (spec) {
-    case KeySpec::kEcP256:
-      alg = wire::KeyAlg::kEcP256;
-      break;
-    case KeySpec::kEcP384:
-      alg = wire::KeyAlg::kEcP384;
-      break;
-    case KeySpec::kRsa2048:
-      alg = wire::KeyAlg::kRsa2048;
-      break;
-    case KeySpec::kRsa3072:
-      alg = wire::KeyAlg::kRsa3072;
-      break;
-  }
+absl::StatusOr<std::shared_ptr<Key>> TpmBackend::Generate(KeyAlg alg, ByteSpan auth) {
   uint64_t gen = 0;
   ASSIGN_OR_RETURN(tpm::Tpm * tpm, device_->Get(&gen));
   absl::StatusOr<wire::TpmKeyFile> file = tpm->CreateKey(alg, auth);

@@ -43,7 +43,7 @@ class TpmBackend : public Backend {
   absl::StatusOr<std::shared_ptr<Key>> LoadKeyFile(ByteSpan pem_or_der, ByteSpan auth) override;
   absl::StatusOr<bool> KeyFileNeedsAuth(ByteSpan pem_or_der) override;
   absl::StatusOr<std::shared_ptr<Key>> LoadHandle(uint32_t handle, ByteSpan auth) override;
-  absl::StatusOr<std::shared_ptr<Key>> Generate(KeySpec spec, ByteSpan auth) override;
+  absl::StatusOr<std::shared_ptr<Key>> Generate(KeyAlg alg, ByteSpan auth) override;
   uint64_t CommandCount() override;
   void UnloadAll() override;
 
