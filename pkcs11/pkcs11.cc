@@ -64,6 +64,15 @@ void RegisterExitHandler() {
 // ModuleUsable is false once the process is exiting: teardown must not call the module.
 bool ModuleUsable() { return !g_process_exiting.load(std::memory_order_acquire); }
 
+// UserLoggedIn asks the token whether this process is logged in as the user, through `session`.
+// PKCS#11 login state belongs to the process, so only the token knows (another user of the module
+// may have logged in or out); false when the session cannot be queried.
+bool UserLoggedIn(CK_FUNCTION_LIST* fl, CK_SESSION_HANDLE session) {
+  CK_SESSION_INFO si;
+  return fl->C_GetSessionInfo(session, &si) == CKR_OK &&
+         (si.state == CKS_RO_USER_FUNCTIONS || si.state == CKS_RW_USER_FUNCTIONS);
+}
+
 // SymbolOwner is the resolved path of the shared object defining `sym` ("" when unknown).
 std::string SymbolOwner(void* sym) {
   Dl_info info{};
@@ -513,13 +522,11 @@ absl::StatusOr<std::shared_ptr<Token>> Token::Open(const Pkcs11Uri& uri,
     // Ask only when a login is needed and nobody in this process has logged in yet.
     CK_TOKEN_INFO ti;
     CK_SESSION_HANDLE s = CK_INVALID_HANDLE;
-    CK_SESSION_INFO si;
     bool need = fl->C_GetTokenInfo(m.second.first, &ti) == CKR_OK &&
                 (ti.flags & CKF_LOGIN_REQUIRED) != 0;
     if (need && fl->C_OpenSession(m.second.first, CKF_SERIAL_SESSION, nullptr, nullptr, &s) ==
                     CKR_OK) {
-      need = fl->C_GetSessionInfo(s, &si) != CKR_OK ||
-             (si.state != CKS_RO_USER_FUNCTIONS && si.state != CKS_RW_USER_FUNCTIONS);
+      need = !UserLoggedIn(fl, s);
       fl->C_CloseSession(s);
     }
     if (need) {
@@ -555,11 +562,8 @@ absl::Status Token::Login() {
     login_session_ = ls;
   }
   const CK_SESSION_HANDLE s = login_session_;
-  CK_RV rv = CKR_OK;
-  CK_SESSION_INFO si;
   commands_.fetch_add(1, std::memory_order_relaxed);
-  rv = fl->C_GetSessionInfo(s, &si);
-  if (rv == CKR_OK && (si.state == CKS_RO_USER_FUNCTIONS || si.state == CKS_RW_USER_FUNCTIONS)) {
+  if (UserLoggedIn(fl, s)) {
     logged_in_ = true;  // already logged in in this process; the PIN is not checked again
     return absl::OkStatus();
   }
@@ -575,7 +579,7 @@ absl::Status Token::Login() {
   }
   // Exactly one C_Login per call: a wrong PIN is reported, never retried.
   commands_.fetch_add(1, std::memory_order_relaxed);
-  rv = fl->C_Login(s, CKU_USER, const_cast<CK_UTF8CHAR*>(pin_.data()), pin_.size());
+  CK_RV rv = fl->C_Login(s, CKU_USER, const_cast<CK_UTF8CHAR*>(pin_.data()), pin_.size());
   if (rv == CKR_USER_ALREADY_LOGGED_IN) {
     rv = CKR_OK;
   }
@@ -703,9 +707,7 @@ absl::StatusOr<unsigned long> Token::FindPrivateKeyHandle(unsigned long session,
   if (n == 0) {
     // Private keys are invisible without a login; ask the token rather than trusting our flag
     // (another user of the module may have logged the process out).
-    CK_SESSION_INFO si;
-    const bool user = fl->C_GetSessionInfo(session, &si) == CKR_OK &&
-                      (si.state == CKS_RO_USER_FUNCTIONS || si.state == CKS_RW_USER_FUNCTIONS);
+    const bool user = UserLoggedIn(fl, session);
     return absl::NotFoundError(absl::StrCat(
         "no private key ", what, " on ", Describe(),
         user ? "" : "; not logged in: private keys are visible only after login (give "
@@ -992,10 +994,7 @@ absl::StatusOr<Bytes> Key::Sign(ByteSpan digest, const SignOptions& options) {
     // Someone else using the module in this process may have logged it out (private objects
     // then vanish): log in again, once, with the key's PIN. The object may also have been
     // re-created or the module re-initialised: look it up once more.
-    CK_SESSION_INFO si;
-    const bool user = fl->C_GetSessionInfo(s, &si) == CKR_OK &&
-                      (si.state == CKS_RO_USER_FUNCTIONS || si.state == CKS_RW_USER_FUNCTIONS);
-    if (!user && token_->HasPin()) {
+    if (!UserLoggedIn(fl, s) && token_->HasPin()) {
       RETURN_IF_ERROR(token_->Relogin());
     }
     ASSIGN_OR_RETURN(h, Handle(s, true));
