@@ -12,6 +12,7 @@
 #include <thread>
 
 #include "common/ossl.h"
+#include "tests/testing/status_assert.h"
 #include "tests/testing/swtpm.h"
 #include "tpm/error.h"
 #include "tpm/wire/attest.h"
@@ -29,19 +30,6 @@ namespace {
 using ::testing::HasSubstr;
 using ::testing::Not;
 
-#define ASSERT_OK(expr)                                      \
-  do {                                                       \
-    const ::absl::Status st_ = ::absl::Status(expr);         \
-    ASSERT_TRUE(st_.ok()) << #expr << ": " << st_.message(); \
-  } while (false)
-
-#define ASSERT_OK_AND_ASSIGN(lhs, expr) ASSERT_OK_AND_ASSIGN_IMPL_(HWID_CONCAT_(sor_, __LINE__), lhs, expr)
-#define HWID_CONCAT_INNER_(a, b) a##b
-#define HWID_CONCAT_(a, b) HWID_CONCAT_INNER_(a, b)
-#define ASSERT_OK_AND_ASSIGN_IMPL_(sor, lhs, expr)                         \
-  auto sor = (expr);                                                       \
-  ASSERT_TRUE(sor.ok()) << #expr << ": " << sor.status().message();        \
-  lhs = std::move(sor).value()
 
 // VerifyWithOpenSsl checks a signature with OpenSSL's default provider only (an oracle
 // independent of hwid's own verification code).

@@ -11,6 +11,7 @@
 #include "attestor_plugin/attestation/server.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/attestor_plugin/attestation/agent_testing.h"
 #include "tests/testing/swtpm.h"
 
 namespace hwid::attestation {
@@ -29,18 +30,7 @@ std::shared_ptr<const ServerConfig> Config() {
 }
 
 std::unique_ptr<AgentResponder> Agent() {
-  AgentConfigInput in;
-  in.tcti = ::hwid::testing::GlobalSwtpm().tcti();
-  in.ek = "ecc";
-  in.ak_handle = "0x81000120";
-  absl::StatusOr<AgentConfig> c = ValidateAgentConfig(in);
-  EXPECT_TRUE(c.ok()) << c.status();
-  if (!c.ok()) {
-    return nullptr;
-  }
-  absl::StatusOr<std::unique_ptr<AgentResponder>> a = AgentResponder::New(*c);
-  EXPECT_TRUE(a.ok()) << a.status();
-  return a.ok() ? std::move(*a) : nullptr;
+  return ::hwid::attestation::testing::NewAgent(::hwid::testing::GlobalSwtpm().tcti(), "ecc", "ec-p256", "0x81000120");
 }
 
 Bytes Filled(uint8_t v) { return Bytes(32, v); }

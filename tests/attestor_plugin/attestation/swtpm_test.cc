@@ -19,7 +19,9 @@
 #include "attestor_plugin/attestation/server.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/attestor_plugin/attestation/agent_testing.h"
 #include "tests/attestor_plugin/attestation/test_pki.h"
+#include "tests/testing/status_assert.h"
 #include "tests/testing/swtpm.h"
 #include "tests/tpm/wire/test_util.h"
 #include "tpm/tpm.h"
@@ -31,6 +33,7 @@
 namespace hwid::attestation {
 namespace {
 
+using ::hwid::attestation::testing::NewAgent;
 using ::hwid::wire::testing::IsOk;
 using ::hwid::wire::testing::RsaKey;
 using ::hwid::wire::testing::StatusIs;
@@ -42,34 +45,6 @@ using ::testing::Not;
 constexpr auto kInvalid = absl::StatusCode::kInvalidArgument;
 constexpr auto kDenied = absl::StatusCode::kPermissionDenied;
 
-#define ASSERT_OK_AND_ASSIGN(lhs, expr) \
-  ASSERT_OK_AND_ASSIGN_IMPL_(HWID_T_CONCAT_(sor_, __LINE__), lhs, expr)
-#define HWID_T_CONCAT_INNER_(a, b) a##b
-#define HWID_T_CONCAT_(a, b) HWID_T_CONCAT_INNER_(a, b)
-#define ASSERT_OK_AND_ASSIGN_IMPL_(sor, lhs, expr)                 \
-  auto sor = (expr);                                               \
-  ASSERT_TRUE(sor.ok()) << #expr << ": " << sor.status().ToString(); \
-  lhs = std::move(sor).value()
-
-std::unique_ptr<AgentResponder> NewAgent(const std::string& tcti, const char* ek,
-                                         const char* ak_alg = "ec-p256",
-                                         const char* ak_handle = "0x81000100",
-                                         const char* pcrs = "") {
-  AgentConfigInput in;
-  in.tcti = tcti;
-  in.ek = ek;
-  in.ak_alg = ak_alg;
-  in.ak_handle = ak_handle;
-  in.pcrs = pcrs;
-  absl::StatusOr<AgentConfig> c = ValidateAgentConfig(in);
-  EXPECT_TRUE(c.ok()) << c.status();
-  if (!c.ok()) {
-    return nullptr;
-  }
-  absl::StatusOr<std::unique_ptr<AgentResponder>> a = AgentResponder::New(*c);
-  EXPECT_TRUE(a.ok()) << a.status();
-  return a.ok() ? std::move(*a) : nullptr;
-}
 
 std::unique_ptr<AgentResponder> NewAgent(const char* ek, const char* ak_alg = "ec-p256",
                                          const char* ak_handle = "0x81000100",
