@@ -366,10 +366,8 @@ absl::Status CmdKeyCreatePkcs11(const Args& a, const std::string& uri) {
                                pkcs11::KeyAlgName(*alg), *label, token->Describe());
   if (auto out = a.Get("out")) {
     // The key file names the key (and the module when the URI gave one), never the PIN.
-    std::string key_uri = key->uri();
-    if (parsed.module_path.has_value()) {
-      absl::StrAppend(&key_uri, "?module-path=", *parsed.module_path);
-    }
+    const std::string key_uri = pkcs11::FormatObjectUri(
+        token->fields(), key->label(), key->id(), "private", parsed.module_path.value_or(""));
     ASSIGN_OR_RETURN(std::string pem, pkcs11::EncodeUriPem(key_uri));
     RETURN_IF_ERROR(WriteFile(*out, AsSpan(pem), 0644));
     std::cerr << absl::StrFormat("wrote %s (PKCS#11 PROVIDER URI: usable as a key file by the "
