@@ -8,9 +8,9 @@
 
 namespace hwid {
 
-enum class KeyAlg { kEcP256, kEcP384, kRsa2048, kRsa3072 };
+enum class KeyAlg { kEcP256, kEcP384, kRsa2048, kRsa3072, kRsa4096 };
 
-// ParseKeyAlg parses "ec-p256", "ec-p384", "rsa-2048", "rsa-3072" (case-insensitive);
+// ParseKeyAlg parses "ec-p256", "ec-p384", "rsa-2048", "rsa-3072", "rsa-4096" (case-insensitive);
 // InvalidArgument naming the input and listing the valid names otherwise.
 absl::StatusOr<KeyAlg> ParseKeyAlg(absl::string_view name);
 // KeyAlgName returns the name ParseKeyAlg accepts.

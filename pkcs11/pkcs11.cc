@@ -853,7 +853,7 @@ absl::StatusOr<std::shared_ptr<Key>> Token::GenerateKey(KeyAlg alg, absl::string
   }
   CK_BBOOL yes = CK_TRUE;
   CK_BBOOL no = CK_FALSE;
-  CK_ULONG modulus_bits = alg == KeyAlg::kRsa3072 ? 3072 : 2048;
+  CK_ULONG modulus_bits = alg == KeyAlg::kRsa4096 ? 4096 : alg == KeyAlg::kRsa3072 ? 3072 : 2048;
   uint8_t exponent[] = {0x01, 0x00, 0x01};
   const bool ec = alg == KeyAlg::kEcP256 || alg == KeyAlg::kEcP384;
   Bytes ec_params = alg == KeyAlg::kEcP384 ? Bytes(std::begin(kOidP384), std::end(kOidP384))

@@ -192,11 +192,12 @@ TPM2B_PUBLIC KeyTemplate(KeyAlg a, TPMA_OBJECT attributes, bool restricted) {
       break;
     }
     case KeyAlg::kRsa2048:
-    case KeyAlg::kRsa3072: {
+    case KeyAlg::kRsa3072:
+    case KeyAlg::kRsa4096: {
       p.type = TPM2_ALG_RSA;
       TPMS_RSA_PARMS& r = p.parameters.rsaDetail;
       r.symmetric.algorithm = TPM2_ALG_NULL;
-      r.keyBits = a == KeyAlg::kRsa2048 ? 2048 : 3072;
+      r.keyBits = a == KeyAlg::kRsa2048 ? 2048 : a == KeyAlg::kRsa3072 ? 3072 : 4096;
       r.exponent = 0;
       if (restricted) {
         r.scheme.scheme = TPM2_ALG_RSASSA;
