@@ -78,7 +78,7 @@ void BenchSign(const std::string& tcti, hwid::wire::KeyAlg alg, double seconds, 
     ours.push_back(OpsPerSecond(seconds, [&](int) {
       auto digest = hwid::wire::Hash(TPM2_ALG_SHA256, hwid::AsSpan(msg));
       auto sig = (*tpm)->Sign(*key, *digest,
-                              ecc ? hwid::tpm::SignScheme::kEcdsa : hwid::tpm::SignScheme::kRsaSsa,
+                              ecc ? hwid::tpm::SignScheme::kEcdsa : hwid::tpm::SignScheme::kRsaPkcs1,
                               TPM2_ALG_SHA256);
       if (!sig.ok()) Die(std::string(sig.status().message()));
     }));

@@ -541,7 +541,7 @@ absl::Status CmdKeySign(const Args& a) {
   if (s == "ecdsa") {
     scheme = tpm::SignScheme::kEcdsa;
   } else if (s == "pkcs1" || s == "rsassa") {
-    scheme = tpm::SignScheme::kRsaSsa;
+    scheme = tpm::SignScheme::kRsaPkcs1;
   } else if (s == "pss" || s == "rsapss") {
     scheme = tpm::SignScheme::kRsaPss;
   } else {

@@ -225,7 +225,7 @@ class TpmKey final : public Key {
         scheme = tpm::SignScheme::kEcdsa;
         break;
       case Padding::kPkcs1:
-        scheme = tpm::SignScheme::kRsaSsa;
+        scheme = tpm::SignScheme::kRsaPkcs1;
         break;
       case Padding::kPss:
         scheme = tpm::SignScheme::kRsaPss;

@@ -872,7 +872,7 @@ absl::StatusOr<TPMT_SIGNATURE> Tpm::Sign(LoadedKey& key, ByteSpan digest, SignSc
     case SignScheme::kEcdsa:
       s.scheme = TPM2_ALG_ECDSA;
       break;
-    case SignScheme::kRsaSsa:
+    case SignScheme::kRsaPkcs1:
       s.scheme = TPM2_ALG_RSASSA;
       break;
     case SignScheme::kRsaPss:

@@ -18,6 +18,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "common/bytes.h"
+#include "common/sign.h"
 #include "tpm/wire/keyfile.h"
 #include "tpm/wire/pcr.h"
 #include "tpm/wire/templates.h"
@@ -108,7 +109,7 @@ struct Quote {
   wire::PcrValues pcrs;
 };
 
-enum class SignScheme { kEcdsa, kRsaSsa, kRsaPss };
+using ::hwid::SignScheme;  // common/sign.h: one scheme vocabulary for TPM and PKCS#11 keys
 
 class Tpm {
  public:

@@ -360,7 +360,7 @@ INSTANTIATE_TEST_SUITE_P(
     Keys, SignTest,
     ::testing::Values(SignCase{wire::KeyAlg::kEcP256, SignScheme::kEcdsa, TPM2_ALG_SHA256},
                       SignCase{wire::KeyAlg::kEcP384, SignScheme::kEcdsa, TPM2_ALG_SHA384},
-                      SignCase{wire::KeyAlg::kRsa2048, SignScheme::kRsaSsa, TPM2_ALG_SHA256},
+                      SignCase{wire::KeyAlg::kRsa2048, SignScheme::kRsaPkcs1, TPM2_ALG_SHA256},
                       SignCase{wire::KeyAlg::kRsa2048, SignScheme::kRsaPss, TPM2_ALG_SHA256},
                       SignCase{wire::KeyAlg::kRsa3072, SignScheme::kRsaPss, TPM2_ALG_SHA384}));
 
