@@ -197,8 +197,8 @@ int main(int argc, char** argv) {
   auto engine_sign = [&](bool is_ec) { return evp_sign(nullptr, is_ec ? eng_ec : eng_rsa, is_ec); };
 
   auto lib_sign = [&](bool is_ec) {
-    hwid::pkcs11::SignOptions o;
-    o.mechanism = is_ec ? hwid::pkcs11::SignMechanism::kEcdsa : hwid::pkcs11::SignMechanism::kRsaPkcs1;
+    hwid::SignParams o;
+    o.scheme = is_ec ? hwid::SignScheme::kEcdsa : hwid::SignScheme::kRsaPkcs1;
     return (is_ec ? *ec : *rsa)->Sign(digest, o).ok();
   };
 

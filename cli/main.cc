@@ -24,6 +24,7 @@
 #include "cli/args.h"
 #include "common/bytes.h"
 #include "common/ossl.h"
+#include "common/sign.h"
 #include "common/status_macros.h"
 #if HWID_WITH_PKCS11
 #include "pkcs11/pkcs11.h"
@@ -386,7 +387,7 @@ absl::Status CmdKeyList(const Args& a) {
               << (token->logged_in() ? "" : " (not logged in: give a PIN to see private keys)") << "\n";
   }
   for (const pkcs11::KeyInfo& k : keys) {
-    std::cout << absl::StrFormat("%-3s %-24s %s\n", k.type == pkcs11::KeyType::kEc ? "EC" : "RSA",
+    std::cout << absl::StrFormat("%-3s %-24s %s\n", k.type == KeyType::kEc ? "EC" : "RSA",
                                  k.label, k.uri);
   }
   return absl::OkStatus();
@@ -406,36 +407,37 @@ absl::Status CmdKeySignPkcs11(const Args& a, const std::string& uri) {
   if (a.Get("auth-env")) return UsageError("--auth-env is for TPM keys; put the PIN in the URI or HWID_PKCS11_PIN");
   ASSIGN_OR_RETURN(Bytes msg, ReadFile(*a.Get("in"), 1u << 30));
   ASSIGN_OR_RETURN(std::shared_ptr<pkcs11::Key> key, pkcs11::LoadKey(uri));
-  const bool ec = key->type() == pkcs11::KeyType::kEc;
-  std::string hash = a.GetOr("hash", ec && key->bits() == 384 ? "sha384" : "sha256");
-  const EVP_MD* md = EVP_get_digestbyname(hash.c_str());
-  if (md == nullptr || (hash != "sha256" && hash != "sha384" && hash != "sha512")) {
+  const bool ec = key->type() == KeyType::kEc;
+  const std::string hash = a.GetOr("hash", ec && key->bits() == 384 ? "sha384" : "sha256");
+  absl::StatusOr<HashAlg> alg = ParseHashAlg(hash);
+  if (!alg.ok() || (*alg != HashAlg::kSha256 && *alg != HashAlg::kSha384 && *alg != HashAlg::kSha512)) {
     return UsageError(absl::StrCat("--hash ", hash, ": expected sha256, sha384 or sha512"));
   }
   const std::string s = a.GetOr("scheme", ec ? "ecdsa" : "pkcs1");
-  pkcs11::SignOptions opts;
+  SignParams params;
+  params.hash = *alg;
   if (s == "ecdsa") {
-    opts.mechanism = pkcs11::SignMechanism::kEcdsa;
+    params.scheme = SignScheme::kEcdsa;
   } else if (s == "pkcs1" || s == "rsassa") {
-    opts.mechanism = pkcs11::SignMechanism::kRsaPkcs1;
+    params.scheme = SignScheme::kRsaPkcs1;
   } else if (s == "pss" || s == "rsapss") {
-    opts.mechanism = pkcs11::SignMechanism::kRsaPss;
+    params.scheme = SignScheme::kRsaPss;
   } else {
     return UsageError(absl::StrCat("--scheme ", s, ": expected ecdsa, pkcs1 or pss"));
   }
-  opts.digest_name = absl::AsciiStrToUpper(hash);
+  const EVP_MD* md = HashAlgMd(*alg);
   Bytes digest(EVP_MAX_MD_SIZE);
   unsigned int dlen = 0;
   if (EVP_Digest(msg.data(), msg.size(), digest.data(), &dlen, md, nullptr) != 1) {
     return OpenSslError("hashing the input");
   }
   digest.resize(dlen);
-  ASSIGN_OR_RETURN(Bytes sig, key->Sign(digest, opts));
+  ASSIGN_OR_RETURN(Bytes sig, key->Sign(digest, params));
   // Check our own output with the public key before handing it out.
   OsslPtr<EVP_PKEY_CTX> vctx(EVP_PKEY_CTX_new_from_pkey(nullptr, key->public_key(), nullptr));
   if (vctx == nullptr || EVP_PKEY_verify_init(vctx.get()) != 1 ||
       EVP_PKEY_CTX_set_signature_md(vctx.get(), md) != 1 ||
-      (!ec && EVP_PKEY_CTX_set_rsa_padding(vctx.get(), opts.mechanism == pkcs11::SignMechanism::kRsaPss
+      (!ec && EVP_PKEY_CTX_set_rsa_padding(vctx.get(), params.scheme == SignScheme::kRsaPss
                                                            ? RSA_PKCS1_PSS_PADDING
                                                            : RSA_PKCS1_PADDING) != 1) ||
       EVP_PKEY_verify(vctx.get(), sig.data(), sig.size(), digest.data(), digest.size()) != 1) {

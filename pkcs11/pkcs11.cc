@@ -270,43 +270,43 @@ namespace {
 constexpr uint8_t kOidP256[] = {0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07};
 constexpr uint8_t kOidP384[] = {0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22};
 
-struct DigestSpec {
-  const char* name;
-  size_t size;
+// CkHash is what PKCS#11 needs to know about a digest: the CKM_ hash and CKG_MGF1_ of the PSS
+// parameters, and the DER DigestInfo up to the digest octets (CKM_RSA_PKCS signs the DigestInfo).
+struct CkHash {
   CK_MECHANISM_TYPE mech;
   CK_RSA_PKCS_MGF_TYPE mgf;
-  Bytes digest_info_prefix;  // DER DigestInfo up to the digest octets
+  ByteSpan digest_info_prefix;
 };
 
-const DigestSpec* FindDigest(absl::string_view name) {
-  static const auto* specs = new std::vector<DigestSpec>{
-      {"SHA1", 20, CKM_SHA_1, CKG_MGF1_SHA1,
-       {0x30, 0x21, 0x30, 0x09, 0x06, 0x05, 0x2b, 0x0e, 0x03, 0x02, 0x1a, 0x05, 0x00, 0x04, 0x14}},
-      {"SHA224", 28, CKM_SHA224, CKG_MGF1_SHA224,
-       {0x30, 0x2d, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x04,
-        0x05, 0x00, 0x04, 0x1c}},
-      {"SHA256", 32, CKM_SHA256, CKG_MGF1_SHA256,
-       {0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01,
-        0x05, 0x00, 0x04, 0x20}},
-      {"SHA384", 48, CKM_SHA384, CKG_MGF1_SHA384,
-       {0x30, 0x41, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x02,
-        0x05, 0x00, 0x04, 0x30}},
-      {"SHA512", 64, CKM_SHA512, CKG_MGF1_SHA512,
-       {0x30, 0x51, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x03,
-        0x05, 0x00, 0x04, 0x40}},
-  };
-  std::string upper;
-  for (char c : name) {
-    if (c != '-') {
-      upper.push_back(static_cast<char>(std::toupper(static_cast<unsigned char>(c))));
-    }
+constexpr uint8_t kDigestInfoSha1[] = {0x30, 0x21, 0x30, 0x09, 0x06, 0x05, 0x2b, 0x0e,
+                                       0x03, 0x02, 0x1a, 0x05, 0x00, 0x04, 0x14};
+constexpr uint8_t kDigestInfoSha224[] = {0x30, 0x2d, 0x30, 0x0d, 0x06, 0x09, 0x60,
+                                         0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02,
+                                         0x04, 0x05, 0x00, 0x04, 0x1c};
+constexpr uint8_t kDigestInfoSha256[] = {0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60,
+                                         0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02,
+                                         0x01, 0x05, 0x00, 0x04, 0x20};
+constexpr uint8_t kDigestInfoSha384[] = {0x30, 0x41, 0x30, 0x0d, 0x06, 0x09, 0x60,
+                                         0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02,
+                                         0x02, 0x05, 0x00, 0x04, 0x30};
+constexpr uint8_t kDigestInfoSha512[] = {0x30, 0x51, 0x30, 0x0d, 0x06, 0x09, 0x60,
+                                         0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02,
+                                         0x03, 0x05, 0x00, 0x04, 0x40};
+
+CkHash CkHashFor(HashAlg hash) {
+  switch (hash) {
+    case HashAlg::kSha1:
+      return {CKM_SHA_1, CKG_MGF1_SHA1, kDigestInfoSha1};
+    case HashAlg::kSha224:
+      return {CKM_SHA224, CKG_MGF1_SHA224, kDigestInfoSha224};
+    case HashAlg::kSha256:
+      break;
+    case HashAlg::kSha384:
+      return {CKM_SHA384, CKG_MGF1_SHA384, kDigestInfoSha384};
+    case HashAlg::kSha512:
+      return {CKM_SHA512, CKG_MGF1_SHA512, kDigestInfoSha512};
   }
-  for (const DigestSpec& d : *specs) {
-    if (upper == d.name) {
-      return &d;
-    }
-  }
-  return nullptr;
+  return {CKM_SHA256, CKG_MGF1_SHA256, kDigestInfoSha256};
 }
 
 // A session problem that makes the session unusable (dropped from the pool).
@@ -905,7 +905,7 @@ absl::StatusOr<std::shared_ptr<Key>> LoadKey(absl::string_view uri) {
 // ----------------------------------------------------------------------------------------------
 // Key.
 
-Key::Key(std::shared_ptr<Token> token, unsigned long handle, KeyType type, int bits,
+Key::Key(std::shared_ptr<Token> token, unsigned long handle, hwid::KeyType type, int bits,
          OsslPtr<EVP_PKEY> public_key, std::string label, Bytes id, std::string uri)
     : token_(std::move(token)),
       handle_(handle),
@@ -939,44 +939,34 @@ absl::StatusOr<unsigned long> Key::Handle(unsigned long session, bool refind) {
   return *h;
 }
 
-absl::StatusOr<Bytes> Key::Sign(ByteSpan digest, const SignOptions& options) {
-  const DigestSpec* d = FindDigest(options.digest_name);
-  if (d == nullptr) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "signing with ", Describe(), ": unsupported digest '", options.digest_name,
-        "' (SHA1, SHA224, SHA256, SHA384, SHA512)"));
-  }
-  if (digest.size() != d->size) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "signing with %s: a %s digest has %u bytes, got %u", Describe(), d->name, d->size,
-        digest.size()));
+absl::StatusOr<Bytes> Key::Sign(ByteSpan digest, const hwid::SignParams& params) {
+  if (absl::Status st = CheckSignRequest(type_, digest, params); !st.ok()) {
+    return absl::Status(st.code(), absl::StrCat("signing with ", Describe(), ": ", st.message()));
   }
   const bool is_ec = type_ == KeyType::kEc;
-  if (is_ec != (options.mechanism == SignMechanism::kEcdsa)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "signing with ", Describe(), ": ", is_ec ? "EC keys sign with ECDSA only"
-                                                 : "RSA keys sign with PKCS#1 v1.5 or PSS"));
-  }
+  const CkHash d = CkHashFor(params.hash);
   CK_MECHANISM mech{CKM_ECDSA, nullptr, 0};
   CK_RSA_PKCS_PSS_PARAMS pss{};
   Bytes data;
   ByteSpan input = digest;
   const char* mech_name = "CKM_ECDSA";
-  if (options.mechanism == SignMechanism::kRsaPkcs1) {
+  if (params.scheme == SignScheme::kRsaPkcs1) {
     mech.mechanism = CKM_RSA_PKCS;
     mech_name = "CKM_RSA_PKCS";
-    data = d->digest_info_prefix;
+    data.reserve(d.digest_info_prefix.size() + digest.size());
+    data.assign(d.digest_info_prefix.begin(), d.digest_info_prefix.end());
     data.insert(data.end(), digest.begin(), digest.end());
     input = data;
-  } else if (options.mechanism == SignMechanism::kRsaPss) {
-    const int salt = options.pss_salt_len.value_or(static_cast<int>(d->size));
-    const int max_salt = (bits_ + 7) / 8 - static_cast<int>(d->size) - 2;
+  } else if (params.scheme == SignScheme::kRsaPss) {
+    const int hlen = static_cast<int>(digest.size());
+    const int salt = params.pss_salt_len.value_or(hlen);
+    const int max_salt = (bits_ + 7) / 8 - hlen - 2;
     if (salt < 0 || salt > max_salt) {
       return absl::InvalidArgumentError(absl::StrFormat(
           "signing with %s: PSS salt length %d out of range 0..%d", Describe(), salt, max_salt));
     }
-    pss.hashAlg = d->mech;
-    pss.mgf = d->mgf;
+    pss.hashAlg = d.mech;
+    pss.mgf = d.mgf;
     pss.sLen = static_cast<CK_ULONG>(salt);
     mech = {CKM_RSA_PKCS_PSS, &pss, sizeof(pss)};
     mech_name = "CKM_RSA_PKCS_PSS";

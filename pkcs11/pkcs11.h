@@ -31,6 +31,7 @@
 #include "common/bytes.h"
 #include "common/key_alg.h"
 #include "common/ossl.h"
+#include "common/sign.h"
 #include "pkcs11/uri.h"
 
 namespace hwid::pkcs11 {
@@ -41,20 +42,6 @@ absl::string_view DefaultModulePath();
 using ::hwid::KeyAlg;  // common/key_alg.h: shared with tpm/wire and the CLI
 using ::hwid::KeyAlgName;
 using ::hwid::ParseKeyAlg;
-
-enum class KeyType { kEc, kRsa };
-
-enum class SignMechanism { kEcdsa, kRsaPkcs1, kRsaPss };
-
-// SignOptions describes one signature over a digest computed in software.
-struct SignOptions {
-  SignMechanism mechanism = SignMechanism::kEcdsa;
-  // The digest algorithm that produced the digest: "SHA1", "SHA224", "SHA256", "SHA384",
-  // "SHA512" (RSA: goes into the DigestInfo / PSS parameters; ECDSA: length check only).
-  std::string digest_name = "SHA256";
-  // RSA-PSS salt length in bytes; nullopt = the digest length (what TLS 1.3 requires).
-  std::optional<int> pss_salt_len;
-};
 
 // KeyAttributes are the protection attributes of a private key object as the token reports them.
 struct KeyAttributes {
@@ -71,7 +58,7 @@ struct KeyAttributes {
 struct KeyInfo {
   std::string label;
   Bytes id;
-  KeyType type = KeyType::kEc;
+  hwid::KeyType type = hwid::KeyType::kEc;
   std::string uri;  // names the key; never contains a PIN
 };
 
@@ -172,34 +159,40 @@ class Token : public std::enable_shared_from_this<Token> {
   std::atomic<uint64_t> sessions_opened_{0};
 };
 
-class Key {
+// Key is one private key object on a token (and its public half, read once at load). It is the
+// PKCS#11 implementation of hwid::SigningKey (common/sign.h).
+class Key : public hwid::SigningKey {
  public:
   Key(const Key&) = delete;
   Key& operator=(const Key&) = delete;
 
-  KeyType type() const { return type_; }
+  hwid::KeyType type() const override { return type_; }
   int bits() const { return bits_; }
-  // public_key is the public half as an OpenSSL key (default provider), never null.
-  EVP_PKEY* public_key() const { return public_key_.get(); }
+  // public_key is the public half as an OpenSSL key (default provider), never null; owned by the
+  // Key.
+  EVP_PKEY* public_key() const override { return public_key_.get(); }
   const std::string& label() const { return label_; }
   const Bytes& id() const { return id_; }
   // uri names this key (token + id + object + type=private); never contains a PIN.
   const std::string& uri() const { return uri_; }
-  // Describe is "PKCS#11 key 'LABEL' on token 'T' (slot N)".
-  std::string Describe() const;
+  // Describe is "PKCS#11 key 'LABEL' (id HEX) on token 'T'".
+  std::string Describe() const override;
   const std::shared_ptr<Token>& token() const { return token_; }
 
-  // Sign signs `digest` on the token: CKM_ECDSA (result converted to a DER ECDSA-Sig-Value),
-  // CKM_RSA_PKCS over the DigestInfo, or CKM_RSA_PKCS_PSS. InvalidArgument when the digest length
-  // does not match options.digest_name or the mechanism does not fit the key.
-  absl::StatusOr<Bytes> Sign(ByteSpan digest, const SignOptions& options);
+  // Sign signs `digest` (computed in software with params.hash) on the token: CKM_ECDSA (the
+  // token's r || s converted to a DER ECDSA-Sig-Value), CKM_RSA_PKCS over the DER DigestInfo, or
+  // CKM_RSA_PKCS_PSS with MGF1 over params.hash and a salt of params.pss_salt_len bytes (nullopt:
+  // the digest length, what TLS 1.3 requires). InvalidArgument when hwid::CheckSignRequest refuses
+  // the request or the salt does not fit the modulus; otherwise the CK_RV's status (CkrError),
+  // naming the mechanism and the key. Logs in again once if the process was logged out underneath.
+  absl::StatusOr<Bytes> Sign(ByteSpan digest, const hwid::SignParams& params) override;
 
   // ReadAttributes reads the protection attributes of the private key object.
   absl::StatusOr<KeyAttributes> ReadAttributes();
 
  private:
   friend class Token;
-  Key(std::shared_ptr<Token> token, unsigned long handle, KeyType type, int bits,
+  Key(std::shared_ptr<Token> token, unsigned long handle, hwid::KeyType type, int bits,
       OsslPtr<EVP_PKEY> public_key, std::string label, Bytes id, std::string uri);
   // Handle returns the object handle, finding the key again after a fork.
   absl::StatusOr<unsigned long> Handle(unsigned long session, bool refind);
@@ -207,7 +200,7 @@ class Key {
   std::shared_ptr<Token> token_;
   std::atomic<unsigned long> handle_;
   std::atomic<uint64_t> generation_;
-  KeyType type_;
+  hwid::KeyType type_;
   int bits_;
   OsslPtr<EVP_PKEY> public_key_;
   std::string label_;

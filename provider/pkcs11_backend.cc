@@ -38,7 +38,7 @@ class Pkcs11Key final : public Key {
       : key_(std::move(key)), pub_(std::move(pub)) {}
 
   KeyType type() const override {
-    return key_->type() == pkcs11::KeyType::kEc ? KeyType::kEc : KeyType::kRsa;
+    return key_->type() == hwid::KeyType::kEc ? KeyType::kEc : KeyType::kRsa;
   }
   Device device() const override { return Device::kPkcs11; }
   EVP_PKEY* public_key() const override { return pub_.get(); }
@@ -47,21 +47,21 @@ class Pkcs11Key final : public Key {
   PssSaltMode pss_salt_mode() const override { return PssSaltMode::kDigestLength; }
 
   absl::StatusOr<Bytes> Sign(ByteSpan digest, const SignParams& params) override {
-    pkcs11::SignOptions o;
+    hwid::SignParams p;
     switch (params.padding) {
       case Padding::kEcdsa:
-        o.mechanism = pkcs11::SignMechanism::kEcdsa;
+        p.scheme = hwid::SignScheme::kEcdsa;
         break;
       case Padding::kPkcs1:
-        o.mechanism = pkcs11::SignMechanism::kRsaPkcs1;
+        p.scheme = hwid::SignScheme::kRsaPkcs1;
         break;
       case Padding::kPss:
-        o.mechanism = pkcs11::SignMechanism::kRsaPss;
+        p.scheme = hwid::SignScheme::kRsaPss;
         break;
     }
-    o.digest_name = params.digest_name;
-    o.pss_salt_len = params.pss_salt_len;
-    return key_->Sign(digest, o);
+    ASSIGN_OR_RETURN(p.hash, hwid::ParseHashAlg(params.digest_name));
+    p.pss_salt_len = params.pss_salt_len;
+    return key_->Sign(digest, p);
   }
 
   absl::StatusOr<std::string> EncodePem() const override { return pkcs11::EncodeUriPem(key_->uri()); }

@@ -90,13 +90,13 @@ Bytes Sha(const std::string& name, absl::string_view msg) {
 
 // Verify with the default provider: ECDSA, PKCS#1 v1.5, or PSS with the given salt length.
 bool OracleVerify(EVP_PKEY* pub, const std::string& md, ByteSpan digest, ByteSpan sig,
-                  SignMechanism mech, int salt = RSA_PSS_SALTLEN_DIGEST) {
+                  SignScheme mech, int salt = RSA_PSS_SALTLEN_DIGEST) {
   OsslPtr<EVP_PKEY_CTX> ctx(EVP_PKEY_CTX_new_from_pkey(nullptr, pub, "provider=default"));
   if (ctx == nullptr || EVP_PKEY_verify_init(ctx.get()) != 1) return false;
   if (EVP_PKEY_CTX_set_signature_md(ctx.get(), EVP_get_digestbyname(md.c_str())) != 1) return false;
-  if (mech == SignMechanism::kRsaPkcs1) {
+  if (mech == SignScheme::kRsaPkcs1) {
     EVP_PKEY_CTX_set_rsa_padding(ctx.get(), RSA_PKCS1_PADDING);
-  } else if (mech == SignMechanism::kRsaPss) {
+  } else if (mech == SignScheme::kRsaPss) {
     EVP_PKEY_CTX_set_rsa_padding(ctx.get(), RSA_PKCS1_PSS_PADDING);
     EVP_PKEY_CTX_set_rsa_pss_saltlen(ctx.get(), salt);
   }
@@ -243,17 +243,18 @@ TEST_P(GenerateTest, NonExtractableKeySignsAndVerifies) {
   EXPECT_TRUE(attrs->sign);
 
   const bool ec = key->type() == KeyType::kEc;
-  std::vector<std::pair<SignMechanism, std::string>> cases;
+  std::vector<std::pair<SignScheme, HashAlg>> cases;
   if (ec) {
-    cases = {{SignMechanism::kEcdsa, "SHA256"}, {SignMechanism::kEcdsa, "SHA384"}};
+    cases = {{SignScheme::kEcdsa, HashAlg::kSha256}, {SignScheme::kEcdsa, HashAlg::kSha384}};
   } else {
-    cases = {{SignMechanism::kRsaPkcs1, "SHA256"}, {SignMechanism::kRsaPkcs1, "SHA512"},
-             {SignMechanism::kRsaPss, "SHA256"}, {SignMechanism::kRsaPss, "SHA384"}};
+    cases = {{SignScheme::kRsaPkcs1, HashAlg::kSha256}, {SignScheme::kRsaPkcs1, HashAlg::kSha512},
+             {SignScheme::kRsaPss, HashAlg::kSha256}, {SignScheme::kRsaPss, HashAlg::kSha384}};
   }
-  for (const auto& [mech, md] : cases) {
+  for (const auto& [mech, hash] : cases) {
+    const std::string md = HashAlgName(hash);
     SCOPED_TRACE(md);
     Bytes digest = Sha(md, "hello token");
-    absl::StatusOr<Bytes> sig = key->Sign(digest, {mech, md, std::nullopt});
+    absl::StatusOr<Bytes> sig = key->Sign(digest, {mech, hash, std::nullopt});
     ASSERT_TRUE(sig.ok()) << sig.status();
     EXPECT_TRUE(OracleVerify(key->public_key(), md, digest, *sig, mech));
     // A different message must not verify (the oracle is not vacuous).
@@ -282,11 +283,11 @@ TEST_F(Pkcs11Test, PssWithExplicitSaltAndBadSalt) {
   std::shared_ptr<Key> key = Generate(KeyAlg::kRsa2048, "pss-salt");
   ASSERT_NE(key, nullptr);
   Bytes digest = Sha("SHA256", "m");
-  absl::StatusOr<Bytes> sig = key->Sign(digest, {SignMechanism::kRsaPss, "SHA256", 20});
+  absl::StatusOr<Bytes> sig = key->Sign(digest, {SignScheme::kRsaPss, HashAlg::kSha256, 20});
   ASSERT_TRUE(sig.ok()) << sig.status();
-  EXPECT_TRUE(OracleVerify(key->public_key(), "SHA256", digest, *sig, SignMechanism::kRsaPss, 20));
-  EXPECT_FALSE(OracleVerify(key->public_key(), "SHA256", digest, *sig, SignMechanism::kRsaPss, 32));
-  EXPECT_EQ(key->Sign(digest, {SignMechanism::kRsaPss, "SHA256", 400}).status().code(),
+  EXPECT_TRUE(OracleVerify(key->public_key(), "SHA256", digest, *sig, SignScheme::kRsaPss, 20));
+  EXPECT_FALSE(OracleVerify(key->public_key(), "SHA256", digest, *sig, SignScheme::kRsaPss, 32));
+  EXPECT_EQ(key->Sign(digest, {SignScheme::kRsaPss, HashAlg::kSha256, 400}).status().code(),
             absl::StatusCode::kInvalidArgument);
 }
 
@@ -294,12 +295,16 @@ TEST_F(Pkcs11Test, RejectsWrongDigestLengthAndMechanism) {
   std::shared_ptr<Key> key = Generate(KeyAlg::kEcP256, "bad-input");
   ASSERT_NE(key, nullptr);
   Bytes short_digest(31, 1);
-  absl::Status st = key->Sign(short_digest, {SignMechanism::kEcdsa, "SHA256", std::nullopt}).status();
+  absl::Status st = key->Sign(short_digest, {SignScheme::kEcdsa, HashAlg::kSha256, std::nullopt}).status();
   EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(std::string(st.message()), HasSubstr("32 bytes, got 31"));
-  EXPECT_EQ(key->Sign(Bytes(32), {SignMechanism::kRsaPkcs1, "SHA256", std::nullopt}).status().code(),
+  EXPECT_EQ(key->Sign(Bytes(32), {SignScheme::kRsaPkcs1, HashAlg::kSha256, std::nullopt}).status().code(),
             absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(key->Sign(Bytes(32), {SignMechanism::kEcdsa, "MD5", std::nullopt}).status().code(),
+  // A SHA-256-sized digest announced as SHA-384.
+  EXPECT_EQ(key->Sign(Bytes(32), {SignScheme::kEcdsa, HashAlg::kSha384, std::nullopt}).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  // A salt length is meaningless for ECDSA.
+  EXPECT_EQ(key->Sign(Bytes(32), {SignScheme::kEcdsa, HashAlg::kSha256, 32}).status().code(),
             absl::StatusCode::kInvalidArgument);
 }
 
@@ -352,9 +357,9 @@ TEST_F(Pkcs11Test, SignLogsInAgainAfterAnExternalLogout) {
   ASSERT_NE(key, nullptr);
   ASSERT_TRUE(Hsm()->LogOutThisProcess().ok());
   Bytes digest = Sha("SHA256", "after logout");
-  absl::StatusOr<Bytes> sig = key->Sign(digest, {SignMechanism::kEcdsa, "SHA256", {}});
+  absl::StatusOr<Bytes> sig = key->Sign(digest, {SignScheme::kEcdsa, HashAlg::kSha256, {}});
   ASSERT_TRUE(sig.ok()) << sig.status();
-  EXPECT_TRUE(OracleVerify(key->public_key(), "SHA256", digest, *sig, SignMechanism::kEcdsa));
+  EXPECT_TRUE(OracleVerify(key->public_key(), "SHA256", digest, *sig, SignScheme::kEcdsa));
 }
 
 TEST_F(Pkcs11Test, PinFromSourceFileAndEnvironment) {
@@ -429,9 +434,9 @@ TEST_F(Pkcs11Test, ConcurrentSignersUseSeveralSessions) {
     threads.emplace_back([&, i] {
       for (int j = 0; j < kPerThread; ++j) {
         Bytes digest = Sha("SHA256", absl::StrCat("msg ", i, " ", j));
-        absl::StatusOr<Bytes> sig = key->Sign(digest, {SignMechanism::kEcdsa, "SHA256", {}});
+        absl::StatusOr<Bytes> sig = key->Sign(digest, {SignScheme::kEcdsa, HashAlg::kSha256, {}});
         if (sig.ok() && OracleVerify(key->public_key(), "SHA256", digest, *sig,
-                                     SignMechanism::kEcdsa)) {
+                                     SignScheme::kEcdsa)) {
           ++good;
         } else {
           ++bad;
@@ -451,18 +456,18 @@ TEST_F(Pkcs11Test, ForkedChildReinitialisesAndSigns) {
   std::shared_ptr<Key> key = Generate(KeyAlg::kEcP256, "fork");
   ASSERT_NE(key, nullptr);
   Bytes digest = Sha("SHA256", "before fork");
-  ASSERT_TRUE(key->Sign(digest, {SignMechanism::kEcdsa, "SHA256", {}}).ok());
+  ASSERT_TRUE(key->Sign(digest, {SignScheme::kEcdsa, HashAlg::kSha256, {}}).ok());
   const pid_t pid = fork();
   ASSERT_GE(pid, 0);
   if (pid == 0) {
     int rc = 0;
     for (int i = 0; i < 20 && rc == 0; ++i) {
       Bytes d = Sha("SHA256", absl::StrCat("child ", i));
-      absl::StatusOr<Bytes> sig = key->Sign(d, {SignMechanism::kEcdsa, "SHA256", {}});
+      absl::StatusOr<Bytes> sig = key->Sign(d, {SignScheme::kEcdsa, HashAlg::kSha256, {}});
       if (!sig.ok()) {
         fprintf(stderr, "child sign: %s\n", std::string(sig.status().message()).c_str());
         rc = 1;
-      } else if (!OracleVerify(key->public_key(), "SHA256", d, *sig, SignMechanism::kEcdsa)) {
+      } else if (!OracleVerify(key->public_key(), "SHA256", d, *sig, SignScheme::kEcdsa)) {
         rc = 2;
       }
     }
@@ -473,28 +478,28 @@ TEST_F(Pkcs11Test, ForkedChildReinitialisesAndSigns) {
   ASSERT_TRUE(WIFEXITED(status));
   EXPECT_EQ(WEXITSTATUS(status), 0);
   // The parent is unaffected.
-  absl::StatusOr<Bytes> sig = key->Sign(digest, {SignMechanism::kEcdsa, "SHA256", {}});
+  absl::StatusOr<Bytes> sig = key->Sign(digest, {SignScheme::kEcdsa, HashAlg::kSha256, {}});
   ASSERT_TRUE(sig.ok()) << sig.status();
-  EXPECT_TRUE(OracleVerify(key->public_key(), "SHA256", digest, *sig, SignMechanism::kEcdsa));
+  EXPECT_TRUE(OracleVerify(key->public_key(), "SHA256", digest, *sig, SignScheme::kEcdsa));
 }
 
 TEST_F(Pkcs11Test, ModuleFinalisedMidRunGivesClearError) {
   std::shared_ptr<Key> key = Generate(KeyAlg::kEcP256, "finalised");
   ASSERT_NE(key, nullptr);
   Bytes digest = Sha("SHA256", "x");
-  ASSERT_TRUE(key->Sign(digest, {SignMechanism::kEcdsa, "SHA256", {}}).ok());
+  ASSERT_TRUE(key->Sign(digest, {SignScheme::kEcdsa, HashAlg::kSha256, {}}).ok());
   // In a child, so the parent's module stays usable for the other tests.
   const pid_t pid = fork();
   ASSERT_GE(pid, 0);
   if (pid == 0) {
     // Let the child re-initialise first (as a real child would), then pull the module away.
-    if (!key->Sign(digest, {SignMechanism::kEcdsa, "SHA256", {}}).ok()) _exit(10);
+    if (!key->Sign(digest, {SignScheme::kEcdsa, HashAlg::kSha256, {}}).ok()) _exit(10);
     void* dl = dlopen(SoftHsm::kModule, RTLD_NOW | RTLD_NOLOAD);
     if (dl == nullptr) _exit(11);
     auto get = reinterpret_cast<CK_C_GetFunctionList>(dlsym(dl, "C_GetFunctionList"));
     CK_FUNCTION_LIST* fl = nullptr;
     if (get == nullptr || get(&fl) != CKR_OK || fl->C_Finalize(nullptr) != CKR_OK) _exit(12);
-    absl::Status st = key->Sign(digest, {SignMechanism::kEcdsa, "SHA256", {}}).status();
+    absl::Status st = key->Sign(digest, {SignScheme::kEcdsa, HashAlg::kSha256, {}}).status();
     if (st.ok()) _exit(13);
     if (st.code() != absl::StatusCode::kUnavailable) _exit(14);
     if (!absl::StrContains(st.message(), "CKR_CRYPTOKI_NOT_INITIALIZED")) _exit(15);
@@ -507,7 +512,7 @@ TEST_F(Pkcs11Test, ModuleFinalisedMidRunGivesClearError) {
   ASSERT_EQ(waitpid(pid, &status, 0), pid);
   ASSERT_TRUE(WIFEXITED(status)) << "child crashed";
   EXPECT_EQ(WEXITSTATUS(status), 0);
-  EXPECT_TRUE(key->Sign(digest, {SignMechanism::kEcdsa, "SHA256", {}}).ok());
+  EXPECT_TRUE(key->Sign(digest, {SignScheme::kEcdsa, HashAlg::kSha256, {}}).ok());
 }
 
 }  // namespace
