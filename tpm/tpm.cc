@@ -5,6 +5,7 @@
 #include <tss2/tss2_tctildr.h>
 
 #include <cstdlib>
+#include <algorithm>
 #include <cstring>
 #include <utility>
 
@@ -14,6 +15,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/time/clock.h"
 #include "common/status_macros.h"
 #include "tpm/error.h"
 #include "tpm/wire/attest.h"
@@ -857,13 +859,8 @@ absl::StatusOr<SecureBytes> Tpm::ActivateCredential(LoadedKey& ak, Ek& ek, ByteS
   return out;
 }
 
-absl::StatusOr<TPMT_SIGNATURE> Tpm::Sign(LoadedKey& key, ByteSpan digest, SignScheme scheme,
-                                         TPMI_ALG_HASH hash) {
-  std::lock_guard<std::recursive_mutex> lock(mu_);
-  if (digest.empty() || digest.size() > sizeof(TPMU_HA)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("digest of ", digest.size(), " bytes cannot be signed"));
-  }
+TSS2_RC Tpm::SignLocked(uint32_t tr, ByteSpan digest, SignScheme scheme, TPMI_ALG_HASH hash,
+                        TPMT_SIGNATURE* out) {
   TPM2B_DIGEST d = {};
   d.size = static_cast<UINT16>(digest.size());
   std::memcpy(d.buffer, digest.data(), digest.size());
@@ -883,14 +880,38 @@ absl::StatusOr<TPMT_SIGNATURE> Tpm::Sign(LoadedKey& key, ByteSpan digest, SignSc
   TPMT_TK_HASHCHECK validation = {};
   validation.tag = TPM2_ST_HASHCHECK;
   validation.hierarchy = TPM2_RH_NULL;
+  TPMT_SIGNATURE* sig_raw = nullptr;
+  ++commands_;
+  TSS2_RC rc = Esys_Sign(impl_->esys, tr, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, &d, &s,
+                         &validation, &sig_raw);
+  EsysPtr<TPMT_SIGNATURE> sig(sig_raw);
+  if (rc == TSS2_RC_SUCCESS) {
+    *out = *sig;
+  }
+  return rc;
+}
+
+namespace {
+
+absl::Status CheckDigestSize(ByteSpan digest) {
+  if (digest.empty() || digest.size() > sizeof(TPMU_HA)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("digest of ", digest.size(), " bytes cannot be signed"));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<TPMT_SIGNATURE> Tpm::Sign(LoadedKey& key, ByteSpan digest, SignScheme scheme,
+                                         TPMI_ALG_HASH hash) {
+  std::lock_guard<std::recursive_mutex> lock(mu_);
+  RETURN_IF_ERROR(CheckDigestSize(digest));
   for (int attempt = 0; attempt < 2; ++attempt) {
-    TPMT_SIGNATURE* sig_raw = nullptr;
-    ++commands_;
-    TSS2_RC rc = Esys_Sign(impl_->esys, key.object.tr(), ESYS_TR_PASSWORD, ESYS_TR_NONE,
-                           ESYS_TR_NONE, &d, &s, &validation, &sig_raw);
-    EsysPtr<TPMT_SIGNATURE> sig(sig_raw);
+    TPMT_SIGNATURE sig = {};
+    TSS2_RC rc = SignLocked(key.object.tr(), digest, scheme, hash, &sig);
     if (rc == TSS2_RC_SUCCESS) {
-      return *sig;
+      return sig;
     }
     if (attempt == 0 && IsHandleGone(rc) && key.blob.has_value() &&
         key.object.kind() == TpmObject::Kind::kTransient) {
@@ -905,6 +926,107 @@ absl::StatusOr<TPMT_SIGNATURE> Tpm::Sign(LoadedKey& key, ByteSpan digest, SignSc
     return TssError(rc, "TPM2_Sign", key.object.label());
   }
   return absl::InternalError("TPM2_Sign: unreachable");
+}
+
+absl::StatusOr<TpmObject> Tpm::LoadSlotFreeLocked(SlotFreeKey& key, absl::Time deadline) {
+  absl::Duration backoff = absl::Milliseconds(2);
+  while (true) {
+    absl::Status st;
+    if (key.saved_context.has_value()) {
+      ESYS_TR tr = ESYS_TR_NONE;
+      ++commands_;
+      TSS2_RC rc = Esys_ContextLoad(impl_->esys, &*key.saved_context, &tr);
+      if (rc == TSS2_RC_SUCCESS) {
+        TpmObject obj(this, tr, TpmObject::Kind::kTransient, "signing key (saved context)");
+        if (!key.auth.empty()) {
+          TPM2B_AUTH a = {};
+          a.size = static_cast<UINT16>(key.auth.size());
+          std::memcpy(a.buffer, key.auth.data(), key.auth.size());
+          rc = Esys_TR_SetAuth(impl_->esys, tr, &a);
+          OPENSSL_cleanse(&a, sizeof(a));
+          RETURN_IF_ERROR(TssError(rc, "Esys_TR_SetAuth", "signing key"));
+        }
+        return obj;
+      }
+      st = TssError(rc, "TPM2_ContextLoad", "signing key (saved context)");
+      if (!absl::IsResourceExhausted(st) && !absl::IsUnavailable(st)) {
+        // The TPM no longer accepts the context (restarted: new context keys or sequence):
+        // load the key from its blob instead.
+        key.saved_context.reset();
+        continue;
+      }
+    } else {
+      absl::StatusOr<LoadedKey> loaded = LoadKeyLocked(key.blob, AsSpan(key.auth));
+      if (loaded.ok()) {
+        ++key.reloads;
+        TPMS_CONTEXT* ctx_raw = nullptr;
+        ++commands_;
+        TSS2_RC rc = Esys_ContextSave(impl_->esys, loaded->object.tr(), &ctx_raw);
+        EsysPtr<TPMS_CONTEXT> ctx(ctx_raw);
+        if (rc == TSS2_RC_SUCCESS) {
+          key.saved_context = *ctx;
+        }
+        return std::move(loaded->object);
+      }
+      st = loaded.status();
+    }
+    if (!absl::IsResourceExhausted(st) || absl::Now() + backoff > deadline) {
+      if (absl::IsResourceExhausted(st)) {
+        return absl::ResourceExhaustedError(
+            absl::StrCat(st.message(), " (other processes kept every TPM object slot busy "
+                         "while this signature waited; use a resource manager, /dev/tpmrm0 or "
+                         "tpm2-abrmd, when several processes share this TPM)"));
+      }
+      return st;
+    }
+    // Someone else holds the slots for the moment: wait briefly and try again.
+    mu_.unlock();
+    absl::SleepFor(backoff);
+    mu_.lock();
+    backoff = std::min(backoff * 2, absl::Milliseconds(100));
+  }
+}
+
+absl::StatusOr<TPMT_SIGNATURE> Tpm::SignSlotFree(SlotFreeKey& key, ByteSpan digest,
+                                                 SignScheme scheme, TPMI_ALG_HASH hash,
+                                                 absl::Duration slot_wait) {
+  std::lock_guard<std::recursive_mutex> lock(mu_);
+  RETURN_IF_ERROR(CheckDigestSize(digest));
+  const absl::Time deadline = absl::Now() + slot_wait;
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    ASSIGN_OR_RETURN(TpmObject obj, LoadSlotFreeLocked(key, deadline));
+    TPMT_SIGNATURE sig = {};
+    TSS2_RC rc = SignLocked(obj.tr(), digest, scheme, hash, &sig);
+    obj.Reset();  // flush now: the slot is free again before we return
+    if (rc == TSS2_RC_SUCCESS) {
+      return sig;
+    }
+    if (attempt == 0 && IsHandleGone(rc)) {
+      key.saved_context.reset();  // flushed underneath us between load and sign: reload once
+      continue;
+    }
+    return TssError(rc, "TPM2_Sign", "signing key");
+  }
+  return absl::InternalError("TPM2_Sign: unreachable");
+}
+
+absl::Status Tpm::CheckKeyAlg(wire::KeyAlg alg) {
+  std::lock_guard<std::recursive_mutex> lock(mu_);
+  const TPM2B_PUBLIC tmpl = wire::SigningKeyTemplate(alg);
+  TPMT_PUBLIC_PARMS parms = {};
+  parms.type = tmpl.publicArea.type;
+  parms.parameters = tmpl.publicArea.parameters;
+  ++commands_;
+  TSS2_RC rc = Esys_TestParms(impl_->esys, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, &parms);
+  if (rc == TSS2_RC_SUCCESS) {
+    return absl::OkStatus();
+  }
+  absl::Status st = TssError(rc, "TPM2_TestParms", absl::StrCat(wire::KeyAlgName(alg), " key"));
+  if (absl::IsUnavailable(st)) {
+    return st;
+  }
+  return absl::InvalidArgumentError(absl::StrCat("this TPM cannot make ", wire::KeyAlgName(alg),
+                                                 " keys (", st.message(), ")"));
 }
 
 absl::StatusOr<std::vector<uint32_t>> Tpm::TransientHandles() {

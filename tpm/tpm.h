@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "absl/strings/string_view.h"
+#include "absl/time/time.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "common/bytes.h"
@@ -111,6 +112,23 @@ struct Quote {
 
 using ::hwid::SignScheme;  // common/sign.h: one scheme vocabulary for TPM and PKCS#11 keys
 
+// SlotFreeKey: a signing key that holds no TPM object slot between signatures, for processes
+// that share a TPM without a resource manager (swtpm, /dev/tpm0: 3 transient slots for all of
+// them). Its context is saved (TPM2_ContextSave) once after the first load and the object
+// flushed; every signature then loads the saved context (TPM2_ContextLoad), signs and flushes:
+// three commands and one slot for the duration of one signature, never a CreatePrimary. After a
+// TPM restart the TPM refuses the saved context and the key is loaded from its blob again.
+// Not thread-safe on its own; Tpm::SignSlotFree serialises on the Tpm mutex.
+struct SlotFreeKey {
+  wire::TpmKeyFile blob;
+  TPM2B_PUBLIC pub = {};
+  SecureBytes auth;
+  // The saved context (ESAPI appends the object's metadata to the blob); empty until the first
+  // signature and after the TPM refused it.
+  std::optional<TPMS_CONTEXT> saved_context;
+  uint64_t reloads = 0;  // how often the key had to be loaded from its blob (restarts + first)
+};
+
 class Tpm {
  public:
   // Open connects to the TPM named by `tcti` ("" => DefaultTcti()). Accepts the tctildr forms
@@ -174,6 +192,17 @@ class Tpm {
   absl::StatusOr<TPMT_SIGNATURE> Sign(LoadedKey& key, ByteSpan digest, SignScheme scheme,
                                       TPMI_ALG_HASH hash);
 
+  // SignSlotFree signs like Sign with a SlotFreeKey (see there). When the TPM has no free object
+  // slot (others hold them: TPM_RC_OBJECT_MEMORY) it retries with backoff for up to
+  // `slot_wait`, then fails with ResourceExhausted naming the cause.
+  absl::StatusOr<TPMT_SIGNATURE> SignSlotFree(SlotFreeKey& key, ByteSpan digest,
+                                              SignScheme scheme, TPMI_ALG_HASH hash,
+                                              absl::Duration slot_wait = absl::Seconds(5));
+
+  // CheckKeyAlg asks the TPM (TPM2_TestParms) whether it can make signing keys of `alg`;
+  // InvalidArgument naming the algorithm when it cannot, Unavailable when the TPM is unreachable.
+  absl::Status CheckKeyAlg(wire::KeyAlg alg);
+
   // TransientHandles lists the transient object handles currently loaded in the TPM.
   absl::StatusOr<std::vector<uint32_t>> TransientHandles();
   // CommandCount is the number of TPM commands this object has sent (for benchmarks).
@@ -195,6 +224,12 @@ class Tpm {
   absl::StatusOr<LoadedKey> LoadSrkLocked(bool allow_persistent);
   absl::StatusOr<TpmObject> FromPersistentLocked(uint32_t handle, TPM2B_PUBLIC* out_pub);
   absl::StatusOr<wire::PcrValues> PcrReadLocked(const TPML_PCR_SELECTION& selection);
+  // SignLocked: one TPM2_Sign with an ESYS_TR (no retry).
+  TSS2_RC SignLocked(uint32_t tr, ByteSpan digest, SignScheme scheme, TPMI_ALG_HASH hash,
+                     TPMT_SIGNATURE* out);
+  // LoadSlotFreeLocked loads `key` from its saved context, else from its blob (then saves the
+  // context); retries while the TPM has no free object slot, until `deadline`.
+  absl::StatusOr<TpmObject> LoadSlotFreeLocked(SlotFreeKey& key, absl::Time deadline);
 
   std::string tcti_;
   std::unique_ptr<Impl> impl_;
