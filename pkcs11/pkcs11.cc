@@ -798,48 +798,100 @@ absl::StatusOr<std::shared_ptr<Key>> Token::FindKey(const Pkcs11Uri& uri) {
 }
 
 absl::StatusOr<std::vector<KeyInfo>> Token::ListKeys() {
-  RETURN_IF_ERROR(CheckFork());
-  PKCS11_KEY* keys = nullptr;
-  unsigned int n = 0;
+  // Our own C_FindObjects, not libp11's PKCS11_enumerate_keys: libp11 keeps the keys it listed
+  // once in the shared slot and serves them again, so a destroyed or relabelled key would still
+  // be listed (with its old label).
+  CK_FUNCTION_LIST* fl = module_->fl();
+  ASSIGN_OR_RETURN(unsigned long s, AcquireSession());
+  Lease lease(this, s);
+  CK_OBJECT_CLASS cls = CKO_PRIVATE_KEY;
+  CK_ATTRIBUTE tmpl{CKA_CLASS, &cls, sizeof(cls)};
   commands_.fetch_add(1, std::memory_order_relaxed);
-  if (PKCS11_enumerate_keys(static_cast<PKCS11_SLOT*>(slot_)->token, &keys, &n) != 0) {
-    auto [rv, text] = LibP11Error();
-    (void)text;
-    return CkrError(rv, "listing private keys (PKCS11_enumerate_keys)", Describe());
+  RETURN_IF_ERROR(CkrError(lease.Check(fl->C_FindObjectsInit(s, &tmpl, 1)),
+                           "C_FindObjectsInit (private keys)", Describe()));
+  std::vector<CK_OBJECT_HANDLE> handles;
+  CK_RV rv = CKR_OK;
+  while (true) {
+    CK_OBJECT_HANDLE chunk[64];
+    CK_ULONG n = 0;
+    commands_.fetch_add(1, std::memory_order_relaxed);
+    rv = lease.Check(fl->C_FindObjects(s, chunk, 64, &n));
+    if (rv != CKR_OK || n == 0) {
+      break;
+    }
+    handles.insert(handles.end(), chunk, chunk + n);
   }
+  commands_.fetch_add(1, std::memory_order_relaxed);
+  fl->C_FindObjectsFinal(s);
+  RETURN_IF_ERROR(CkrError(rv, "C_FindObjects (private keys)", Describe()));
   std::vector<KeyInfo> out;
-  for (unsigned int i = 0; i < n; ++i) {
+  for (CK_OBJECT_HANDLE h : handles) {
+    // Key type and the lengths of CKA_ID and CKA_LABEL, then their values: two calls per key.
+    CK_KEY_TYPE kt = 0;
+    CK_ATTRIBUTE a[3] = {{CKA_KEY_TYPE, &kt, sizeof(kt)}, {CKA_ID, nullptr, 0},
+                         {CKA_LABEL, nullptr, 0}};
+    commands_.fetch_add(1, std::memory_order_relaxed);
+    rv = lease.Check(fl->C_GetAttributeValue(s, h, a, 3));
+    if (rv == CKR_OBJECT_HANDLE_INVALID) {
+      continue;  // destroyed since the search
+    }
+    RETURN_IF_ERROR(CkrError(rv, "C_GetAttributeValue (CKA_KEY_TYPE, CKA_ID, CKA_LABEL)",
+                             absl::StrFormat("private key object 0x%lx on %s", h, Describe())));
+    if (kt != CKK_RSA && kt != CKK_EC) {
+      continue;  // hwid signs with EC and RSA keys only
+    }
     KeyInfo k;
-    k.label = keys[i].label != nullptr ? keys[i].label : "";
-    k.id.assign(keys[i].id, keys[i].id + keys[i].id_len);
-    k.type = PKCS11_get_key_type(&keys[i]) == EVP_PKEY_RSA ? KeyType::kRsa : KeyType::kEc;
+    k.type = kt == CKK_RSA ? KeyType::kRsa : KeyType::kEc;
+    k.id.resize(a[1].ulValueLen == CK_UNAVAILABLE_INFORMATION ? 0 : a[1].ulValueLen);
+    k.label.resize(a[2].ulValueLen == CK_UNAVAILABLE_INFORMATION ? 0 : a[2].ulValueLen);
+    CK_ATTRIBUTE v[2] = {{CKA_ID, k.id.data(), k.id.size()},
+                         {CKA_LABEL, k.label.data(), k.label.size()}};
+    commands_.fetch_add(1, std::memory_order_relaxed);
+    rv = lease.Check(fl->C_GetAttributeValue(s, h, v, 2));
+    if (rv == CKR_OBJECT_HANDLE_INVALID) {
+      continue;
+    }
+    RETURN_IF_ERROR(CkrError(rv, "C_GetAttributeValue (CKA_ID, CKA_LABEL)",
+                             absl::StrFormat("private key object 0x%lx on %s", h, Describe())));
     k.uri = FormatObjectUri(fields_, k.label, k.id, "private");
     out.push_back(std::move(k));
   }
   return out;
 }
 
-absl::StatusOr<std::shared_ptr<Key>> Token::GenerateKey(KeyAlg alg, absl::string_view label) {
+absl::StatusOr<unsigned long> Token::OpenWriteSession(absl::string_view operation) {
   RETURN_IF_ERROR(CheckFork());
   if (!logged_in_) {
     return absl::FailedPreconditionError(absl::StrCat(
-        "generating a key on ", Describe(), " needs a login: give the PIN with pin-value/"
+        operation, " on ", Describe(), " needs a login: give the PIN with pin-value/"
         "pin-source in the URI or HWID_PKCS11_PIN"));
   }
+  CK_SESSION_HANDLE s = CK_INVALID_HANDLE;
+  commands_.fetch_add(1, std::memory_order_relaxed);
+  RETURN_IF_ERROR(CkrError(module_->fl()->C_OpenSession(slot_id_, CKF_SERIAL_SESSION | CKF_RW_SESSION,
+                                                        nullptr, nullptr, &s),
+                           "C_OpenSession (read/write)", Describe()));
+  return s;
+}
+
+namespace {
+
+// SessionCloser closes a session of its own (not pooled) when it goes out of scope.
+struct SessionCloser {
+  CK_FUNCTION_LIST* fl;
+  CK_SESSION_HANDLE s;
+  ~SessionCloser() { fl->C_CloseSession(s); }
+};
+
+}  // namespace
+
+absl::StatusOr<std::shared_ptr<Key>> Token::GenerateKey(KeyAlg alg, absl::string_view label) {
   if (label.empty()) {
     return absl::InvalidArgumentError("generating a PKCS#11 key: the label must not be empty");
   }
   CK_FUNCTION_LIST* fl = module_->fl();
-  CK_SESSION_HANDLE s = CK_INVALID_HANDLE;
-  commands_.fetch_add(1, std::memory_order_relaxed);
-  RETURN_IF_ERROR(CkrError(
-      fl->C_OpenSession(slot_id_, CKF_SERIAL_SESSION | CKF_RW_SESSION, nullptr, nullptr, &s),
-      "C_OpenSession (read/write)", Describe()));
-  struct Closer {
-    CK_FUNCTION_LIST* fl;
-    CK_SESSION_HANDLE s;
-    ~Closer() { fl->C_CloseSession(s); }
-  } closer{fl, s};
+  ASSIGN_OR_RETURN(unsigned long s, OpenWriteSession("generating a key"));
+  SessionCloser closer{fl, s};
   const std::string lbl(label);
   absl::StatusOr<unsigned long> existing =
       FindPrivateKeyHandle(s, lbl, std::nullopt, absl::StrCat("labelled '", lbl, "'"));
@@ -893,6 +945,110 @@ absl::StatusOr<std::shared_ptr<Key>> Token::GenerateKey(KeyAlg alg, absl::string
                                          priv.size(), &pubh, &privh);
   RETURN_IF_ERROR(CkrError(rv, absl::StrCat("C_GenerateKeyPair (", KeyAlgName(alg), ")"),
                            Describe()));
+  return MakeKey(s, privh);
+}
+
+absl::Status Token::CheckSameToken(const Key& key, absl::string_view operation) const {
+  if (key.token_->module_ != module_ || key.token_->slot_id_ != slot_id_) {
+    return absl::InvalidArgumentError(absl::StrCat(operation, ": ", key.Describe(),
+                                                   " was found through another slot or module than ",
+                                                   Describe()));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<unsigned long>> Token::FindPublicKeyHandles(unsigned long session,
+                                                                       const Key& key) {
+  CK_FUNCTION_LIST* fl = module_->fl();
+  CK_OBJECT_CLASS cls = CKO_PUBLIC_KEY;
+  std::vector<CK_ATTRIBUTE> tmpl = {{CKA_CLASS, &cls, sizeof(cls)},
+                                    {CKA_ID, const_cast<uint8_t*>(key.id_.data()), key.id_.size()}};
+  if (key.id_.empty()) {
+    // Without a CKA_ID, "the same CKA_ID" would match every public key without one.
+    tmpl.push_back({CKA_LABEL, const_cast<char*>(key.label_.data()), key.label_.size()});
+  }
+  const std::string what = absl::StrCat("the public key objects of ", key.Describe());
+  commands_.fetch_add(3, std::memory_order_relaxed);
+  RETURN_IF_ERROR(CkrError(fl->C_FindObjectsInit(session, tmpl.data(), tmpl.size()),
+                           "C_FindObjectsInit", what));
+  CK_OBJECT_HANDLE found[16];
+  CK_ULONG n = 0;
+  const CK_RV rv = fl->C_FindObjects(session, found, 16, &n);
+  fl->C_FindObjectsFinal(session);
+  RETURN_IF_ERROR(CkrError(rv, "C_FindObjects", what));
+  return std::vector<unsigned long>(found, found + n);
+}
+
+absl::Status Token::DestroyKey(const Key& key) {
+  RETURN_IF_ERROR(CheckSameToken(key, "destroying a key"));
+  CK_FUNCTION_LIST* fl = module_->fl();
+  ASSIGN_OR_RETURN(unsigned long s, OpenWriteSession("destroying a key"));
+  SessionCloser closer{fl, s};
+  ASSIGN_OR_RETURN(unsigned long privh,
+                   FindPrivateKeyHandle(s, key.label_.empty() ? std::nullopt
+                                                              : std::optional<std::string>(key.label_),
+                                        key.id_, absl::StrCat("with id ", IdHex(key.id_))));
+  ASSIGN_OR_RETURN(std::vector<unsigned long> pubs, FindPublicKeyHandles(s, key));
+  commands_.fetch_add(1, std::memory_order_relaxed);
+  RETURN_IF_ERROR(CkrError(fl->C_DestroyObject(s, privh), "C_DestroyObject (private key)",
+                           key.Describe()));
+  for (unsigned long h : pubs) {
+    commands_.fetch_add(1, std::memory_order_relaxed);
+    const CK_RV rv = fl->C_DestroyObject(s, h);
+    if (rv != CKR_OK) {
+      const absl::Status st = CkrError(rv, "C_DestroyObject (public key)", key.Describe());
+      return absl::Status(st.code(), absl::StrCat(st.message(), "; the private key is destroyed, "
+                                                  "its public key object remains"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::shared_ptr<Key>> Token::RelabelKey(const Key& key,
+                                                       absl::string_view new_label) {
+  if (new_label.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("relabelling ", key.Describe(), ": the new label must not be empty"));
+  }
+  RETURN_IF_ERROR(CheckSameToken(key, "relabelling a key"));
+  CK_FUNCTION_LIST* fl = module_->fl();
+  ASSIGN_OR_RETURN(unsigned long s, OpenWriteSession("relabelling a key"));
+  SessionCloser closer{fl, s};
+  ASSIGN_OR_RETURN(unsigned long privh,
+                   FindPrivateKeyHandle(s, key.label_.empty() ? std::nullopt
+                                                              : std::optional<std::string>(key.label_),
+                                        key.id_, absl::StrCat("with id ", IdHex(key.id_))));
+  const std::string lbl(new_label);
+  absl::StatusOr<unsigned long> existing =
+      FindPrivateKeyHandle(s, lbl, std::nullopt, absl::StrCat("labelled '", lbl, "'"));
+  if ((existing.ok() && *existing != privh) ||
+      existing.status().code() == absl::StatusCode::kInvalidArgument) {
+    return absl::AlreadyExistsError(absl::StrCat("relabelling ", key.Describe(), ": a private key labelled '",
+                                                 lbl, "' already exists on ", Describe()));
+  }
+  if (!existing.ok() && !absl::IsNotFound(existing.status())) {
+    return existing.status();
+  }
+  ASSIGN_OR_RETURN(std::vector<unsigned long> pubs, FindPublicKeyHandles(s, key));
+  CK_ATTRIBUTE set{CKA_LABEL, const_cast<char*>(lbl.data()), lbl.size()};
+  commands_.fetch_add(1, std::memory_order_relaxed);
+  RETURN_IF_ERROR(CkrError(fl->C_SetAttributeValue(s, privh, &set, 1),
+                           "C_SetAttributeValue(CKA_LABEL) (private key)", key.Describe()));
+  for (unsigned long h : pubs) {
+    commands_.fetch_add(1, std::memory_order_relaxed);
+    const CK_RV rv = fl->C_SetAttributeValue(s, h, &set, 1);
+    if (rv != CKR_OK) {
+      CK_ATTRIBUTE undo{CKA_LABEL, const_cast<char*>(key.label_.data()), key.label_.size()};
+      commands_.fetch_add(1, std::memory_order_relaxed);
+      const bool undone = fl->C_SetAttributeValue(s, privh, &undo, 1) == CKR_OK;
+      const absl::Status st =
+          CkrError(rv, "C_SetAttributeValue(CKA_LABEL) (public key)", key.Describe());
+      return absl::Status(st.code(), absl::StrCat(st.message(), undone
+                                                  ? "; the private key keeps its old label"
+                                                  : "; the private key is relabelled, its public "
+                                                    "key object is not"));
+    }
+  }
   return MakeKey(s, privh);
 }
 

@@ -1,10 +1,11 @@
 // PKCS#11 tokens and their non-extractable keys: module loading, token lookup by RFC 7512 URI,
 // login, key generation, attribute reads and signing over a session pool.
 //
-// Built on libp11 (module load + C_Initialize, slot enumeration, login with its fork re-login)
-// plus direct calls into the same module's CK_FUNCTION_LIST for what libp11 0.4.12 does not
-// offer: session handles (our session pool), key generation with an exact attribute template,
-// C_GetAttributeValue, C_FindObjects by CKA_ID/CKA_LABEL, and CKM_RSA_PKCS_PSS.
+// Built on libp11 (module load + C_Initialize, slot enumeration) plus direct calls into the same
+// module's CK_FUNCTION_LIST for what libp11 0.4.12 does not offer: session handles (our session
+// pool), login on a session of our own, key generation with an exact attribute template,
+// C_GetAttributeValue, C_FindObjects by CKA_ID/CKA_LABEL (also for listing: libp11 caches the keys
+// it listed once), C_DestroyObject, C_SetAttributeValue, and CKM_RSA_PKCS_PSS.
 //
 // Thread safety: Token and Key are thread-safe; concurrent Sign calls run on different PKCS#11
 // sessions (the pool grows on demand and keeps up to kMaxIdleSessions idle ones).
@@ -110,6 +111,30 @@ class Token : public std::enable_shared_from_this<Token> {
   // AlreadyExists otherwise). Needs a logged-in token (FailedPrecondition otherwise).
   absl::StatusOr<std::shared_ptr<Key>> GenerateKey(KeyAlg alg, absl::string_view label);
 
+  // DestroyKey destroys `key` on the token: first its private key object, then the public key
+  // object(s) with the same CKA_ID (C_DestroyObject in a read/write session). Objects are found
+  // by the key's CKA_ID and CKA_LABEL, as a Key finds itself again after a fork; a public object
+  // is matched by CKA_ID alone, or by CKA_LABEL too when the key has an empty CKA_ID. Afterwards
+  // FindKey for the key fails with NotFound, and so does signing with any Key object for it.
+  // Errors: NotFound when the private key is already gone (nothing else is touched then),
+  // FailedPrecondition when the token is not logged in, InvalidArgument when `key` was found
+  // through another slot or module; otherwise the CK_RV's status (CkrError) naming the object.
+  // If destroying the public object fails the private key is already gone; the error says so.
+  absl::Status DestroyKey(const Key& key);
+
+  // RelabelKey sets CKA_LABEL to `new_label` on `key`'s private key object and its public key
+  // object(s) (matched as in DestroyKey; C_SetAttributeValue in a read/write session) and returns a
+  // fresh Key for the relabelled key: its label() and uri() show `new_label`. `key` itself keeps
+  // its old label and uri (it signs until it must find its object again); use the returned Key.
+  // Relabelling a key to its own label changes nothing. Errors: AlreadyExists when another private
+  // key already has `new_label`, InvalidArgument for an empty label or a key of another slot or
+  // module, NotFound when the key is gone, FailedPrecondition when the token is not logged in;
+  // otherwise the CK_RV's status. When the public object cannot be relabelled the private object
+  // gets its old label back (best effort) and the error is returned. PKCS#11 has no transactions:
+  // the label check and the update are two steps, so callers must not relabel concurrently onto
+  // the same label.
+  absl::StatusOr<std::shared_ptr<Key>> RelabelKey(const Key& key, absl::string_view new_label);
+
   bool logged_in() const { return logged_in_; }
   // Describe is "token 'LABEL' (slot N, module PATH)".
   std::string Describe() const;
@@ -140,6 +165,14 @@ class Token : public std::enable_shared_from_this<Token> {
   absl::StatusOr<unsigned long> AcquireSession();
   void ReleaseSession(unsigned long session, bool reusable);
   absl::StatusOr<std::shared_ptr<Key>> MakeKey(unsigned long session, unsigned long handle);
+  // OpenWriteSession opens a read/write session for a token-object change (key generation,
+  // destruction, relabelling) after checking the fork state and the login; the caller closes it.
+  absl::StatusOr<unsigned long> OpenWriteSession(absl::string_view operation);
+  // CheckSameToken is InvalidArgument unless `key` was found through this slot of this module.
+  absl::Status CheckSameToken(const Key& key, absl::string_view operation) const;
+  // FindPublicKeyHandles finds the public key objects of `key` (see DestroyKey), at most 16.
+  absl::StatusOr<std::vector<unsigned long>> FindPublicKeyHandles(unsigned long session,
+                                                                  const Key& key);
   absl::StatusOr<unsigned long> FindPrivateKeyHandle(unsigned long session,
                                                      const std::optional<std::string>& label,
                                                      const std::optional<Bytes>& id,

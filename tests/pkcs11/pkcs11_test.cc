@@ -105,6 +105,39 @@ bool OracleVerify(EVP_PKEY* pub, const std::string& md, ByteSpan digest, ByteSpa
   return ok == 1;
 }
 
+// CountObjects counts the token objects of class `cls` labelled `label`, asking the module
+// directly (not through hwid::pkcs11): the oracle for what DestroyKey and RelabelKey changed.
+// -1 when the module cannot be asked. Private objects are visible only while the process is
+// logged in.
+int CountObjects(CK_OBJECT_CLASS cls, const std::string& label) {
+  void* dl = dlopen(SoftHsm::kModule, RTLD_NOW | RTLD_NOLOAD);
+  if (dl == nullptr) return -1;
+  auto get = reinterpret_cast<CK_C_GetFunctionList>(dlsym(dl, "C_GetFunctionList"));
+  CK_FUNCTION_LIST* fl = nullptr;
+  CK_SLOT_ID slots[8];
+  CK_ULONG nslots = 8;
+  if (get == nullptr || get(&fl) != CKR_OK || fl->C_GetSlotList(CK_TRUE, slots, &nslots) != CKR_OK) {
+    dlclose(dl);
+    return -1;
+  }
+  int count = 0;
+  for (CK_ULONG i = 0; i < nslots; ++i) {
+    CK_SESSION_HANDLE s = CK_INVALID_HANDLE;
+    if (fl->C_OpenSession(slots[i], CKF_SERIAL_SESSION, nullptr, nullptr, &s) != CKR_OK) continue;
+    CK_ATTRIBUTE t[] = {{CKA_CLASS, &cls, sizeof(cls)},
+                        {CKA_LABEL, const_cast<char*>(label.data()), label.size()}};
+    CK_OBJECT_HANDLE found[8];
+    CK_ULONG n = 0;
+    if (fl->C_FindObjectsInit(s, t, 2) == CKR_OK) {
+      if (fl->C_FindObjects(s, found, 8, &n) == CKR_OK) count += static_cast<int>(n);
+      fl->C_FindObjectsFinal(s);
+    }
+    fl->C_CloseSession(s);
+  }
+  dlclose(dl);
+  return count;
+}
+
 TEST(UriTest, ParsesAttributesAndRedactsPin) {
   absl::StatusOr<Pkcs11Uri> u = ParseUri(
       "pkcs11:token=my%20tok;object=k1;id=%01%02;type=private?module-path=/x/y.so&pin-value=s3cr3t");
@@ -272,7 +305,8 @@ INSTANTIATE_TEST_SUITE_P(Algs, GenerateTest,
                          ::testing::Values(AlgCase{KeyAlg::kEcP256, 256},
                                            AlgCase{KeyAlg::kEcP384, 384},
                                            AlgCase{KeyAlg::kRsa2048, 2048},
-                                           AlgCase{KeyAlg::kRsa3072, 3072}),
+                                           AlgCase{KeyAlg::kRsa3072, 3072},
+                                           AlgCase{KeyAlg::kRsa4096, 4096}),
                          [](const auto& param_info) {
                            std::string n = KeyAlgName(param_info.param.alg);
                            n.erase(std::remove(n.begin(), n.end(), '-'), n.end());
@@ -333,6 +367,132 @@ TEST_F(Pkcs11Test, DuplicateLabelIsRefused) {
   ASSERT_NE(t, nullptr);
   EXPECT_EQ(t->GenerateKey(KeyAlg::kEcP256, "dup").status().code(),
             absl::StatusCode::kAlreadyExists);
+}
+
+TEST_F(Pkcs11Test, DestroyKeyRemovesBothObjectsAndNothingElse) {
+  std::shared_ptr<Key> doomed = Generate(KeyAlg::kEcP256, "doomed");
+  std::shared_ptr<Key> bystander = Generate(KeyAlg::kEcP256, "bystander");
+  ASSERT_NE(doomed, nullptr);
+  ASSERT_NE(bystander, nullptr);
+  std::shared_ptr<Token> t = OpenToken();
+  ASSERT_NE(t, nullptr);
+  ASSERT_EQ(CountObjects(CKO_PRIVATE_KEY, "doomed"), 1);
+  ASSERT_EQ(CountObjects(CKO_PUBLIC_KEY, "doomed"), 1);
+  Bytes digest = Sha("SHA256", "last words");
+  ASSERT_TRUE(doomed->Sign(digest, {SignScheme::kEcdsa, HashAlg::kSha256, {}}).ok());
+  ASSERT_TRUE(t->ListKeys().ok());  // a listing before the change must not be served again
+
+  ASSERT_TRUE(t->DestroyKey(*doomed).ok());
+  EXPECT_EQ(CountObjects(CKO_PRIVATE_KEY, "doomed"), 0);
+  EXPECT_EQ(CountObjects(CKO_PUBLIC_KEY, "doomed"), 0);
+  absl::StatusOr<std::shared_ptr<Key>> found = t->FindKey("pkcs11:object=doomed");
+  EXPECT_EQ(found.status().code(), absl::StatusCode::kNotFound) << found.status();
+  EXPECT_EQ(t->FindKey(doomed->uri()).status().code(), absl::StatusCode::kNotFound);
+  // The Key object that still exists cannot sign any more, and says why.
+  absl::Status st = doomed->Sign(digest, {SignScheme::kEcdsa, HashAlg::kSha256, {}}).status();
+  EXPECT_EQ(st.code(), absl::StatusCode::kNotFound) << st;
+  // Twice: NotFound, nothing else touched.
+  st = t->DestroyKey(*doomed);
+  EXPECT_EQ(st.code(), absl::StatusCode::kNotFound) << st;
+  // The other key is untouched: both objects there, it is found and signs.
+  EXPECT_EQ(CountObjects(CKO_PRIVATE_KEY, "bystander"), 1);
+  EXPECT_EQ(CountObjects(CKO_PUBLIC_KEY, "bystander"), 1);
+  absl::StatusOr<std::shared_ptr<Key>> other = t->FindKey("pkcs11:object=bystander");
+  ASSERT_TRUE(other.ok()) << other.status();
+  absl::StatusOr<Bytes> sig = (*other)->Sign(digest, {SignScheme::kEcdsa, HashAlg::kSha256, {}});
+  ASSERT_TRUE(sig.ok()) << sig.status();
+  EXPECT_TRUE(OracleVerify((*other)->public_key(), "SHA256", digest, *sig, SignScheme::kEcdsa));
+  // A listing no longer shows it.
+  absl::StatusOr<std::vector<KeyInfo>> keys = t->ListKeys();
+  ASSERT_TRUE(keys.ok()) << keys.status();
+  for (const KeyInfo& k : *keys) {
+    EXPECT_NE(k.label, "doomed");
+  }
+  // The label is free again.
+  EXPECT_NE(Generate(KeyAlg::kEcP256, "doomed"), nullptr);
+}
+
+TEST_F(Pkcs11Test, DestroyRsaKey) {
+  std::shared_ptr<Key> key = Generate(KeyAlg::kRsa2048, "doomed-rsa");
+  ASSERT_NE(key, nullptr);
+  ASSERT_TRUE(key->token()->DestroyKey(*key).ok());
+  EXPECT_EQ(CountObjects(CKO_PRIVATE_KEY, "doomed-rsa"), 0);
+  EXPECT_EQ(CountObjects(CKO_PUBLIC_KEY, "doomed-rsa"), 0);
+}
+
+TEST_F(Pkcs11Test, RelabelKeyRenamesBothObjects) {
+  std::shared_ptr<Key> key = Generate(KeyAlg::kEcP256, "old-name");
+  ASSERT_NE(key, nullptr);
+  std::shared_ptr<Token> t = OpenToken();
+  ASSERT_NE(t, nullptr);
+  ASSERT_TRUE(t->ListKeys().ok());  // a listing before the change must not be served again
+  absl::StatusOr<std::shared_ptr<Key>> renamed = t->RelabelKey(*key, "new-name");
+  ASSERT_TRUE(renamed.ok()) << renamed.status();
+  EXPECT_EQ((*renamed)->label(), "new-name");
+  EXPECT_THAT((*renamed)->uri(), HasSubstr("object=new-name"));
+  EXPECT_THAT((*renamed)->uri(), Not(HasSubstr("old-name")));
+  EXPECT_EQ((*renamed)->id(), key->id());
+  EXPECT_EQ(EVP_PKEY_eq((*renamed)->public_key(), key->public_key()), 1);
+  EXPECT_EQ(CountObjects(CKO_PRIVATE_KEY, "new-name"), 1);
+  EXPECT_EQ(CountObjects(CKO_PUBLIC_KEY, "new-name"), 1);
+  EXPECT_EQ(CountObjects(CKO_PRIVATE_KEY, "old-name"), 0);
+  EXPECT_EQ(CountObjects(CKO_PUBLIC_KEY, "old-name"), 0);
+
+  absl::StatusOr<std::shared_ptr<Key>> by_new = t->FindKey("pkcs11:object=new-name");
+  ASSERT_TRUE(by_new.ok()) << by_new.status();
+  EXPECT_EQ(EVP_PKEY_eq((*by_new)->public_key(), key->public_key()), 1);
+  EXPECT_EQ(t->FindKey("pkcs11:object=old-name").status().code(), absl::StatusCode::kNotFound);
+  absl::StatusOr<std::vector<KeyInfo>> keys = t->ListKeys();
+  ASSERT_TRUE(keys.ok()) << keys.status();
+  int listed = 0;
+  for (const KeyInfo& k : *keys) {
+    EXPECT_NE(k.label, "old-name");
+    if (k.id == key->id()) {
+      ++listed;
+      EXPECT_EQ(k.label, "new-name");
+      EXPECT_EQ(k.uri, (*renamed)->uri());
+    }
+  }
+  EXPECT_EQ(listed, 1);
+  absl::StatusOr<std::shared_ptr<Key>> by_uri = LoadKey(
+      absl::StrCat((*renamed)->uri(), "?module-path=", SoftHsm::kModule, "&pin-value=", kPin));
+  ASSERT_TRUE(by_uri.ok()) << by_uri.status();
+  Bytes digest = Sha("SHA256", "renamed");
+  absl::StatusOr<Bytes> sig = (*renamed)->Sign(digest, {SignScheme::kEcdsa, HashAlg::kSha256, {}});
+  ASSERT_TRUE(sig.ok()) << sig.status();
+  EXPECT_TRUE(OracleVerify(key->public_key(), "SHA256", digest, *sig, SignScheme::kEcdsa));
+  // The same label again changes nothing.
+  absl::StatusOr<std::shared_ptr<Key>> same = t->RelabelKey(**renamed, "new-name");
+  ASSERT_TRUE(same.ok()) << same.status();
+  EXPECT_EQ((*same)->label(), "new-name");
+  EXPECT_EQ(t->RelabelKey(**renamed, "").status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(Pkcs11Test, RelabelOntoAnExistingLabelIsRefused) {
+  std::shared_ptr<Key> a = Generate(KeyAlg::kEcP256, "taken-a");
+  std::shared_ptr<Key> b = Generate(KeyAlg::kRsa2048, "taken-b");
+  ASSERT_NE(a, nullptr);
+  ASSERT_NE(b, nullptr);
+  std::shared_ptr<Token> t = OpenToken();
+  ASSERT_NE(t, nullptr);
+  absl::StatusOr<std::shared_ptr<Key>> r = t->RelabelKey(*a, "taken-b");
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kAlreadyExists) << r.status();
+  EXPECT_THAT(std::string(r.status().message()), HasSubstr("taken-b"));
+  // Nothing changed.
+  EXPECT_EQ(CountObjects(CKO_PRIVATE_KEY, "taken-a"), 1);
+  EXPECT_EQ(CountObjects(CKO_PUBLIC_KEY, "taken-a"), 1);
+  EXPECT_EQ(CountObjects(CKO_PRIVATE_KEY, "taken-b"), 1);
+  EXPECT_EQ(CountObjects(CKO_PUBLIC_KEY, "taken-b"), 1);
+  // Changes need a logged-in token object (the process is logged in; this object has no PIN).
+  absl::StatusOr<std::shared_ptr<Token>> no_pin = Token::Open(Hsm()->uri_no_pin());
+  ASSERT_TRUE(no_pin.ok()) << no_pin.status();
+  EXPECT_EQ((*no_pin)->DestroyKey(*a).code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ((*no_pin)->RelabelKey(*a, "taken-c").status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(CountObjects(CKO_PRIVATE_KEY, "taken-a"), 1);
+  // A destroyed key cannot be relabelled.
+  ASSERT_TRUE(t->DestroyKey(*a).ok());
+  EXPECT_EQ(t->RelabelKey(*a, "taken-c").status().code(), absl::StatusCode::kNotFound);
 }
 
 TEST_F(Pkcs11Test, WrongPinIsClearAndNotRetried) {
