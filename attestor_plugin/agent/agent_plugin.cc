@@ -10,14 +10,6 @@ namespace hwid::attestor {
 
 namespace nav1 = spire::plugin::agent::nodeattestor::v1;
 
-namespace {
-grpc::Status ToGrpc(const absl::Status& st) {
-  if (st.ok()) {
-    return grpc::Status::OK;
-  }
-  return grpc::Status(static_cast<grpc::StatusCode>(st.code()), std::string(st.message()));
-}
-}  // namespace
 
 absl::StatusOr<attestation::AgentConfig> ParseAgentPluginConfig(const pluginmain::CoreConfig&,
                                                                 absl::string_view hcl) {
@@ -47,7 +39,7 @@ grpc::Status AgentNodeAttestor::AidAttestation(
   auto& log = pluginmain::PluginLogger();
   absl::StatusOr<std::shared_ptr<const attestation::AgentConfig>> cfg = config_.GetOrError();
   if (!cfg.ok()) {
-    return ToGrpc(cfg.status());
+    return pluginmain::ToGrpcStatus(cfg.status());
   }
   std::lock_guard<std::mutex> lock(mu_);
   if (responder_ == nullptr || responder_config_ != *cfg) {
@@ -58,7 +50,7 @@ grpc::Status AgentNodeAttestor::AidAttestation(
         attestation::AgentResponder::New(**cfg);
     if (!r.ok()) {
       log.Error("cannot open the TPM", {{"reason", r.status().message()}});
-      return ToGrpc(r.status());
+      return pluginmain::ToGrpcStatus(r.status());
     }
     responder_ = std::move(*r);
     responder_config_ = *cfg;
@@ -66,7 +58,7 @@ grpc::Status AgentNodeAttestor::AidAttestation(
   absl::StatusOr<Bytes> payload = responder_->MakePayload();
   if (!payload.ok()) {
     log.Error("cannot build the attestation payload", {{"reason", payload.status().message()}});
-    return ToGrpc(payload.status());
+    return pluginmain::ToGrpcStatus(payload.status());
   }
   nav1::PayloadOrChallengeResponse out;
   out.set_payload(std::string(payload->begin(), payload->end()));
@@ -82,7 +74,7 @@ grpc::Status AgentNodeAttestor::AidAttestation(
   absl::StatusOr<Bytes> response = responder_->RespondToChallenge(AsSpan(absl::string_view(challenge.challenge())));
   if (!response.ok()) {
     log.Error("cannot answer the attestation challenge", {{"reason", response.status().message()}});
-    return ToGrpc(response.status());
+    return pluginmain::ToGrpcStatus(response.status());
   }
   out.Clear();
   out.set_challenge_response(std::string(response->begin(), response->end()));

@@ -40,12 +40,6 @@ namespace configv1 = ::spire::service::common::config::v1;
 namespace initv1 = ::spire::service::private_::init::v1;  // see init.proto
 namespace healthv1 = ::grpc::health::v1;
 
-grpc::Status ToGrpc(const absl::Status& s) {
-  if (s.ok()) {
-    return grpc::Status::OK;
-  }
-  return grpc::Status(static_cast<grpc::StatusCode>(s.code()), std::string(s.message()));
-}
 
 // The message go-plugin prints when a plugin binary is run without its host.
 constexpr char kNotAPluginMessage[] =
@@ -216,7 +210,7 @@ class InitService final : public initv1::Init::Service {
     if (options_->on_init) {
       absl::Status s = options_->on_init(ictx);
       if (!s.ok()) {
-        return ToGrpc(s);
+        return ToGrpcStatus(s);
       }
     }
     for (const std::string& name : options_->plugin_service_names) {
@@ -232,7 +226,7 @@ class InitService final : public initv1::Init::Service {
                       initv1::DeinitResponse*) override {
     PluginLogger().Debug("Deinit");
     if (options_->on_deinit) {
-      return ToGrpc(options_->on_deinit());
+      return ToGrpcStatus(options_->on_deinit());
     }
     return grpc::Status::OK;
   }
@@ -254,7 +248,7 @@ class ConfigService final : public configv1::Config::Service {
     if (!s.ok()) {
       PluginLogger().Debug("Configure failed", {{"error", s.message()}});
     }
-    return ToGrpc(s);
+    return ToGrpcStatus(s);
   }
 
   grpc::Status Validate(grpc::ServerContext*, const configv1::ValidateRequest* req,
@@ -521,6 +515,13 @@ int ServePlugin(const PluginOptions& options, std::vector<grpc::Service*> servic
   watcher.join();
   log.Debug("plugin stopped");
   return exit_code;
+}
+
+grpc::Status ToGrpcStatus(const absl::Status& s) {
+  if (s.ok()) {
+    return grpc::Status::OK;
+  }
+  return grpc::Status(static_cast<grpc::StatusCode>(s.code()), std::string(s.message()));
 }
 
 }  // namespace hwid::pluginmain

@@ -27,6 +27,7 @@
 
 #include <grpcpp/channel.h>
 #include <grpcpp/impl/service_type.h>
+#include <grpcpp/support/status.h>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -147,6 +148,9 @@ struct PluginOptions {
   // process 2 s after asking).
   absl::Duration shutdown_grace = absl::Milliseconds(500);
 };
+
+// ToGrpcStatus: the one absl::Status -> grpc::Status conversion (the codes are identical).
+grpc::Status ToGrpcStatus(const absl::Status& s);
 
 // ServePlugin: runs the plugin until the host's GRPCController/Shutdown (or SIGTERM) and
 // returns the process exit status: 0 after a clean shutdown; 1 when the magic cookie is

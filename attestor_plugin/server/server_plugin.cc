@@ -12,12 +12,6 @@ namespace hwid::attestor {
 
 namespace nav1 = spire::plugin::server::nodeattestor::v1;
 
-grpc::Status ToGrpcStatus(const absl::Status& st) {
-  if (st.ok()) {
-    return grpc::Status::OK;
-  }
-  return grpc::Status(static_cast<grpc::StatusCode>(st.code()), std::string(st.message()));
-}
 
 absl::StatusOr<ServerConfigPtr> ParseServerPluginConfig(const pluginmain::CoreConfig& core,
                                                         absl::string_view hcl) {
@@ -49,17 +43,17 @@ grpc::Status ServerNodeAttestor::Attest(
   auto& log = pluginmain::PluginLogger();
   absl::StatusOr<std::shared_ptr<const ServerConfigPtr>> cfg = config_.GetOrError();
   if (!cfg.ok()) {
-    return ToGrpcStatus(cfg.status());
+    return pluginmain::ToGrpcStatus(cfg.status());
   }
   absl::StatusOr<std::unique_ptr<attestation::ServerSession>> session =
       attestation::ServerSession::New(**cfg);
   if (!session.ok()) {
-    return ToGrpcStatus(session.status());
+    return pluginmain::ToGrpcStatus(session.status());
   }
   auto fail = [&](const absl::Status& st) {
     log.Warn("attestation refused", {{"code", absl::StatusCodeToString(st.code())},
                                      {"reason", st.message()}});
-    return ToGrpcStatus(st);
+    return pluginmain::ToGrpcStatus(st);
   };
   nav1::AttestRequest req;
   if (!stream->Read(&req)) {

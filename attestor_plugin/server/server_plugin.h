@@ -36,8 +36,6 @@ class ServerNodeAttestor final
   pluginmain::ConfigStore<ServerConfigPtr> config_;
 };
 
-// ToGrpcStatus maps an absl::Status onto the same gRPC code and message.
-grpc::Status ToGrpcStatus(const absl::Status& st);
 
 }  // namespace hwid::attestor
 
