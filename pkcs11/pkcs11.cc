@@ -23,6 +23,7 @@
 #include "absl/strings/str_join.h"
 #include "common/ecdsa_der.h"
 #include "common/status_macros.h"
+#include "pkcs11/call.h"
 #include "pkcs11/error.h"
 
 #ifndef HWID_P11KIT_PROXY
@@ -61,15 +62,19 @@ void RegisterExitHandler() {
   std::call_once(once, [] { std::atexit(OnProcessExit); });
 }
 
-// ModuleUsable is false once the process is exiting: teardown must not call the module.
+}  // namespace
+
+// ModuleUsable is false once the process is exiting: no call may enter the module (call.h).
 bool ModuleUsable() { return !g_process_exiting.load(std::memory_order_acquire); }
+
+namespace {
 
 // UserLoggedIn asks the token whether this process is logged in as the user, through `session`.
 // PKCS#11 login state belongs to the process, so only the token knows (another user of the module
 // may have logged in or out); false when the session cannot be queried.
-bool UserLoggedIn(CK_FUNCTION_LIST* fl, CK_SESSION_HANDLE session) {
+bool UserLoggedIn(const Ck& ck, CK_SESSION_HANDLE session) {
   CK_SESSION_INFO si;
-  return fl->C_GetSessionInfo(session, &si) == CKR_OK &&
+  return HWID_CK(ck, C_GetSessionInfo, session, &si).ok() &&
          (si.state == CKS_RO_USER_FUNCTIONS || si.state == CKS_RW_USER_FUNCTIONS);
 }
 
@@ -132,7 +137,7 @@ class Module {
       PKCS11_release_all_slots(ctx_.get(), slots_, nslots_);
     }
     if (own_init_ && fl_ != nullptr) {
-      fl_->C_Finalize(nullptr);
+      (void)HWID_CK(ck(), C_Finalize, nullptr);
     }
     if (ctx_ != nullptr && loaded_) {
       PKCS11_CTX_unload(ctx_.get());
@@ -145,6 +150,8 @@ class Module {
   Module(const Module&) = delete;
   Module& operator=(const Module&) = delete;
 
+  // ck calls the module for module-wide operations (not charged to a token's counter).
+  Ck ck() const { return Ck(fl_, nullptr); }
   CK_FUNCTION_LIST* fl() const { return fl_; }
   PKCS11_CTX* ctx() const { return ctx_.get(); }
   PKCS11_SLOT* slots() const { return slots_; }
@@ -165,9 +172,9 @@ class Module {
     }
     CK_C_INITIALIZE_ARGS args{};
     args.flags = CKF_OS_LOCKING_OK;
-    const CK_RV rv = fl_->C_Initialize(&args);
-    if (rv != CKR_OK && rv != CKR_CRYPTOKI_ALREADY_INITIALIZED) {
-      return CkrError(rv, "C_Initialize in the forked child", absl::StrCat("module ", path_));
+    const CkResult r = HWID_CK(ck(), C_Initialize, &args);
+    if (!r.ok() && r.rv() != CKR_CRYPTOKI_ALREADY_INITIALIZED) {
+      return r.Status("in the forked child", absl::StrCat("module ", path_));
     }
     generation_.store(gen, std::memory_order_release);
     return gen;
@@ -240,17 +247,14 @@ absl::StatusOr<std::shared_ptr<Module>> Module::Get(const std::string& path) {
   // libp11 initialised the module. A module that hands out one function list per caller
   // (p11-kit's proxy does) reports CKR_CRYPTOKI_NOT_INITIALIZED on ours: initialise it too.
   CK_INFO info;
-  rv = m->fl_->C_GetInfo(&info);
-  if (rv == CKR_CRYPTOKI_NOT_INITIALIZED) {
+  const CkResult got = HWID_CK(m->ck(), C_GetInfo, &info);
+  if (got.rv() == CKR_CRYPTOKI_NOT_INITIALIZED) {
     CK_C_INITIALIZE_ARGS args{};
     args.flags = CKF_OS_LOCKING_OK;
-    rv = m->fl_->C_Initialize(&args);
-    if (rv != CKR_OK) {
-      return CkrError(rv, "C_Initialize", absl::StrCat("module ", path));
-    }
+    RETURN_IF_ERROR(HWID_CK(m->ck(), C_Initialize, &args).Status(absl::StrCat("module ", path)));
     m->own_init_ = true;
-  } else if (rv != CKR_OK) {
-    return CkrError(rv, "C_GetInfo", absl::StrCat("module ", path));
+  } else {
+    RETURN_IF_ERROR(got.Status(absl::StrCat("module ", path)));
   }
   if (PKCS11_enumerate_slots(m->ctx_.get(), &m->slots_, &m->nslots_) != 0) {
     auto [erv, text] = LibP11Error();
@@ -316,13 +320,13 @@ bool SessionBroken(CK_RV rv) {
          rv == CKR_CRYPTOKI_NOT_INITIALIZED || rv == CKR_DEVICE_ERROR;
 }
 
-absl::StatusOr<Bytes> GetAttributeBytes(CK_FUNCTION_LIST* fl, CK_SESSION_HANDLE s,
-                                        CK_OBJECT_HANDLE o, CK_ATTRIBUTE_TYPE type,
-                                        absl::string_view what) {
+// GetAttributeBytes reads one variable-length attribute (its length, then its value).
+absl::StatusOr<Bytes> GetAttributeBytes(const Ck& ck, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o,
+                                        CK_ATTRIBUTE_TYPE type, absl::string_view what) {
   CK_ATTRIBUTE a{type, nullptr, 0};
-  CK_RV rv = fl->C_GetAttributeValue(s, o, &a, 1);
-  if (rv != CKR_OK) {
-    return CkrError(rv, absl::StrFormat("C_GetAttributeValue(0x%lx)", type), what);
+  CkResult r = HWID_CK(ck, C_GetAttributeValue, s, o, &a, 1);
+  if (!r.ok()) {
+    return r.Status(absl::StrFormat("attribute 0x%lx", type), what);
   }
   if (a.ulValueLen == CK_UNAVAILABLE_INFORMATION) {
     return absl::NotFoundError(
@@ -330,11 +334,39 @@ absl::StatusOr<Bytes> GetAttributeBytes(CK_FUNCTION_LIST* fl, CK_SESSION_HANDLE 
   }
   Bytes out(a.ulValueLen);
   a.pValue = out.data();
-  rv = fl->C_GetAttributeValue(s, o, &a, 1);
-  if (rv != CKR_OK) {
-    return CkrError(rv, absl::StrFormat("C_GetAttributeValue(0x%lx)", type), what);
+  r = HWID_CK(ck, C_GetAttributeValue, s, o, &a, 1);
+  if (!r.ok()) {
+    return r.Status(absl::StrFormat("attribute 0x%lx", type), what);
   }
   out.resize(a.ulValueLen);
+  return out;
+}
+
+// FindObjects runs one object search on session `s`: C_FindObjectsInit with the template, then
+// C_FindObjects, then C_FindObjectsFinal (always, once the search started). With max > 0 one
+// C_FindObjects asks for up to `max` handles (a bounded lookup, three calls); with max == 0 it is
+// repeated until the module returns no more. Errors name `what`.
+absl::StatusOr<std::vector<CK_OBJECT_HANDLE>> FindObjects(const Ck& ck, CK_SESSION_HANDLE s,
+                                                          CK_ATTRIBUTE* tmpl, CK_ULONG count,
+                                                          size_t max, absl::string_view what) {
+  RETURN_IF_ERROR(HWID_CK(ck, C_FindObjectsInit, s, tmpl, count).Status(what));
+  std::vector<CK_OBJECT_HANDLE> out;
+  CkResult r(CKR_OK, "C_FindObjects");
+  while (true) {
+    CK_OBJECT_HANDLE chunk[64];
+    const CK_ULONG want = max > 0 ? std::min<size_t>(max, 64) : 64;
+    CK_ULONG n = 0;
+    r = HWID_CK(ck, C_FindObjects, s, chunk, want, &n);
+    if (!r.ok()) {
+      break;
+    }
+    out.insert(out.end(), chunk, chunk + n);
+    if (n == 0 || max > 0) {
+      break;
+    }
+  }
+  (void)HWID_CK(ck, C_FindObjectsFinal, s);
+  RETURN_IF_ERROR(r.Status(what));
   return out;
 }
 
@@ -427,13 +459,15 @@ Token::Token(std::shared_ptr<Module> module, void* slot, unsigned long slot_id, 
 Token::~Token() {
   if (ModuleUsable() && generation_.load() == ForkGeneration()) {
     for (unsigned long s : idle_) {
-      module_->fl()->C_CloseSession(s);
+      (void)HWID_CK(ck(), C_CloseSession, s);
     }
     if (login_session_ != CK_INVALID_HANDLE) {
-      module_->fl()->C_CloseSession(login_session_);
+      (void)HWID_CK(ck(), C_CloseSession, login_session_);
     }
   }
 }
+
+Ck Token::ck() { return Ck(module_->fl(), &commands_); }
 
 const std::string& Token::module_path() const { return module_->path(); }
 
@@ -462,7 +496,7 @@ absl::StatusOr<std::shared_ptr<Token>> Token::Open(const Pkcs11Uri& uri,
   ASSIGN_OR_RETURN(std::shared_ptr<Module> module, Module::Get(path));
   ASSIGN_OR_RETURN(uint64_t gen, module->CheckFork());
   (void)gen;
-  CK_FUNCTION_LIST* fl = module->fl();
+  const Ck mck = module->ck();
   std::vector<std::string> seen;
   std::vector<std::pair<PKCS11_SLOT*, std::pair<unsigned long, TokenFields>>> matches;
   for (unsigned int i = 0; i < module->nslots(); ++i) {
@@ -472,7 +506,7 @@ absl::StatusOr<std::shared_ptr<Token>> Token::Open(const Pkcs11Uri& uri,
     }
     const unsigned long id = PKCS11_get_slotid_from_slot(slot);
     CK_TOKEN_INFO ti;
-    if (fl->C_GetTokenInfo(id, &ti) != CKR_OK || (ti.flags & CKF_TOKEN_INITIALIZED) == 0) {
+    if (!HWID_CK(mck, C_GetTokenInfo, id, &ti).ok() || (ti.flags & CKF_TOKEN_INITIALIZED) == 0) {
       continue;
     }
     TokenFields f{Trim(ti.label, sizeof(ti.label)), Trim(ti.manufacturerID, sizeof(ti.manufacturerID)),
@@ -522,12 +556,12 @@ absl::StatusOr<std::shared_ptr<Token>> Token::Open(const Pkcs11Uri& uri,
     // Ask only when a login is needed and nobody in this process has logged in yet.
     CK_TOKEN_INFO ti;
     CK_SESSION_HANDLE s = CK_INVALID_HANDLE;
-    bool need = fl->C_GetTokenInfo(m.second.first, &ti) == CKR_OK &&
+    bool need = HWID_CK(mck, C_GetTokenInfo, m.second.first, &ti).ok() &&
                 (ti.flags & CKF_LOGIN_REQUIRED) != 0;
-    if (need && fl->C_OpenSession(m.second.first, CKF_SERIAL_SESSION, nullptr, nullptr, &s) ==
-                    CKR_OK) {
-      need = !UserLoggedIn(fl, s);
-      fl->C_CloseSession(s);
+    if (need && HWID_CK(mck, C_OpenSession, m.second.first, CKF_SERIAL_SESSION, nullptr, nullptr,
+                        &s).ok()) {
+      need = !UserLoggedIn(mck, s);
+      (void)HWID_CK(mck, C_CloseSession, s);
     }
     if (need) {
       token->pin_ = options.ask_pin();
@@ -541,10 +575,9 @@ absl::StatusOr<std::shared_ptr<Token>> Token::Open(const Pkcs11Uri& uri,
 }
 
 absl::Status Token::Login() {
-  CK_FUNCTION_LIST* fl = module_->fl();
+  const Ck ck = this->ck();
   CK_TOKEN_INFO ti;
-  commands_.fetch_add(1, std::memory_order_relaxed);
-  RETURN_IF_ERROR(CkrError(fl->C_GetTokenInfo(slot_id_, &ti), "C_GetTokenInfo", Describe()));
+  RETURN_IF_ERROR(HWID_CK(ck, C_GetTokenInfo, slot_id_, &ti).Status(Describe()));
   if ((ti.flags & CKF_LOGIN_REQUIRED) == 0) {
     logged_in_ = true;
     return absl::OkStatus();
@@ -556,14 +589,12 @@ absl::Status Token::Login() {
   // token logs it out (PKCS#11 C_CloseSession).
   if (login_session_ == CK_INVALID_HANDLE) {
     CK_SESSION_HANDLE ls = CK_INVALID_HANDLE;
-    commands_.fetch_add(1, std::memory_order_relaxed);
-    const CK_RV orv = fl->C_OpenSession(slot_id_, CKF_SERIAL_SESSION, nullptr, nullptr, &ls);
-    RETURN_IF_ERROR(CkrError(orv, "C_OpenSession (login)", Describe()));
+    RETURN_IF_ERROR(HWID_CK(ck, C_OpenSession, slot_id_, CKF_SERIAL_SESSION, nullptr, nullptr, &ls)
+                        .Status("login", Describe()));
     login_session_ = ls;
   }
   const CK_SESSION_HANDLE s = login_session_;
-  commands_.fetch_add(1, std::memory_order_relaxed);
-  if (UserLoggedIn(fl, s)) {
+  if (UserLoggedIn(ck, s)) {
     logged_in_ = true;  // already logged in in this process; the PIN is not checked again
     return absl::OkStatus();
   }
@@ -578,12 +609,11 @@ absl::Status Token::Login() {
         "(CKF_USER_PIN_FINAL_TRY); check the PIN and log in once with the token's own tools"));
   }
   // Exactly one C_Login per call: a wrong PIN is reported, never retried.
-  commands_.fetch_add(1, std::memory_order_relaxed);
-  CK_RV rv = fl->C_Login(s, CKU_USER, const_cast<CK_UTF8CHAR*>(pin_.data()), pin_.size());
-  if (rv == CKR_USER_ALREADY_LOGGED_IN) {
-    rv = CKR_OK;
+  const CkResult r =
+      HWID_CK(ck, C_Login, s, CKU_USER, const_cast<CK_UTF8CHAR*>(pin_.data()), pin_.size());
+  if (r.rv() != CKR_USER_ALREADY_LOGGED_IN) {
+    RETURN_IF_ERROR(r.Status("user", Describe()));
   }
-  RETURN_IF_ERROR(CkrError(rv, "C_Login (user)", Describe()));
   logged_in_ = true;
   return absl::OkStatus();
 }
@@ -627,9 +657,8 @@ absl::StatusOr<unsigned long> Token::AcquireSession() {
     }
   }
   CK_SESSION_HANDLE s = CK_INVALID_HANDLE;
-  commands_.fetch_add(1, std::memory_order_relaxed);
-  const CK_RV rv = module_->fl()->C_OpenSession(slot_id_, CKF_SERIAL_SESSION, nullptr, nullptr, &s);
-  RETURN_IF_ERROR(CkrError(rv, "C_OpenSession", Describe()));
+  RETURN_IF_ERROR(HWID_CK(ck(), C_OpenSession, slot_id_, CKF_SERIAL_SESSION, nullptr, nullptr, &s)
+                      .Status(Describe()));
   sessions_opened_.fetch_add(1, std::memory_order_relaxed);
   return s;
 }
@@ -642,8 +671,7 @@ void Token::ReleaseSession(unsigned long session, bool reusable) {
       return;
     }
   }
-  commands_.fetch_add(1, std::memory_order_relaxed);
-  module_->fl()->C_CloseSession(session);
+  (void)HWID_CK(ck(), C_CloseSession, session);
 }
 
 void Token::CloseIdleSessions() {
@@ -656,7 +684,7 @@ void Token::CloseIdleSessions() {
     return;  // process exiting: the module may already be gone (see OnProcessExit)
   }
   for (unsigned long s : idle) {
-    module_->fl()->C_CloseSession(s);
+    (void)HWID_CK(ck(), C_CloseSession, s);
   }
 }
 
@@ -669,12 +697,20 @@ class Token::Lease {
   Lease& operator=(const Lease&) = delete;
   unsigned long get() const { return s_; }
   void Discard() { reusable_ = false; }
-  // Check discards the session when `rv` says it is unusable and returns rv.
-  CK_RV Check(CK_RV rv) {
-    if (SessionBroken(rv)) {
+  // Check discards the session when the call's CK_RV says it is unusable, and returns the result.
+  CkResult Check(CkResult r) {
+    if (SessionBroken(r.rv())) {
       reusable_ = false;
     }
-    return rv;
+    return r;
+  }
+  // CheckStatus discards the session after an error that says it is unusable (kUnavailable: the
+  // session, token or module is gone), and returns the status.
+  absl::Status CheckStatus(absl::Status st) {
+    if (absl::IsUnavailable(st)) {
+      reusable_ = false;
+    }
+    return st;
   }
 
  private:
@@ -687,7 +723,7 @@ absl::StatusOr<unsigned long> Token::FindPrivateKeyHandle(unsigned long session,
                                                           const std::optional<std::string>& label,
                                                           const std::optional<Bytes>& id,
                                                           absl::string_view what) {
-  CK_FUNCTION_LIST* fl = module_->fl();
+  const Ck ck = this->ck();
   CK_OBJECT_CLASS cls = CKO_PRIVATE_KEY;
   std::vector<CK_ATTRIBUTE> tmpl = {{CKA_CLASS, &cls, sizeof(cls)}};
   if (label.has_value()) {
@@ -696,18 +732,13 @@ absl::StatusOr<unsigned long> Token::FindPrivateKeyHandle(unsigned long session,
   if (id.has_value()) {
     tmpl.push_back({CKA_ID, const_cast<uint8_t*>(id->data()), id->size()});
   }
-  commands_.fetch_add(3, std::memory_order_relaxed);
-  CK_RV rv = fl->C_FindObjectsInit(session, tmpl.data(), tmpl.size());
-  RETURN_IF_ERROR(CkrError(rv, "C_FindObjectsInit", Describe()));
-  CK_OBJECT_HANDLE found[2];
-  CK_ULONG n = 0;
-  rv = fl->C_FindObjects(session, found, 2, &n);
-  fl->C_FindObjectsFinal(session);
-  RETURN_IF_ERROR(CkrError(rv, "C_FindObjects", Describe()));
+  ASSIGN_OR_RETURN(std::vector<CK_OBJECT_HANDLE> found,
+                   FindObjects(ck, session, tmpl.data(), tmpl.size(), 2, Describe()));
+  const size_t n = found.size();
   if (n == 0) {
     // Private keys are invisible without a login; ask the token rather than trusting our flag
     // (another user of the module may have logged the process out).
-    const bool user = UserLoggedIn(fl, session);
+    const bool user = UserLoggedIn(ck, session);
     return absl::NotFoundError(absl::StrCat(
         "no private key ", what, " on ", Describe(),
         user ? "" : "; not logged in: private keys are visible only after login (give "
@@ -721,43 +752,35 @@ absl::StatusOr<unsigned long> Token::FindPrivateKeyHandle(unsigned long session,
 }
 
 absl::StatusOr<std::shared_ptr<Key>> Token::MakeKey(unsigned long session, unsigned long handle) {
-  CK_FUNCTION_LIST* fl = module_->fl();
+  const Ck ck = this->ck();
   const std::string what = absl::StrCat("private key object on ", Describe());
   CK_KEY_TYPE kt = 0;
   CK_ATTRIBUTE a{CKA_KEY_TYPE, &kt, sizeof(kt)};
-  commands_.fetch_add(1, std::memory_order_relaxed);
-  RETURN_IF_ERROR(CkrError(fl->C_GetAttributeValue(session, handle, &a, 1),
-                           "C_GetAttributeValue(CKA_KEY_TYPE)", what));
-  ASSIGN_OR_RETURN(Bytes id, GetAttributeBytes(fl, session, handle, CKA_ID, what));
-  absl::StatusOr<Bytes> label_bytes = GetAttributeBytes(fl, session, handle, CKA_LABEL, what);
+  RETURN_IF_ERROR(HWID_CK(ck, C_GetAttributeValue, session, handle, &a, 1).Status("CKA_KEY_TYPE", what));
+  ASSIGN_OR_RETURN(Bytes id, GetAttributeBytes(ck, session, handle, CKA_ID, what));
+  absl::StatusOr<Bytes> label_bytes = GetAttributeBytes(ck, session, handle, CKA_LABEL, what);
   std::string label = label_bytes.ok() ? std::string(label_bytes->begin(), label_bytes->end()) : "";
   OsslPtr<EVP_PKEY> pub;
   int bits = 0;
   KeyType type;
   if (kt == CKK_RSA) {
     type = KeyType::kRsa;
-    ASSIGN_OR_RETURN(Bytes n, GetAttributeBytes(fl, session, handle, CKA_MODULUS, what));
-    ASSIGN_OR_RETURN(Bytes e, GetAttributeBytes(fl, session, handle, CKA_PUBLIC_EXPONENT, what));
+    ASSIGN_OR_RETURN(Bytes n, GetAttributeBytes(ck, session, handle, CKA_MODULUS, what));
+    ASSIGN_OR_RETURN(Bytes e, GetAttributeBytes(ck, session, handle, CKA_PUBLIC_EXPONENT, what));
     ASSIGN_OR_RETURN(pub, RsaPublicKey(n, e, &bits));
   } else if (kt == CKK_EC) {
     type = KeyType::kEc;
     // The EC point lives in the public key object with the same CKA_ID.
     CK_OBJECT_CLASS cls = CKO_PUBLIC_KEY;
     CK_ATTRIBUTE t[] = {{CKA_CLASS, &cls, sizeof(cls)}, {CKA_ID, id.data(), id.size()}};
-    CK_OBJECT_HANDLE pubh = CK_INVALID_HANDLE;
-    CK_ULONG n = 0;
-    commands_.fetch_add(3, std::memory_order_relaxed);
-    RETURN_IF_ERROR(CkrError(fl->C_FindObjectsInit(session, t, 2), "C_FindObjectsInit", what));
-    const CK_RV rv = fl->C_FindObjects(session, &pubh, 1, &n);
-    fl->C_FindObjectsFinal(session);
-    RETURN_IF_ERROR(CkrError(rv, "C_FindObjects", what));
-    if (n == 0) {
+    ASSIGN_OR_RETURN(std::vector<CK_OBJECT_HANDLE> pubs, FindObjects(ck, session, t, 2, 1, what));
+    if (pubs.empty()) {
       return absl::NotFoundError(absl::StrCat("EC key '", label, "' (id ", IdHex(id), ") on ",
                                               Describe(),
                                               " has no public key object with the same CKA_ID"));
     }
-    ASSIGN_OR_RETURN(Bytes params, GetAttributeBytes(fl, session, pubh, CKA_EC_PARAMS, what));
-    ASSIGN_OR_RETURN(Bytes point, GetAttributeBytes(fl, session, pubh, CKA_EC_POINT, what));
+    ASSIGN_OR_RETURN(Bytes params, GetAttributeBytes(ck, session, pubs[0], CKA_EC_PARAMS, what));
+    ASSIGN_OR_RETURN(Bytes point, GetAttributeBytes(ck, session, pubs[0], CKA_EC_POINT, what));
     ASSIGN_OR_RETURN(pub, EcPublicKey(params, point, &bits));
   } else {
     return absl::UnimplementedError(absl::StrFormat(
@@ -801,42 +824,26 @@ absl::StatusOr<std::vector<KeyInfo>> Token::ListKeys() {
   // Our own C_FindObjects, not libp11's PKCS11_enumerate_keys: libp11 keeps the keys it listed
   // once in the shared slot and serves them again, so a destroyed or relabelled key would still
   // be listed (with its old label).
-  CK_FUNCTION_LIST* fl = module_->fl();
+  const Ck ck = this->ck();
   ASSIGN_OR_RETURN(unsigned long s, AcquireSession());
   Lease lease(this, s);
   CK_OBJECT_CLASS cls = CKO_PRIVATE_KEY;
   CK_ATTRIBUTE tmpl{CKA_CLASS, &cls, sizeof(cls)};
-  commands_.fetch_add(1, std::memory_order_relaxed);
-  RETURN_IF_ERROR(CkrError(lease.Check(fl->C_FindObjectsInit(s, &tmpl, 1)),
-                           "C_FindObjectsInit (private keys)", Describe()));
-  std::vector<CK_OBJECT_HANDLE> handles;
-  CK_RV rv = CKR_OK;
-  while (true) {
-    CK_OBJECT_HANDLE chunk[64];
-    CK_ULONG n = 0;
-    commands_.fetch_add(1, std::memory_order_relaxed);
-    rv = lease.Check(fl->C_FindObjects(s, chunk, 64, &n));
-    if (rv != CKR_OK || n == 0) {
-      break;
-    }
-    handles.insert(handles.end(), chunk, chunk + n);
-  }
-  commands_.fetch_add(1, std::memory_order_relaxed);
-  fl->C_FindObjectsFinal(s);
-  RETURN_IF_ERROR(CkrError(rv, "C_FindObjects (private keys)", Describe()));
+  absl::StatusOr<std::vector<CK_OBJECT_HANDLE>> handles =
+      FindObjects(ck, s, &tmpl, 1, 0, absl::StrCat("private keys on ", Describe()));
+  RETURN_IF_ERROR(lease.CheckStatus(handles.status()));
   std::vector<KeyInfo> out;
-  for (CK_OBJECT_HANDLE h : handles) {
+  for (CK_OBJECT_HANDLE h : *handles) {
     // Key type and the lengths of CKA_ID and CKA_LABEL, then their values: two calls per key.
+    const std::string what = absl::StrFormat("private key object 0x%lx on %s", h, Describe());
     CK_KEY_TYPE kt = 0;
     CK_ATTRIBUTE a[3] = {{CKA_KEY_TYPE, &kt, sizeof(kt)}, {CKA_ID, nullptr, 0},
                          {CKA_LABEL, nullptr, 0}};
-    commands_.fetch_add(1, std::memory_order_relaxed);
-    rv = lease.Check(fl->C_GetAttributeValue(s, h, a, 3));
-    if (rv == CKR_OBJECT_HANDLE_INVALID) {
+    CkResult r = lease.Check(HWID_CK(ck, C_GetAttributeValue, s, h, a, 3));
+    if (r.rv() == CKR_OBJECT_HANDLE_INVALID) {
       continue;  // destroyed since the search
     }
-    RETURN_IF_ERROR(CkrError(rv, "C_GetAttributeValue (CKA_KEY_TYPE, CKA_ID, CKA_LABEL)",
-                             absl::StrFormat("private key object 0x%lx on %s", h, Describe())));
+    RETURN_IF_ERROR(r.Status("CKA_KEY_TYPE, CKA_ID, CKA_LABEL", what));
     if (kt != CKK_RSA && kt != CKK_EC) {
       continue;  // hwid signs with EC and RSA keys only
     }
@@ -846,13 +853,11 @@ absl::StatusOr<std::vector<KeyInfo>> Token::ListKeys() {
     k.label.resize(a[2].ulValueLen == CK_UNAVAILABLE_INFORMATION ? 0 : a[2].ulValueLen);
     CK_ATTRIBUTE v[2] = {{CKA_ID, k.id.data(), k.id.size()},
                          {CKA_LABEL, k.label.data(), k.label.size()}};
-    commands_.fetch_add(1, std::memory_order_relaxed);
-    rv = lease.Check(fl->C_GetAttributeValue(s, h, v, 2));
-    if (rv == CKR_OBJECT_HANDLE_INVALID) {
+    r = lease.Check(HWID_CK(ck, C_GetAttributeValue, s, h, v, 2));
+    if (r.rv() == CKR_OBJECT_HANDLE_INVALID) {
       continue;
     }
-    RETURN_IF_ERROR(CkrError(rv, "C_GetAttributeValue (CKA_ID, CKA_LABEL)",
-                             absl::StrFormat("private key object 0x%lx on %s", h, Describe())));
+    RETURN_IF_ERROR(r.Status("CKA_ID, CKA_LABEL", what));
     k.uri = FormatObjectUri(fields_, k.label, k.id, "private");
     out.push_back(std::move(k));
   }
@@ -867,10 +872,9 @@ absl::StatusOr<unsigned long> Token::OpenWriteSession(absl::string_view operatio
         "pin-source in the URI or HWID_PKCS11_PIN"));
   }
   CK_SESSION_HANDLE s = CK_INVALID_HANDLE;
-  commands_.fetch_add(1, std::memory_order_relaxed);
-  RETURN_IF_ERROR(CkrError(module_->fl()->C_OpenSession(slot_id_, CKF_SERIAL_SESSION | CKF_RW_SESSION,
-                                                        nullptr, nullptr, &s),
-                           "C_OpenSession (read/write)", Describe()));
+  RETURN_IF_ERROR(HWID_CK(ck(), C_OpenSession, slot_id_, CKF_SERIAL_SESSION | CKF_RW_SESSION,
+                          nullptr, nullptr, &s)
+                      .Status("read/write", Describe()));
   return s;
 }
 
@@ -878,9 +882,9 @@ namespace {
 
 // SessionCloser closes a session of its own (not pooled) when it goes out of scope.
 struct SessionCloser {
-  CK_FUNCTION_LIST* fl;
+  Ck ck;
   CK_SESSION_HANDLE s;
-  ~SessionCloser() { fl->C_CloseSession(s); }
+  ~SessionCloser() { (void)HWID_CK(ck, C_CloseSession, s); }
 };
 
 }  // namespace
@@ -889,9 +893,9 @@ absl::StatusOr<std::shared_ptr<Key>> Token::GenerateKey(KeyAlg alg, absl::string
   if (label.empty()) {
     return absl::InvalidArgumentError("generating a PKCS#11 key: the label must not be empty");
   }
-  CK_FUNCTION_LIST* fl = module_->fl();
+  const Ck ck = this->ck();
   ASSIGN_OR_RETURN(unsigned long s, OpenWriteSession("generating a key"));
-  SessionCloser closer{fl, s};
+  SessionCloser closer{ck, s};
   const std::string lbl(label);
   absl::StatusOr<unsigned long> existing =
       FindPrivateKeyHandle(s, lbl, std::nullopt, absl::StrCat("labelled '", lbl, "'"));
@@ -940,11 +944,9 @@ absl::StatusOr<std::shared_ptr<Key>> Token::GenerateKey(KeyAlg alg, absl::string
   CK_MECHANISM mech{ec ? CKM_EC_KEY_PAIR_GEN : CKM_RSA_PKCS_KEY_PAIR_GEN, nullptr, 0};
   CK_OBJECT_HANDLE pubh = CK_INVALID_HANDLE;
   CK_OBJECT_HANDLE privh = CK_INVALID_HANDLE;
-  commands_.fetch_add(1, std::memory_order_relaxed);
-  const CK_RV rv = fl->C_GenerateKeyPair(s, &mech, pub.data(), pub.size(), priv.data(),
-                                         priv.size(), &pubh, &privh);
-  RETURN_IF_ERROR(CkrError(rv, absl::StrCat("C_GenerateKeyPair (", KeyAlgName(alg), ")"),
-                           Describe()));
+  RETURN_IF_ERROR(HWID_CK(ck, C_GenerateKeyPair, s, &mech, pub.data(), pub.size(), priv.data(),
+                          priv.size(), &pubh, &privh)
+                      .Status(KeyAlgName(alg), Describe()));
   return MakeKey(s, privh);
 }
 
@@ -959,7 +961,6 @@ absl::Status Token::CheckSameToken(const Key& key, absl::string_view operation) 
 
 absl::StatusOr<std::vector<unsigned long>> Token::FindPublicKeyHandles(unsigned long session,
                                                                        const Key& key) {
-  CK_FUNCTION_LIST* fl = module_->fl();
   CK_OBJECT_CLASS cls = CKO_PUBLIC_KEY;
   std::vector<CK_ATTRIBUTE> tmpl = {{CKA_CLASS, &cls, sizeof(cls)},
                                     {CKA_ID, const_cast<uint8_t*>(key.id_.data()), key.id_.size()}};
@@ -967,36 +968,27 @@ absl::StatusOr<std::vector<unsigned long>> Token::FindPublicKeyHandles(unsigned 
     // Without a CKA_ID, "the same CKA_ID" would match every public key without one.
     tmpl.push_back({CKA_LABEL, const_cast<char*>(key.label_.data()), key.label_.size()});
   }
-  const std::string what = absl::StrCat("the public key objects of ", key.Describe());
-  commands_.fetch_add(3, std::memory_order_relaxed);
-  RETURN_IF_ERROR(CkrError(fl->C_FindObjectsInit(session, tmpl.data(), tmpl.size()),
-                           "C_FindObjectsInit", what));
-  CK_OBJECT_HANDLE found[16];
-  CK_ULONG n = 0;
-  const CK_RV rv = fl->C_FindObjects(session, found, 16, &n);
-  fl->C_FindObjectsFinal(session);
-  RETURN_IF_ERROR(CkrError(rv, "C_FindObjects", what));
-  return std::vector<unsigned long>(found, found + n);
+  ASSIGN_OR_RETURN(std::vector<CK_OBJECT_HANDLE> found,
+                   FindObjects(ck(), session, tmpl.data(), tmpl.size(), 16,
+                               absl::StrCat("the public key objects of ", key.Describe())));
+  return std::vector<unsigned long>(found.begin(), found.end());
 }
 
 absl::Status Token::DestroyKey(const Key& key) {
   RETURN_IF_ERROR(CheckSameToken(key, "destroying a key"));
-  CK_FUNCTION_LIST* fl = module_->fl();
+  const Ck ck = this->ck();
   ASSIGN_OR_RETURN(unsigned long s, OpenWriteSession("destroying a key"));
-  SessionCloser closer{fl, s};
+  SessionCloser closer{ck, s};
   ASSIGN_OR_RETURN(unsigned long privh,
                    FindPrivateKeyHandle(s, key.label_.empty() ? std::nullopt
                                                               : std::optional<std::string>(key.label_),
                                         key.id_, absl::StrCat("with id ", IdHex(key.id_))));
   ASSIGN_OR_RETURN(std::vector<unsigned long> pubs, FindPublicKeyHandles(s, key));
-  commands_.fetch_add(1, std::memory_order_relaxed);
-  RETURN_IF_ERROR(CkrError(fl->C_DestroyObject(s, privh), "C_DestroyObject (private key)",
-                           key.Describe()));
+  RETURN_IF_ERROR(HWID_CK(ck, C_DestroyObject, s, privh).Status("private key", key.Describe()));
   for (unsigned long h : pubs) {
-    commands_.fetch_add(1, std::memory_order_relaxed);
-    const CK_RV rv = fl->C_DestroyObject(s, h);
-    if (rv != CKR_OK) {
-      const absl::Status st = CkrError(rv, "C_DestroyObject (public key)", key.Describe());
+    const CkResult r = HWID_CK(ck, C_DestroyObject, s, h);
+    if (!r.ok()) {
+      const absl::Status st = r.Status("public key", key.Describe());
       return absl::Status(st.code(), absl::StrCat(st.message(), "; the private key is destroyed, "
                                                   "its public key object remains"));
     }
@@ -1011,9 +1003,9 @@ absl::StatusOr<std::shared_ptr<Key>> Token::RelabelKey(const Key& key,
         absl::StrCat("relabelling ", key.Describe(), ": the new label must not be empty"));
   }
   RETURN_IF_ERROR(CheckSameToken(key, "relabelling a key"));
-  CK_FUNCTION_LIST* fl = module_->fl();
+  const Ck ck = this->ck();
   ASSIGN_OR_RETURN(unsigned long s, OpenWriteSession("relabelling a key"));
-  SessionCloser closer{fl, s};
+  SessionCloser closer{ck, s};
   ASSIGN_OR_RETURN(unsigned long privh,
                    FindPrivateKeyHandle(s, key.label_.empty() ? std::nullopt
                                                               : std::optional<std::string>(key.label_),
@@ -1031,18 +1023,14 @@ absl::StatusOr<std::shared_ptr<Key>> Token::RelabelKey(const Key& key,
   }
   ASSIGN_OR_RETURN(std::vector<unsigned long> pubs, FindPublicKeyHandles(s, key));
   CK_ATTRIBUTE set{CKA_LABEL, const_cast<char*>(lbl.data()), lbl.size()};
-  commands_.fetch_add(1, std::memory_order_relaxed);
-  RETURN_IF_ERROR(CkrError(fl->C_SetAttributeValue(s, privh, &set, 1),
-                           "C_SetAttributeValue(CKA_LABEL) (private key)", key.Describe()));
+  RETURN_IF_ERROR(HWID_CK(ck, C_SetAttributeValue, s, privh, &set, 1)
+                      .Status("CKA_LABEL of the private key", key.Describe()));
   for (unsigned long h : pubs) {
-    commands_.fetch_add(1, std::memory_order_relaxed);
-    const CK_RV rv = fl->C_SetAttributeValue(s, h, &set, 1);
-    if (rv != CKR_OK) {
+    const CkResult r = HWID_CK(ck, C_SetAttributeValue, s, h, &set, 1);
+    if (!r.ok()) {
       CK_ATTRIBUTE undo{CKA_LABEL, const_cast<char*>(key.label_.data()), key.label_.size()};
-      commands_.fetch_add(1, std::memory_order_relaxed);
-      const bool undone = fl->C_SetAttributeValue(s, privh, &undo, 1) == CKR_OK;
-      const absl::Status st =
-          CkrError(rv, "C_SetAttributeValue(CKA_LABEL) (public key)", key.Describe());
+      const bool undone = HWID_CK(ck, C_SetAttributeValue, s, privh, &undo, 1).ok();
+      const absl::Status st = r.Status("CKA_LABEL of the public key", key.Describe());
       return absl::Status(st.code(), absl::StrCat(st.message(), undone
                                                   ? "; the private key keeps its old label"
                                                   : "; the private key is relabelled, its public "
@@ -1127,34 +1115,33 @@ absl::StatusOr<Bytes> Key::Sign(ByteSpan digest, const hwid::SignParams& params)
     mech = {CKM_RSA_PKCS_PSS, &pss, sizeof(pss)};
     mech_name = "CKM_RSA_PKCS_PSS";
   }
-  CK_FUNCTION_LIST* fl = token_->module_->fl();
+  const Ck ck = token_->ck();
   ASSIGN_OR_RETURN(unsigned long s, token_->AcquireSession());
   Token::Lease lease(token_.get(), s);
   ASSIGN_OR_RETURN(unsigned long h, Handle(s, false));
   Bytes sig(is_ec ? 2 * 66 : static_cast<size_t>((bits_ + 7) / 8));
   CK_ULONG sig_len = sig.size();
-  token_->commands_.fetch_add(2, std::memory_order_relaxed);
-  CK_RV rv = lease.Check(fl->C_SignInit(s, &mech, h));
-  if (rv == CKR_KEY_HANDLE_INVALID || rv == CKR_OBJECT_HANDLE_INVALID ||
-      rv == CKR_USER_NOT_LOGGED_IN) {
+  CkResult r = lease.Check(HWID_CK(ck, C_SignInit, s, &mech, h));
+  if (r.rv() == CKR_KEY_HANDLE_INVALID || r.rv() == CKR_OBJECT_HANDLE_INVALID ||
+      r.rv() == CKR_USER_NOT_LOGGED_IN) {
     // Someone else using the module in this process may have logged it out (private objects
     // then vanish): log in again, once, with the key's PIN. The object may also have been
     // re-created or the module re-initialised: look it up once more.
-    if (!UserLoggedIn(fl, s) && token_->HasPin()) {
+    if (!UserLoggedIn(ck, s) && token_->HasPin()) {
       RETURN_IF_ERROR(token_->Relogin());
     }
     ASSIGN_OR_RETURN(h, Handle(s, true));
-    rv = lease.Check(fl->C_SignInit(s, &mech, h));
+    r = lease.Check(HWID_CK(ck, C_SignInit, s, &mech, h));
   }
   // Messages are built only on failure: this is the per-signature hot path.
-  if (rv != CKR_OK) {
-    return CkrError(rv, absl::StrCat("C_SignInit (", mech_name, ")"), Describe());
+  if (!r.ok()) {
+    return r.Status(mech_name, Describe());
   }
-  rv = lease.Check(fl->C_Sign(s, const_cast<uint8_t*>(input.data()), input.size(), sig.data(),
-                              &sig_len));
-  if (rv != CKR_OK) {
+  r = lease.Check(HWID_CK(ck, C_Sign, s, const_cast<uint8_t*>(input.data()), input.size(),
+                          sig.data(), &sig_len));
+  if (!r.ok()) {
     lease.Discard();  // an operation may still be active on it
-    return CkrError(rv, absl::StrCat("C_Sign (", mech_name, ")"), Describe());
+    return r.Status(mech_name, Describe());
   }
   sig.resize(sig_len);
   if (!is_ec) {
@@ -1170,7 +1157,6 @@ absl::StatusOr<Bytes> Key::Sign(ByteSpan digest, const hwid::SignParams& params)
 }
 
 absl::StatusOr<KeyAttributes> Key::ReadAttributes() {
-  CK_FUNCTION_LIST* fl = token_->module_->fl();
   ASSIGN_OR_RETURN(unsigned long s, token_->AcquireSession());
   Token::Lease lease(token_.get(), s);
   ASSIGN_OR_RETURN(unsigned long h, Handle(s, false));
@@ -1181,9 +1167,8 @@ absl::StatusOr<KeyAttributes> Key::ReadAttributes() {
       {CKA_ALWAYS_SENSITIVE, &v[4], 1}, {CKA_NEVER_EXTRACTABLE, &v[5], 1},
       {CKA_SIGN, &v[6], 1},
   };
-  token_->commands_.fetch_add(1, std::memory_order_relaxed);
-  RETURN_IF_ERROR(CkrError(lease.Check(fl->C_GetAttributeValue(s, h, a, 7)),
-                           "C_GetAttributeValue (protection attributes)", Describe()));
+  RETURN_IF_ERROR(lease.Check(HWID_CK(token_->ck(), C_GetAttributeValue, s, h, a, 7))
+                      .Status("protection attributes", Describe()));
   KeyAttributes out;
   out.token = v[0] == CK_TRUE;
   out.is_private = v[1] == CK_TRUE;

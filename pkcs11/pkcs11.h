@@ -63,6 +63,7 @@ struct KeyInfo {
   std::string uri;  // names the key; never contains a PIN
 };
 
+class Ck;  // pkcs11/call.h
 class Key;
 class Module;
 
@@ -160,6 +161,8 @@ class Token : public std::enable_shared_from_this<Token> {
   // Relogin runs Login under mu_ after the process was logged out underneath us.
   absl::Status Relogin();
   bool HasPin() const { return !pin_.empty(); }
+  // ck calls the module through the chokepoint (pkcs11/call.h), charged to command_count().
+  Ck ck();
   // CheckFork re-initialises this token after a fork (see the file comment); cheap otherwise.
   absl::Status CheckFork();
   absl::StatusOr<unsigned long> AcquireSession();

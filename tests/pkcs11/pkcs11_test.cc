@@ -612,6 +612,28 @@ TEST_F(Pkcs11Test, ConcurrentSignersUseSeveralSessions) {
   EXPECT_LE(key->token()->sessions_opened(), static_cast<uint64_t>(kThreads + 1));
 }
 
+// Every call goes through the chokepoint and is counted: a signature on a warm session is exactly
+// C_SignInit + C_Sign (the hwid-pkcs11-calls contract of the provider and the benchmarks).
+TEST_F(Pkcs11Test, WarmSignatureCostsTwoCalls) {
+  for (KeyAlg alg : {KeyAlg::kEcP256, KeyAlg::kRsa2048}) {
+    std::shared_ptr<Key> key = Generate(alg, absl::StrCat("two-calls-", KeyAlgName(alg)));
+    ASSERT_NE(key, nullptr);
+    const SignParams params{key->type() == KeyType::kEc ? SignScheme::kEcdsa
+                                                        : SignScheme::kRsaPkcs1,
+                            HashAlg::kSha256, std::nullopt};
+    Bytes digest = Sha("SHA256", "warm");
+    ASSERT_TRUE(key->Sign(digest, params).ok());
+    const uint64_t before = key->token()->command_count();
+    for (int i = 0; i < 5; ++i) {
+      ASSERT_TRUE(key->Sign(digest, params).ok());
+    }
+    EXPECT_EQ(key->token()->command_count() - before, 10u) << KeyAlgName(alg);
+    // A refused request never reaches the token.
+    EXPECT_FALSE(key->Sign(Bytes(7), params).ok());
+    EXPECT_EQ(key->token()->command_count() - before, 10u) << KeyAlgName(alg);
+  }
+}
+
 TEST_F(Pkcs11Test, ForkedChildReinitialisesAndSigns) {
   std::shared_ptr<Key> key = Generate(KeyAlg::kEcP256, "fork");
   ASSERT_NE(key, nullptr);
