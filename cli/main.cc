@@ -348,6 +348,14 @@ absl::Status CmdAttestSelftest(const Args& a) {
   return absl::OkStatus();
 }
 
+// ParseSchemeArg parses --scheme: ecdsa, pkcs1 (rsassa) or pss (rsapss).
+absl::StatusOr<SignScheme> ParseSchemeArg(const std::string& s) {
+  if (s == "ecdsa") return SignScheme::kEcdsa;
+  if (s == "pkcs1" || s == "rsassa") return SignScheme::kRsaPkcs1;
+  if (s == "pss" || s == "rsapss") return SignScheme::kRsaPss;
+  return UsageError(absl::StrCat("--scheme ", s, ": expected ecdsa, pkcs1 or pss"));
+}
+
 #if HWID_WITH_PKCS11
 bool IsPkcs11Uri(absl::string_view ref) { return absl::StartsWith(ref, "pkcs11:"); }
 
@@ -416,15 +424,7 @@ absl::Status CmdKeySignPkcs11(const Args& a, const std::string& uri) {
   const std::string s = a.GetOr("scheme", ec ? "ecdsa" : "pkcs1");
   SignParams params;
   params.hash = *alg;
-  if (s == "ecdsa") {
-    params.scheme = SignScheme::kEcdsa;
-  } else if (s == "pkcs1" || s == "rsassa") {
-    params.scheme = SignScheme::kRsaPkcs1;
-  } else if (s == "pss" || s == "rsapss") {
-    params.scheme = SignScheme::kRsaPss;
-  } else {
-    return UsageError(absl::StrCat("--scheme ", s, ": expected ecdsa, pkcs1 or pss"));
-  }
+  ASSIGN_OR_RETURN(params.scheme, ParseSchemeArg(s));
   const EVP_MD* md = HashAlgMd(*alg);
   Bytes digest(EVP_MAX_MD_SIZE);
   unsigned int dlen = 0;
@@ -522,9 +522,26 @@ absl::Status CmdKeySign(const Args& a) {
 #endif
   std::optional<TPMI_ALG_HASH> hash;
   if (auto h = a.Get("hash")) {
-    absl::StatusOr<TPMI_ALG_HASH> parsed = wire::ParseHashAlg(*h);
+    // One digest-name parser (common/sign.h); the TPM knows SHA-1 and SHA-2 256/384/512.
+    absl::StatusOr<HashAlg> parsed = ParseHashAlg(*h);
     if (!parsed.ok()) return UsageError(std::string(parsed.status().message()));
-    hash = *parsed;
+    switch (*parsed) {
+      case HashAlg::kSha1:
+        hash = TPM2_ALG_SHA1;
+        break;
+      case HashAlg::kSha256:
+        hash = TPM2_ALG_SHA256;
+        break;
+      case HashAlg::kSha384:
+        hash = TPM2_ALG_SHA384;
+        break;
+      case HashAlg::kSha512:
+        hash = TPM2_ALG_SHA512;
+        break;
+      case HashAlg::kSha224:
+        return UsageError(absl::StrCat("--hash ", *h, ": the TPM has no SHA-224; expected sha1, "
+                                       "sha256, sha384 or sha512"));
+    }
   }
   ASSIGN_OR_RETURN(SecureBytes auth, AuthFromArgs(a));
   ASSIGN_OR_RETURN(Bytes msg, ReadFile(*in, 1u << 30));
@@ -538,17 +555,8 @@ absl::Status CmdKeySign(const Args& a) {
                : TPM2_ALG_SHA256;
   }
   ASSIGN_OR_RETURN(Bytes digest, wire::Hash(*hash, msg));
-  tpm::SignScheme scheme;
   const std::string s = a.GetOr("scheme", key.pub.publicArea.type == TPM2_ALG_ECC ? "ecdsa" : "pkcs1");
-  if (s == "ecdsa") {
-    scheme = tpm::SignScheme::kEcdsa;
-  } else if (s == "pkcs1" || s == "rsassa") {
-    scheme = tpm::SignScheme::kRsaPkcs1;
-  } else if (s == "pss" || s == "rsapss") {
-    scheme = tpm::SignScheme::kRsaPss;
-  } else {
-    return UsageError(absl::StrCat("--scheme ", s, ": expected ecdsa, pkcs1 or pss"));
-  }
+  ASSIGN_OR_RETURN(SignScheme scheme, ParseSchemeArg(s));
   ASSIGN_OR_RETURN(TPMT_SIGNATURE sig, t->Sign(key, digest, scheme, *hash));
   // Check our own output with the public key before handing it out.
   RETURN_IF_ERROR(wire::VerifySignature(key.pub.publicArea, msg, sig));

@@ -25,10 +25,12 @@
 #include "common/bytes.h"
 #include "common/key_alg.h"
 #include "common/ossl.h"
+#include "common/sign.h"
 
 namespace hwid::provider {
 
-enum class KeyType { kEc, kRsa };
+// The signing vocabulary is common/sign.h's: hwid::KeyType, hwid::SignScheme (ECDSA, RSA PKCS#1
+// v1.5, RSA-PSS), hwid::HashAlg and hwid::SignParams (found unqualified from this namespace).
 
 // Device says where a key lives; it picks the wording of OpenSSL errors ("TPM ..." / "PKCS#11 ...").
 enum class Device { kTpm, kPkcs11 };
@@ -36,40 +38,28 @@ enum class Device { kTpm, kPkcs11 };
 // PassphraseFn asks the application for a secret (OpenSSL's passphrase callback); empty = none.
 using PassphraseFn = std::function<SecureBytes()>;
 
-// The padding / signature scheme of one signature.
-enum class Padding { kEcdsa, kPkcs1, kPss };
-
-// SignParams describes one signature: `digest` is the hash of the message computed with
-// `digest_name` ("SHA256", "SHA384", "SHA512", "SHA1").
-struct SignParams {
-  Padding padding = Padding::kEcdsa;
-  std::string digest_name = "SHA256";
-  // RSA-PSS only: the salt length the caller requires, in bytes; nullopt = whatever the device
-  // uses (OpenSSL's "max"/"auto").
-  std::optional<int> pss_salt_len;
-};
-
 // How a device chooses the RSA-PSS salt length: TPM 2.0 Part 1 B.7 says "the largest size
 // allowed" (several hardware TPMs do that), libtpms/swtpm use the digest length. TLS 1.3 needs
 // the digest length.
 enum class PssSaltMode { kDigestLength, kMaximum };
 
-
-class Key {
+// Key is a provider key: a hwid::SigningKey (type, public half, description, Sign) plus what the
+// provider's OpenSSL glue needs on top (device, key-file encodings, activation, PSS salt mode).
+class Key : public hwid::SigningKey {
  public:
-  virtual ~Key() = default;
+  ~Key() override = default;
 
-  virtual KeyType type() const = 0;
   virtual Device device() const = 0;
   // public_key is the key's public half in the provider's library context (never null).
-  virtual EVP_PKEY* public_key() const = 0;
+  EVP_PKEY* public_key() const override = 0;
   // Describe names the key for error messages ("TPM key file (parent 0x40000001)",
   // "TPM persistent key 0x81000010"); never contains secrets.
-  virtual std::string Describe() const = 0;
-  // Sign signs `digest` (already hashed as params.digest_name says) and returns what OpenSSL
-  // expects: a DER ECDSA-Sig-Value, or the RSA signature (modulus size). Errors carry the
-  // operation, the key and the decoded device code.
-  virtual absl::StatusOr<Bytes> Sign(ByteSpan digest, const SignParams& params) = 0;
+  std::string Describe() const override = 0;
+  // Sign signs `digest` (already hashed with params.hash) and returns what OpenSSL expects: a DER
+  // ECDSA-Sig-Value, or the RSA signature (modulus size). params.pss_salt_len: nullopt = whatever
+  // the device uses (OpenSSL's "auto"). Errors carry the operation, the key and the decoded device
+  // code; FailedPrecondition when the device cannot use the requested PSS salt length.
+  absl::StatusOr<Bytes> Sign(ByteSpan digest, const SignParams& params) override = 0;
   // EncodePem returns the key's reference as a PEM file that the provider's decoder reads back
   // (for a TPM key: "TSS2 PRIVATE KEY"). Unimplemented for keys that have no file form.
   virtual absl::StatusOr<std::string> EncodePem() const = 0;

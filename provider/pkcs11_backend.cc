@@ -37,9 +37,7 @@ class Pkcs11Key final : public Key {
   Pkcs11Key(std::shared_ptr<pkcs11::Key> key, OsslPtr<EVP_PKEY> pub)
       : key_(std::move(key)), pub_(std::move(pub)) {}
 
-  KeyType type() const override {
-    return key_->type() == hwid::KeyType::kEc ? KeyType::kEc : KeyType::kRsa;
-  }
+  KeyType type() const override { return key_->type(); }
   Device device() const override { return Device::kPkcs11; }
   EVP_PKEY* public_key() const override { return pub_.get(); }
   std::string Describe() const override { return key_->Describe(); }
@@ -47,21 +45,7 @@ class Pkcs11Key final : public Key {
   PssSaltMode pss_salt_mode() const override { return PssSaltMode::kDigestLength; }
 
   absl::StatusOr<Bytes> Sign(ByteSpan digest, const SignParams& params) override {
-    hwid::SignParams p;
-    switch (params.padding) {
-      case Padding::kEcdsa:
-        p.scheme = hwid::SignScheme::kEcdsa;
-        break;
-      case Padding::kPkcs1:
-        p.scheme = hwid::SignScheme::kRsaPkcs1;
-        break;
-      case Padding::kPss:
-        p.scheme = hwid::SignScheme::kRsaPss;
-        break;
-    }
-    ASSIGN_OR_RETURN(p.hash, hwid::ParseHashAlg(params.digest_name));
-    p.pss_salt_len = params.pss_salt_len;
-    return key_->Sign(digest, p);
+    return key_->Sign(digest, params);
   }
 
   absl::StatusOr<std::string> EncodePem() const override { return pkcs11::EncodeUriPem(key_->uri()); }

@@ -28,41 +28,33 @@ struct SigCtx {
   std::shared_ptr<Key> priv;
   OsslPtr<EVP_PKEY> pub;
   OsslPtr<EVP_MD> md;
+  HashAlg hash = HashAlg::kSha256;  // md as the backend's digest (set together with md)
   // Streaming digest-sign/verify: `streaming` after DigestSign/VerifyInit; `mdctx` is made on the
   // first update or final, so one-shot users (libssl's EVP_DigestSign) never allocate it.
   bool streaming = false;
   OsslPtr<EVP_MD_CTX> mdctx;
-  Padding pad = Padding::kEcdsa;
+  SignScheme scheme = SignScheme::kEcdsa;
   int saltlen = kSaltUnset;  // OpenSSL codes: -1 digest, -2 auto, -3 max, >= 0 bytes
   OsslPtr<EVP_MD> mgf1;
 };
 
-// DigestName maps a fetched digest to the backend's name ("SHA256"), null for other digests.
-// By NID (a field of the fetched method; every alias of a digest has its NID): this runs on every
-// signature init, where EVP_MD_is_a's name-map lookups cost more than the rest of the init.
-const char* DigestName(const EVP_MD* md) {
-  switch (EVP_MD_get_type(md)) {
-    case NID_sha256:
-      return "SHA256";
-    case NID_sha384:
-      return "SHA384";
-    case NID_sha512:
-      return "SHA512";
-    case NID_sha1:
-      return "SHA1";
-    default:
-      return nullptr;
-  }
-}
-
+// SetDigest fetches digest `name` and maps it to the backend's HashAlg once, by NID (a field of the
+// fetched method; every alias of a digest has its NID): this runs on every signature init, where
+// name comparisons (EVP_MD_is_a's name-map lookups) would cost more than the rest of the init.
 bool SetDigest(SigCtx* c, const char* name) {
   OsslPtr<EVP_MD> md(EVP_MD_fetch(c->prov->libctx, name, nullptr));
-  if (md == nullptr || DigestName(md.get()) == nullptr) {
-    RaiseError(c->prov, kReasonUnsupported, "digest %s is not supported for TPM signatures "
-               "(SHA1, SHA256, SHA384, SHA512)", name);
+  absl::StatusOr<HashAlg> hash =
+      md != nullptr ? HashAlgFromNid(EVP_MD_get_type(md.get()))
+                    : absl::StatusOr<HashAlg>(absl::InvalidArgumentError("unknown digest"));
+  const bool tpm_key = c->priv != nullptr && c->priv->device() == Device::kTpm;
+  if (!hash.ok() || (tpm_key && *hash == HashAlg::kSha224)) {
+    RaiseError(c->prov, kReasonUnsupported, "digest %s is not supported for %s signatures (%s)",
+               name, tpm_key ? "TPM" : "hwid",
+               tpm_key ? "SHA1, SHA256, SHA384, SHA512" : "SHA1, SHA224, SHA256, SHA384, SHA512");
     return false;
   }
   c->md = std::move(md);
+  c->hash = *hash;
   return true;
 }
 
@@ -84,7 +76,8 @@ void* DupCtx(void* vctx) {
     d->prov = src->prov;
     d->type = src->type;
     d->priv = src->priv;
-    d->pad = src->pad;
+    d->hash = src->hash;
+    d->scheme = src->scheme;
     d->saltlen = src->saltlen;
     d->streaming = src->streaming;
     if (src->pub != nullptr) {
@@ -127,7 +120,7 @@ int Init(SigCtx* c, void* vkey, const OSSL_PARAM params[], bool signing) {
   c->priv = k->priv;
   EVP_PKEY_up_ref(k->pub.get());
   c->pub.reset(k->pub.get());
-  c->pad = k->type == KeyType::kEc ? Padding::kEcdsa : Padding::kPkcs1;
+  c->scheme = k->type == KeyType::kEc ? SignScheme::kEcdsa : SignScheme::kRsaPkcs1;
   c->saltlen = kSaltUnset;
   c->mgf1.reset();
   c->streaming = false;
@@ -184,19 +177,19 @@ int DoSign(SigCtx* c, unsigned char* sig, size_t* siglen, size_t sigsize, const 
     return 0;
   }
   SignParams p;
-  p.padding = c->pad;
-  p.digest_name = DigestName(c->md.get());
+  p.scheme = c->scheme;
+  p.hash = c->hash;
   const int hlen = EVP_MD_get_size(c->md.get());
   if (static_cast<int>(tbslen) != hlen) {
     RaiseError(c->prov, kReasonInvalidArgument, "input of %zu bytes is not a %s digest", tbslen,
-               p.digest_name.c_str());
+               HashAlgName(c->hash));
     return 0;
   }
-  if (c->pad == Padding::kPss) {
-    if (c->mgf1 != nullptr && !EVP_MD_is_a(c->mgf1.get(), p.digest_name.c_str())) {
+  if (c->scheme == SignScheme::kRsaPss) {
+    if (c->mgf1 != nullptr && EVP_MD_get_type(c->mgf1.get()) != HashAlgNid(c->hash)) {
       RaiseError(c->prov, kReasonUnsupported,
-                 "the TPM uses MGF1 with the signature digest (%s); another MGF1 digest was set",
-                 p.digest_name.c_str());
+                 "the device uses MGF1 with the signature digest (%s); another MGF1 digest was set",
+                 HashAlgName(c->hash));
       return 0;
     }
     if (c->saltlen == RSA_PSS_SALTLEN_DIGEST) {
@@ -245,11 +238,11 @@ int SoftwareVerify(SigCtx* c, const unsigned char* sig, size_t siglen, const uns
     return 0;
   }
   if (c->type == KeyType::kRsa) {
-    if (EVP_PKEY_CTX_set_rsa_padding(ctx.get(), c->pad == Padding::kPss ? RSA_PKCS1_PSS_PADDING
+    if (EVP_PKEY_CTX_set_rsa_padding(ctx.get(), c->scheme == SignScheme::kRsaPss ? RSA_PKCS1_PSS_PADDING
                                                                         : RSA_PKCS1_PADDING) != 1) {
       return 0;
     }
-    if (c->pad == Padding::kPss) {
+    if (c->scheme == SignScheme::kRsaPss) {
       const int salt = c->saltlen == kSaltUnset ? RSA_PSS_SALTLEN_AUTO : c->saltlen;
       if (EVP_PKEY_CTX_set_rsa_pss_saltlen(ctx.get(), salt) != 1 ||
           (c->mgf1 != nullptr && EVP_PKEY_CTX_set_rsa_mgf1_md(ctx.get(), c->mgf1.get()) != 1)) {
@@ -388,7 +381,7 @@ int GetAlgorithmId(SigCtx* c, OSSL_PARAM* p) {
                               nullptr, c->pub.get(), nullptr) != 1) {
     return 0;
   }
-  if (c->type == KeyType::kRsa && c->pad == Padding::kPss) {
+  if (c->type == KeyType::kRsa && c->scheme == SignScheme::kRsaPss) {
     const int hlen = EVP_MD_get_size(c->md.get());
     int salt = hlen;
     if (c->saltlen >= 0) {
@@ -426,12 +419,12 @@ int GetCtxParams(void* vctx, OSSL_PARAM params[]) {
     }
     p = OSSL_PARAM_locate(params, OSSL_SIGNATURE_PARAM_PAD_MODE);
     if (p != nullptr && c->type == KeyType::kRsa) {
-      const int mode = c->pad == Padding::kPss ? RSA_PKCS1_PSS_PADDING : RSA_PKCS1_PADDING;
+      const int mode = c->scheme == SignScheme::kRsaPss ? RSA_PKCS1_PSS_PADDING : RSA_PKCS1_PADDING;
       if (p->data_type == OSSL_PARAM_INTEGER) {
         if (OSSL_PARAM_set_int(p, mode) != 1) {
           return 0;
         }
-      } else if (OSSL_PARAM_set_utf8_string(p, c->pad == Padding::kPss ? "pss" : "pkcs1") != 1) {
+      } else if (OSSL_PARAM_set_utf8_string(p, c->scheme == SignScheme::kRsaPss ? "pss" : "pkcs1") != 1) {
         return 0;
       }
     }
@@ -480,7 +473,7 @@ int SetCtxParams(void* vctx, const OSSL_PARAM params[]) {
                    mode);
         return 0;
       }
-      c->pad = mode == RSA_PKCS1_PSS_PADDING ? Padding::kPss : Padding::kPkcs1;
+      c->scheme = mode == RSA_PKCS1_PSS_PADDING ? SignScheme::kRsaPss : SignScheme::kRsaPkcs1;
     }
     p = OSSL_PARAM_locate_const(params, OSSL_SIGNATURE_PARAM_PSS_SALTLEN);
     if (p != nullptr) {

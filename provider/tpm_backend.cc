@@ -112,26 +112,22 @@ Registry& Reg() {
   return *r;
 }
 
-absl::StatusOr<TPMI_ALG_HASH> HashAlgFor(absl::string_view name, size_t digest_len) {
-  TPMI_ALG_HASH alg = TPM2_ALG_NULL;
-  if (name == "SHA256" || name == "SHA2-256") {
-    alg = TPM2_ALG_SHA256;
-  } else if (name == "SHA384" || name == "SHA2-384") {
-    alg = TPM2_ALG_SHA384;
-  } else if (name == "SHA512" || name == "SHA2-512") {
-    alg = TPM2_ALG_SHA512;
-  } else if (name == "SHA1" || name == "SHA-1") {
-    alg = TPM2_ALG_SHA1;
-  } else {
-    return absl::InvalidArgumentError(
-        absl::StrCat("digest ", name, " is not supported by the TPM (SHA1, SHA256, SHA384, SHA512)"));
+// TpmHashAlg is the TPM's algorithm ID for a digest; the TPM has no SHA-224.
+absl::StatusOr<TPMI_ALG_HASH> TpmHashAlg(HashAlg hash) {
+  switch (hash) {
+    case HashAlg::kSha1:
+      return TPM2_ALG_SHA1;
+    case HashAlg::kSha256:
+      return TPM2_ALG_SHA256;
+    case HashAlg::kSha384:
+      return TPM2_ALG_SHA384;
+    case HashAlg::kSha512:
+      return TPM2_ALG_SHA512;
+    case HashAlg::kSha224:
+      break;
   }
-  if (wire::DigestSize(alg) != digest_len) {
-    return absl::InvalidArgumentError(absl::StrCat("a ", name, " digest is ",
-                                                   wire::DigestSize(alg), " bytes, got ",
-                                                   digest_len));
-  }
-  return alg;
+  return absl::InvalidArgumentError(absl::StrCat(
+      "digest ", HashAlgName(hash), " is not supported by the TPM (SHA1, SHA256, SHA384, SHA512)"));
 }
 
 absl::StatusOr<KeyType> CheckSigningPublic(const TPMT_PUBLIC& pub, absl::string_view what) {
@@ -216,26 +212,11 @@ class TpmKey final : public Key {
   }
 
   absl::StatusOr<Bytes> Sign(ByteSpan digest, const SignParams& params) override {
-    tpm::SignScheme scheme = tpm::SignScheme::kEcdsa;
-    switch (params.padding) {
-      case Padding::kEcdsa:
-        if (type_ != KeyType::kEc) {
-          return absl::InvalidArgumentError(absl::StrCat("ECDSA requested with RSA ", description_));
-        }
-        scheme = tpm::SignScheme::kEcdsa;
-        break;
-      case Padding::kPkcs1:
-        scheme = tpm::SignScheme::kRsaPkcs1;
-        break;
-      case Padding::kPss:
-        scheme = tpm::SignScheme::kRsaPss;
-        break;
+    if (absl::Status st = CheckSignRequest(type_, digest, params); !st.ok()) {
+      return absl::Status(st.code(), absl::StrCat(st.message(), "; key: ", description_));
     }
-    if (params.padding != Padding::kEcdsa && type_ != KeyType::kRsa) {
-      return absl::InvalidArgumentError(absl::StrCat("RSA padding requested with EC ", description_));
-    }
-    ASSIGN_OR_RETURN(TPMI_ALG_HASH hash, HashAlgFor(params.digest_name, digest.size()));
-    if (params.padding == Padding::kPss && params.pss_salt_len.has_value()) {
+    ASSIGN_OR_RETURN(TPMI_ALG_HASH hash, TpmHashAlg(params.hash));
+    if (params.scheme == SignScheme::kRsaPss && params.pss_salt_len.has_value()) {
       const int hlen = static_cast<int>(digest.size());
       const int device_salt = pss_mode_ == PssSaltMode::kDigestLength
                                   ? hlen
@@ -259,7 +240,7 @@ class TpmKey final : public Key {
       device_->ResetIfBroken(gen, loaded);
       return loaded;
     }
-    absl::StatusOr<TPMT_SIGNATURE> sig = tpm->Sign(*loaded_, digest, scheme, hash);
+    absl::StatusOr<TPMT_SIGNATURE> sig = tpm->Sign(*loaded_, digest, params.scheme, hash);
     if (!sig.ok()) {
       device_->ResetIfBroken(gen, sig.status());
       return sig.status();
@@ -294,8 +275,7 @@ class TpmKey final : public Key {
     }
     static constexpr uint8_t kSelfTest[] = "hwid provider key self-test";
     ASSIGN_OR_RETURN(Bytes digest, wire::Hash(TPM2_ALG_SHA256, ByteSpan(kSelfTest, sizeof(kSelfTest))));
-    const tpm::SignScheme scheme =
-        type_ == KeyType::kRsa ? tpm::SignScheme::kRsaPss : tpm::SignScheme::kEcdsa;
+    const SignScheme scheme = type_ == KeyType::kRsa ? SignScheme::kRsaPss : SignScheme::kEcdsa;
     absl::StatusOr<TPMT_SIGNATURE> sig = tpm->Sign(*loaded_, digest, scheme, TPM2_ALG_SHA256);
     if (!sig.ok()) {
       if (absl::IsPermissionDenied(sig.status())) {
