@@ -225,14 +225,18 @@ TEST_F(ProviderPkcs11Test, SignsEveryMechanismThroughTheStore) {
     std::vector<SignCase> cases;
   };
   const std::vector<Row> rows = {
-      {"ec256", Fix()->ec256, {{"SHA256", 0, 0}, {"SHA384", 0, 0}}},
+      {"ec256", Fix()->ec256, {{"SHA256", 0, 0}, {"SHA384", 0, 0}, {"SHA224", 0, 0}}},
       {"ec384", Fix()->ec384, {{"SHA384", 0, 0}, {"SHA256", 0, 0}}},
       {"rsa2048",
        Fix()->rsa2048,
        {{"SHA256", RSA_PKCS1_PADDING, 0},
         {"SHA256", RSA_PKCS1_PSS_PADDING, RSA_PSS_SALTLEN_DIGEST},
         {"SHA384", RSA_PKCS1_PSS_PADDING, RSA_PSS_SALTLEN_MAX},
-        {"SHA512", RSA_PKCS1_PSS_PADDING, 20}}},
+        {"SHA512", RSA_PKCS1_PSS_PADDING, 20},
+        // SHA-224 and SHA-1: every HashAlg reaches the token (CKM_RSA_PKCS DigestInfo, PSS MGF1).
+        {"SHA224", RSA_PKCS1_PADDING, 0},
+        {"SHA2-224", RSA_PKCS1_PSS_PADDING, RSA_PSS_SALTLEN_DIGEST},
+        {"SHA1", RSA_PKCS1_PSS_PADDING, RSA_PSS_SALTLEN_DIGEST}}},
       {"rsa3072",
        Fix()->rsa3072,
        {{"SHA384", RSA_PKCS1_PADDING, 0},

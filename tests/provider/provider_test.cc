@@ -292,6 +292,19 @@ TEST_F(ProviderTest, OneTpmCommandPerSignature) {
   EXPECT_EQ(ctx_->Commands() - before, 5u);
 }
 
+// The TPM has no SHA-224: a TPM key refuses it when the digest is set, before any TPM command.
+TEST_F(ProviderTest, TpmKeyRefusesSha224AtInit) {
+  OsslPtr<EVP_PKEY> key = Generate(ctx_->get(), kAlgs[0]);
+  ASSERT_NE(key, nullptr) << Errors();
+  const uint64_t before = ctx_->Commands();
+  OsslPtr<EVP_MD_CTX> m(EVP_MD_CTX_new());
+  EXPECT_NE(EVP_DigestSignInit_ex(m.get(), nullptr, "SHA224", ctx_->get(), nullptr, key.get(),
+                                  nullptr),
+            1);
+  EXPECT_THAT(Errors(), HasSubstr("not supported for TPM signatures"));
+  EXPECT_EQ(ctx_->Commands(), before);
+}
+
 // Streaming digest-sign (Init, Update..., Final): several chunks, no chunk at all (empty message),
 // a context copied mid-stream, and the streaming verify of our own signature.
 TEST_F(ProviderTest, StreamingDigestSignAndVerify) {
