@@ -621,7 +621,7 @@ std::map<std::string, Command> Commands() {
       "  TSS2 PRIVATE KEY PEM (readable by tpm2-openssl and tpm2-tools). The private key never\n"
       "  leaves the TPM unencrypted. --auth-env names an environment variable holding the key's\n"
       "  password.\n"
-      "   or: hwid key create --pkcs11 URI --alg ec-p256|ec-p384|rsa-2048|rsa-3072 --label NAME\n"
+      "   or: hwid key create --pkcs11 URI --alg ec-p256|ec-p384|rsa-2048|rsa-3072|rsa-4096 --label NAME\n"
       "                       [--out KEY.pem]\n"
       "  Generates the key on the PKCS#11 token URI names (CKA_SENSITIVE, CKA_EXTRACTABLE false)\n"
       "  and prints its pkcs11: URI; --out also writes a PKCS#11 PROVIDER URI key file (no PIN)\n"
