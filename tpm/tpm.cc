@@ -809,6 +809,42 @@ absl::StatusOr<Quote> Tpm::QuotePcrs(LoadedKey& ak, ByteSpan nonce,
       absl::StrCat("TPM2_Quote: the quote does not verify against the PCR values read: ", last.message()));
 }
 
+absl::StatusOr<Certification> Tpm::Certify(LoadedKey& ak, const wire::TpmKeyFile& key_file,
+                                           ByteSpan qualifying) {
+  std::lock_guard<std::recursive_mutex> lock(mu_);
+  if (qualifying.size() > sizeof(TPMU_HA)) {
+    return absl::InvalidArgumentError(absl::StrCat("certify qualifying data is ",
+                                                   qualifying.size(), " bytes; at most ",
+                                                   sizeof(TPMU_HA), " allowed"));
+  }
+  ASSIGN_OR_RETURN(LoadedKey key, LoadKeyLocked(key_file, {}));
+  TPM2B_DATA q = {};
+  q.size = static_cast<UINT16>(qualifying.size());
+  if (!qualifying.empty()) {
+    std::memcpy(q.buffer, qualifying.data(), qualifying.size());
+  }
+  TPMT_SIG_SCHEME scheme = {};
+  scheme.scheme = TPM2_ALG_NULL;  // the AK's own scheme
+  TPM2B_ATTEST* attest_raw = nullptr;
+  TPMT_SIGNATURE* sig_raw = nullptr;
+  ++commands_;
+  TSS2_RC rc = Esys_Certify(impl_->esys, key.object.tr(), ak.object.tr(), ESYS_TR_PASSWORD,
+                            ESYS_TR_PASSWORD, ESYS_TR_NONE, &q, &scheme, &attest_raw, &sig_raw);
+  EsysPtr<TPM2B_ATTEST> attest(attest_raw);
+  EsysPtr<TPMT_SIGNATURE> sig(sig_raw);
+  RETURN_IF_ERROR(TssError(rc, "TPM2_Certify", "KeyManager key (signed by the AK)"));
+  Certification out;
+  out.attest.assign(attest->attestationData, attest->attestationData + attest->size);
+  ASSIGN_OR_RETURN(out.signature, wire::MarshalSignature(*sig));
+  absl::StatusOr<wire::VerifiedCertify> v =
+      wire::VerifyCertify(ak.pub.publicArea, key_file.pub, out.attest, out.signature, qualifying);
+  if (!v.ok()) {
+    return absl::InternalError(
+        absl::StrCat("TPM2_Certify: the certification does not verify: ", v.status().message()));
+  }
+  return out;
+}
+
 absl::StatusOr<SecureBytes> Tpm::ActivateCredential(LoadedKey& ak, Ek& ek, ByteSpan id_object,
                                                     ByteSpan encrypted_secret) {
   std::lock_guard<std::recursive_mutex> lock(mu_);

@@ -104,6 +104,12 @@ struct LoadedKey {
   std::optional<wire::TpmKeyFile> blob;  // for transient keys: the blob to reload from
 };
 
+// Certification: TPM2_Certify output (TPMS_ATTEST bytes and a marshalled TPMT_SIGNATURE).
+struct Certification {
+  Bytes attest;
+  Bytes signature;
+};
+
 struct Quote {
   Bytes attest;     // TPMS_ATTEST bytes (the content of TPM2B_ATTEST)
   Bytes signature;  // marshalled TPMT_SIGNATURE
@@ -174,6 +180,12 @@ class Tpm {
   // it covers (retried if a PCR changes between the read and the quote).
   absl::StatusOr<Quote> QuotePcrs(LoadedKey& ak, ByteSpan nonce,
                                   const TPML_PCR_SELECTION& selection);
+  // Certify has `ak` certify that `key_file` (a signing key loaded under the SRK for the call and
+  // flushed again) lives in this TPM, with `qualifying` as the extraData (TPM2_Certify). The key
+  // must have an empty authValue (KeyManager keys do). The result is checked with
+  // wire::VerifyCertify before it is returned.
+  absl::StatusOr<Certification> Certify(LoadedKey& ak, const wire::TpmKeyFile& key_file,
+                                        ByteSpan qualifying);
   // ActivateCredential recovers the secret bound by MakeCredential to `ak`'s name under `ek`,
   // authorising the EK with its policy (PolicySecret on the endorsement hierarchy, plus
   // PolicyOR for high-range templates).

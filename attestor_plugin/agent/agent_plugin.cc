@@ -24,6 +24,7 @@ absl::StatusOr<attestation::AgentConfig> ParseAgentPluginConfig(const pluginmain
   d.Optional("pcrs", &in.pcrs);
   d.Optional("ak_handle", &in.ak_handle);
   d.Optional("ak_alg", &in.ak_alg);
+  d.Optional("keymanager_key_dir", &in.keymanager_key_dir);
   absl::Status st = d.Finish();
   if (!st.ok()) {
     return absl::InvalidArgumentError(absl::StrCat("plugin_data: ", st.message()));

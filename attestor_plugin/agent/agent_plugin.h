@@ -15,7 +15,7 @@
 
 namespace hwid::attestor {
 
-// ParseAgentPluginConfig: plugin_data keys tcti, ek, pcrs, ak_handle, ak_alg.
+// ParseAgentPluginConfig: plugin_data keys tcti, ek, pcrs, ak_handle, ak_alg, keymanager_key_dir.
 absl::StatusOr<attestation::AgentConfig> ParseAgentPluginConfig(const pluginmain::CoreConfig& core,
                                                                 absl::string_view hcl);
 

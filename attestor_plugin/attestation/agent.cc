@@ -1,13 +1,21 @@
 #include "attestor_plugin/attestation/agent.h"
 
+#include <dirent.h>
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
 #include <set>
 #include <utility>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "attestor_plugin/attestation/messages.h"
 #include "common/status_macros.h"
 #include "tpm/wire/crypto.h"
+#include "tpm/wire/keyfile.h"
 #include "tpm/wire/marshal.h"
 #include "tpm/wire/pcr.h"
 
@@ -70,7 +78,51 @@ absl::StatusOr<AgentConfig> ValidateAgentConfig(const AgentConfigInput& in) {
     return ConfigError("ak_alg", alg.status().message());
   }
   c.ak_alg = *alg;
+  if (!in.keymanager_key_dir.empty() && in.keymanager_key_dir[0] != '/') {
+    return ConfigError("keymanager_key_dir",
+                       absl::StrCat("must be an absolute path, got '", in.keymanager_key_dir, "'"));
+  }
+  c.keymanager_key_dir = in.keymanager_key_dir;
   return c;
+}
+
+absl::StatusOr<std::vector<wire::TpmKeyFile>> ReadKeyManagerKeys(const std::string& dir) {
+  std::unique_ptr<DIR, int (*)(DIR*)> d(opendir(dir.c_str()), closedir);
+  if (d == nullptr) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "keymanager_key_dir ", dir, " cannot be read: ", std::strerror(errno),
+        " (it must be the key_dir of the agent's hwid KeyManager)"));
+  }
+  std::vector<std::pair<int64_t, std::string>> files;
+  while (struct dirent* de = readdir(d.get())) {
+    const absl::string_view name = de->d_name;
+    if (name.empty() || name[0] == '.' || !absl::EndsWith(name, ".tss2.pem")) {
+      continue;
+    }
+    const std::string path = absl::StrCat(dir, "/", name);
+    struct stat st = {};
+    if (stat(path.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) {
+      continue;
+    }
+    files.emplace_back(static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec,
+                       path);
+  }
+  std::sort(files.rbegin(), files.rend());  // newest first
+  std::vector<wire::TpmKeyFile> out;
+  for (const auto& [mtime, path] : files) {
+    if (out.size() == kMaxCertifiedKeys) {
+      break;
+    }
+    absl::StatusOr<Bytes> bytes = ReadFile(path, 64 << 10);
+    if (!bytes.ok()) {
+      continue;
+    }
+    absl::StatusOr<wire::TpmKeyFile> kf = wire::ParseTpmKeyFile(*bytes);
+    if (kf.ok()) {
+      out.push_back(*std::move(kf));
+    }
+  }
+  return out;
 }
 
 absl::StatusOr<std::unique_ptr<AgentResponder>> AgentResponder::New(const AgentConfig& config) {
@@ -145,6 +197,8 @@ absl::Status AgentResponder::EnsureKeys() {
 absl::StatusOr<Bytes> AgentResponder::MakePayload() {
   RETURN_IF_ERROR(EnsureKeys());
   AttestationPayload p;
+  version_ = config_.keymanager_key_dir.empty() ? kProtocolVersion : kProtocolVersionCertify;
+  p.version = version_;
   ASSIGN_OR_RETURN(p.ek_public, wire::MarshalPublic(ek_->pub));
   ASSIGN_OR_RETURN(p.ak_public, wire::MarshalPublic(ak_->pub));
   p.ek_certificate = ek_certificate_;
@@ -160,6 +214,11 @@ absl::StatusOr<Bytes> AgentResponder::RespondToChallenge(ByteSpan challenge) {
   }
   awaiting_challenge_ = false;  // one challenge per payload
   ASSIGN_OR_RETURN(Challenge c, DecodeChallenge(challenge));
+  if (c.version != version_) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "challenge: protocol version ", c.version, " answers a version ", version_,
+        " payload (a server without agent-key binding? update its hwid_tpm plugin)"));
+  }
   absl::StatusOr<TPML_PCR_SELECTION> sel = wire::ParsePcrSelection(c.pcr_selection);
   if (!sel.ok()) {
     return Annotate(sel.status(), "challenge: PCR selection");
@@ -186,6 +245,19 @@ absl::StatusOr<Bytes> AgentResponder::RespondToChallenge(ByteSpan challenge) {
     return Annotate(quote.status(), absl::StrCat("TPM2_Quote of ", c.pcr_selection));
   }
   ChallengeResponse r;
+  r.version = version_;
+  if (version_ == kProtocolVersionCertify) {
+    ASSIGN_OR_RETURN(std::vector<wire::TpmKeyFile> keys,
+                     ReadKeyManagerKeys(config_.keymanager_key_dir));
+    for (const wire::TpmKeyFile& kf : keys) {
+      absl::StatusOr<tpm::Certification> cert = tpm_->Certify(*ak_, kf, c.certify_nonce);
+      if (!cert.ok()) {
+        return Annotate(cert.status(), "TPM2_Certify of a KeyManager key with the AK");
+      }
+      r.certified_keys.push_back(
+          CertifiedKey{kf.pub, std::move(cert->attest), std::move(cert->signature)});
+    }
+  }
   r.secret = std::move(*secret);
   r.quote_attest = std::move(quote->attest);
   r.quote_signature = std::move(quote->signature);

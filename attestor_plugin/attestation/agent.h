@@ -12,6 +12,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "common/bytes.h"
+#include "attestor_plugin/attestation/messages.h"
 #include "tpm/tpm.h"
 #include "tpm/wire/templates.h"
 
@@ -32,6 +33,9 @@ struct AgentConfigInput {
   std::string pcrs;
   std::string ak_handle = "0x81000100";  // ak_handle: persistent handle of the AK
   std::string ak_alg = "ec-p256";        // ak_alg: ec-p256 | ec-p384 | rsa-2048 | rsa-3072
+  // keymanager_key_dir: the hwid KeyManager's key_dir; when set the agent speaks protocol
+  // version 2 and certifies every key file there (*.tss2.pem) with the AK.
+  std::string keymanager_key_dir;
 };
 
 struct AgentConfig {
@@ -40,7 +44,14 @@ struct AgentConfig {
   std::optional<TPML_PCR_SELECTION> pcrs;
   uint32_t ak_handle = kDefaultAkHandle;
   wire::KeyAlg ak_alg = wire::KeyAlg::kEcP256;
+  std::string keymanager_key_dir;  // empty: protocol version 1
 };
+
+// ReadKeyManagerKeys reads the TSS2 key files of an hwid KeyManager key_dir (*.tss2.pem, not
+// starting with '.'): the newest kMaxCertifiedKeys by modification time. Files that do not parse
+// are skipped (the KeyManager skips them too). FAILED_PRECONDITION when the directory cannot be
+// read.
+absl::StatusOr<std::vector<wire::TpmKeyFile>> ReadKeyManagerKeys(const std::string& dir);
 
 // ValidateAgentConfig fails with FAILED_PRECONDITION naming the key.
 absl::StatusOr<AgentConfig> ValidateAgentConfig(const AgentConfigInput& in);
@@ -80,6 +91,7 @@ class AgentResponder {
   std::optional<tpm::LoadedKey> ak_;
   Bytes ek_certificate_;
   bool awaiting_challenge_ = false;
+  uint32_t version_ = kProtocolVersion;
 };
 
 }  // namespace hwid::attestation

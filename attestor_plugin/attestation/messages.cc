@@ -45,10 +45,11 @@ absl::Status ParseBounded(ByteSpan bytes, size_t max, absl::string_view message,
   if (!out->GetReflection()->GetUnknownFields(*out).empty()) {
     return Malformed(message, "unknown fields (a different protocol revision?)");
   }
-  if (out->version() != kProtocolVersion) {
+  if (out->version() != kProtocolVersion && out->version() != kProtocolVersionCertify) {
     return Malformed(message, absl::StrCat("protocol version ", out->version(),
-                                            " is not supported (this side speaks version ",
-                                            kProtocolVersion, ")"));
+                                            " is not supported (this side speaks versions ",
+                                            kProtocolVersion, " and ", kProtocolVersionCertify,
+                                            ")"));
   }
   return absl::OkStatus();
 }
@@ -62,8 +63,16 @@ absl::StatusOr<Bytes> Serialize(const M& m, absl::string_view message) {
   return Bytes(out.begin(), out.end());
 }
 
+absl::Status CheckVersion(absl::string_view msg, uint32_t version) {
+  if (version != kProtocolVersion && version != kProtocolVersionCertify) {
+    return Malformed(msg, absl::StrCat("protocol version ", version, " is not supported"));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status CheckPayload(const AttestationPayload& m) {
   constexpr absl::string_view kMsg = "attestation payload";
+  RETURN_IF_ERROR(CheckVersion(kMsg, m.version));
   RETURN_IF_ERROR(CheckField(kMsg, "ek_public", m.ek_public.size(), kMaxPublicBytes, true));
   RETURN_IF_ERROR(
       CheckField(kMsg, "ek_certificate", m.ek_certificate.size(), kMaxCertificateBytes, false));
@@ -86,8 +95,14 @@ absl::Status CheckChallenge(const Challenge& m) {
   RETURN_IF_ERROR(CheckField(kMsg, "encrypted_secret", m.encrypted_secret.size(),
                              kMaxEncryptedSecretBytes, true));
   RETURN_IF_ERROR(CheckField(kMsg, "nonce", m.nonce.size(), kMaxNonceBytes, true));
+  RETURN_IF_ERROR(CheckVersion(kMsg, m.version));
   RETURN_IF_ERROR(CheckField(kMsg, "pcr_selection", m.pcr_selection.size(),
                              kMaxPcrSelectionChars, true));
+  if (m.version == kProtocolVersion && !m.certify_nonce.empty()) {
+    return Malformed(kMsg, "field certify_nonce is set in a version 1 message");
+  }
+  RETURN_IF_ERROR(CheckField(kMsg, "certify_nonce", m.certify_nonce.size(), kMaxNonceBytes,
+                             m.version == kProtocolVersionCertify));
   for (char ch : m.pcr_selection) {
     if (ch < 0x20 || ch > 0x7e) {
       return Malformed(kMsg, "field pcr_selection is not printable ASCII");
@@ -110,6 +125,22 @@ absl::Status CheckResponse(const ChallengeResponse& m) {
   for (const PcrValue& v : m.pcrs) {
     RETURN_IF_ERROR(CheckField(kMsg, "pcrs.digest", v.digest.size(), kMaxPcrDigestBytes, true));
   }
+  RETURN_IF_ERROR(CheckVersion(kMsg, m.version));
+  if (m.version == kProtocolVersion && !m.certified_keys.empty()) {
+    return Malformed(kMsg, "field certified_keys is set in a version 1 message");
+  }
+  if (m.certified_keys.size() > kMaxCertifiedKeys) {
+    return Malformed(kMsg, absl::StrCat("field certified_keys has ", m.certified_keys.size(),
+                                        " keys, more than the limit of ", kMaxCertifiedKeys));
+  }
+  for (const CertifiedKey& k : m.certified_keys) {
+    RETURN_IF_ERROR(CheckField(kMsg, "certified_keys.key_public", k.key_public.size(),
+                               kMaxPublicBytes, true));
+    RETURN_IF_ERROR(CheckField(kMsg, "certified_keys.certify_info", k.certify_info.size(),
+                               kMaxAttestBytes, true));
+    RETURN_IF_ERROR(CheckField(kMsg, "certified_keys.signature", k.signature.size(),
+                               kMaxSignatureBytes, true));
+  }
   return absl::OkStatus();
 }
 
@@ -123,7 +154,7 @@ std::string ToString(ByteSpan b) {
 absl::StatusOr<Bytes> EncodePayload(const AttestationPayload& m) {
   RETURN_IF_ERROR(CheckPayload(m));
   pb::AttestationPayload p;
-  p.set_version(kProtocolVersion);
+  p.set_version(m.version);
   p.set_ek_public(ToString(m.ek_public));
   p.set_ek_certificate(ToString(m.ek_certificate));
   for (const Bytes& c : m.ek_intermediates) {
@@ -136,18 +167,19 @@ absl::StatusOr<Bytes> EncodePayload(const AttestationPayload& m) {
 absl::StatusOr<Bytes> EncodeChallenge(const Challenge& m) {
   RETURN_IF_ERROR(CheckChallenge(m));
   pb::Challenge p;
-  p.set_version(kProtocolVersion);
+  p.set_version(m.version);
   p.set_credential_blob(ToString(m.credential_blob));
   p.set_encrypted_secret(ToString(m.encrypted_secret));
   p.set_nonce(ToString(m.nonce));
   p.set_pcr_selection(m.pcr_selection);
+  p.set_certify_nonce(ToString(m.certify_nonce));
   return Serialize(p, "challenge");
 }
 
 absl::StatusOr<Bytes> EncodeResponse(const ChallengeResponse& m) {
   RETURN_IF_ERROR(CheckResponse(m));
   pb::ChallengeResponse p;
-  p.set_version(kProtocolVersion);
+  p.set_version(m.version);
   p.set_secret(ToString(AsSpan(m.secret)));
   p.set_quote_attest(ToString(m.quote_attest));
   p.set_quote_signature(ToString(m.quote_signature));
@@ -156,6 +188,12 @@ absl::StatusOr<Bytes> EncodeResponse(const ChallengeResponse& m) {
     pv->set_bank(v.bank);
     pv->set_index(v.index);
     pv->set_digest(ToString(v.digest));
+  }
+  for (const CertifiedKey& k : m.certified_keys) {
+    pb::CertifiedKey* ck = p.add_certified_keys();
+    ck->set_key_public(ToString(k.key_public));
+    ck->set_certify_info(ToString(k.certify_info));
+    ck->set_signature(ToString(k.signature));
   }
   absl::StatusOr<Bytes> out = Serialize(p, "challenge response");
   // The serialised secret lives in protobuf's std::string; wipe it before it is released.
@@ -168,6 +206,7 @@ absl::StatusOr<AttestationPayload> DecodePayload(ByteSpan bytes) {
   pb::AttestationPayload p;
   RETURN_IF_ERROR(ParseBounded(bytes, kMaxPayloadBytes, "attestation payload", &p));
   AttestationPayload m;
+  m.version = p.version();
   m.ek_public = ToBytes(p.ek_public());
   m.ek_certificate = ToBytes(p.ek_certificate());
   if (static_cast<size_t>(p.ek_intermediates_size()) > kMaxIntermediates) {
@@ -187,6 +226,8 @@ absl::StatusOr<Challenge> DecodeChallenge(ByteSpan bytes) {
   pb::Challenge p;
   RETURN_IF_ERROR(ParseBounded(bytes, kMaxChallengeBytes, "challenge", &p));
   Challenge m;
+  m.version = p.version();
+  m.certify_nonce = ToBytes(p.certify_nonce());
   m.credential_blob = ToBytes(p.credential_blob());
   m.encrypted_secret = ToBytes(p.encrypted_secret());
   m.nonce = ToBytes(p.nonce());
@@ -205,10 +246,28 @@ absl::StatusOr<ChallengeResponse> DecodeResponse(ByteSpan bytes) {
         break;
       }
     }
+    for (const pb::CertifiedKey& k : p.certified_keys()) {
+      if (!k.GetReflection()->GetUnknownFields(k).empty()) {
+        parsed = Malformed("challenge response", "unknown fields in certified_keys");
+        break;
+      }
+    }
   }
   ChallengeResponse m;
   if (parsed.ok()) {
+    m.version = p.version();
     m.secret.assign(p.secret().begin(), p.secret().end());
+    if (static_cast<size_t>(p.certified_keys_size()) > kMaxCertifiedKeys) {
+      parsed = Malformed("challenge response",
+                         absl::StrCat("field certified_keys has ", p.certified_keys_size(),
+                                      " keys, more than the limit of ", kMaxCertifiedKeys));
+    } else {
+      for (const pb::CertifiedKey& k : p.certified_keys()) {
+        m.certified_keys.push_back(CertifiedKey{ToBytes(k.key_public()),
+                                                ToBytes(k.certify_info()),
+                                                ToBytes(k.signature())});
+      }
+    }
     m.quote_attest = ToBytes(p.quote_attest());
     m.quote_signature = ToBytes(p.quote_signature());
     if (static_cast<size_t>(p.pcrs_size()) > kMaxPcrValues) {

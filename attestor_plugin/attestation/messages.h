@@ -19,7 +19,11 @@
 
 namespace hwid::attestation {
 
+// Version 1: EK, AK, credential activation, quote. Version 2 adds TPM2_Certify of the agent's
+// KeyManager keys (the agent asks for it with a version-2 payload; every later message of the
+// session carries the payload's version).
 inline constexpr uint32_t kProtocolVersion = 1;
+inline constexpr uint32_t kProtocolVersionCertify = 2;
 
 // Bounds (bytes unless noted). Documented in docs/plugin-protocol.md; change both together.
 inline constexpr size_t kMaxPayloadBytes = 32 * 1024;
@@ -37,9 +41,11 @@ inline constexpr size_t kMaxAttestBytes = 2048;     // TPMS_ATTEST
 inline constexpr size_t kMaxSignatureBytes = 1024;  // TPMT_SIGNATURE
 inline constexpr size_t kMaxPcrValues = 96;         // count (4 banks x 24 PCRs)
 inline constexpr size_t kMaxPcrDigestBytes = 64;
+inline constexpr size_t kMaxCertifiedKeys = 4;      // count (SPIRE uses agent-svid-A and -B)
 
 // AttestationPayload: the agent's first message.
 struct AttestationPayload {
+  uint32_t version = kProtocolVersion;
   Bytes ek_public;       // marshalled TPM2B_PUBLIC (required)
   Bytes ek_certificate;  // DER; empty when the TPM has none
   std::vector<Bytes> ek_intermediates;  // DER, untrusted path-building helpers
@@ -48,10 +54,12 @@ struct AttestationPayload {
 
 // Challenge: the server's only challenge.
 struct Challenge {
+  uint32_t version = kProtocolVersion;
   Bytes credential_blob;   // marshalled TPM2B_ID_OBJECT (required)
   Bytes encrypted_secret;  // marshalled TPM2B_ENCRYPTED_SECRET (required)
   Bytes nonce;             // TPM2_Quote qualifying data (required)
   std::string pcr_selection;  // canonical text form, e.g. "sha256:0,1,2" (required)
+  Bytes certify_nonce;        // TPM2_Certify qualifying data (version 2: required; 1: empty)
 };
 
 struct PcrValue {
@@ -60,15 +68,25 @@ struct PcrValue {
   Bytes digest;
 };
 
+// CertifiedKey: one KeyManager key certified by the AK (version 2).
+struct CertifiedKey {
+  Bytes key_public;    // marshalled TPM2B_PUBLIC
+  Bytes certify_info;  // TPMS_ATTEST
+  Bytes signature;     // marshalled TPMT_SIGNATURE
+};
+
 // ChallengeResponse: the agent's answer.
 struct ChallengeResponse {
+  uint32_t version = kProtocolVersion;
   SecureBytes secret;     // the activated credential secret (required)
   Bytes quote_attest;     // TPMS_ATTEST (required)
   Bytes quote_signature;  // marshalled TPMT_SIGNATURE (required)
   std::vector<PcrValue> pcrs;
+  std::vector<CertifiedKey> certified_keys;  // version 2 only
 };
 
-// Encode* serialise a message with version kProtocolVersion. InvalidArgument when a field
+// Encode* serialise a message with its version (1 or 2); version-2 fields in a version-1 message
+// are refused. InvalidArgument when a field
 // exceeds its bound (the peer would refuse it anyway); Internal if serialisation fails.
 absl::StatusOr<Bytes> EncodePayload(const AttestationPayload& m);
 absl::StatusOr<Bytes> EncodeChallenge(const Challenge& m);

@@ -282,6 +282,7 @@ absl::StatusOr<std::shared_ptr<const ServerConfig>> ValidateServerConfig(
     config->ak_algs.insert(*alg);
   }
   config->verification_time = in.verification_time;
+  config->certified_keys_dir = in.certified_keys_dir;
   return std::shared_ptr<const ServerConfig>(std::move(config));
 }
 
@@ -519,11 +520,29 @@ absl::StatusOr<AttestationResult> ServerSession::HandleChallengeResponse(ByteSpa
   secret_.clear();
   secret_.shrink_to_fit();
   nonce_.clear();
+  certify_nonce_.clear();
   return result;
+}
+
+absl::StatusOr<std::vector<Bytes>> VerifyCertifiedKeys(const TPMT_PUBLIC& ak,
+                                                       absl::Span<const CertifiedKey> keys,
+                                                       ByteSpan certify_nonce) {
+  std::vector<Bytes> out;
+  for (size_t i = 0; i < keys.size(); ++i) {
+    absl::StatusOr<wire::VerifiedCertify> v = wire::VerifyCertify(
+        ak, keys[i].key_public, keys[i].certify_info, keys[i].signature, certify_nonce);
+    if (!v.ok()) {
+      return absl::Status(v.status().code(), absl::StrCat("agent key binding: certified key ", i,
+                                                          ": ", v.status().message()));
+    }
+    out.push_back(std::move(v->pkix_der));
+  }
+  return out;
 }
 
 absl::StatusOr<Bytes> ServerSession::HandlePayloadImpl(ByteSpan payload) {
   ASSIGN_OR_RETURN(AttestationPayload p, DecodePayload(payload));
+  version_ = p.version;
   absl::StatusOr<TPM2B_PUBLIC> ek = wire::ParsePublic(p.ek_public);
   if (!ek.ok()) {
     return Annotate(ek.status(), "EK public area");
@@ -552,18 +571,28 @@ absl::StatusOr<Bytes> ServerSession::HandlePayloadImpl(ByteSpan payload) {
     }
     secret_ = *fixed_secret_for_benchmark_;
     nonce_ = *fixed_nonce_for_benchmark_;
+    if (version_ == kProtocolVersionCertify) {
+      // Deterministic too (recorded vectors), and never equal to the quote nonce.
+      certify_nonce_ = nonce_;
+      for (uint8_t& b : certify_nonce_) b ^= 0x5c;
+    }
   } else {
     secret_.assign(secret_size, 0);
     if (secret_size == 0 || RAND_bytes(secret_.data(), static_cast<int>(secret_size)) != 1) {
       return OpenSslError("RAND_bytes for the credential secret");
     }
     ASSIGN_OR_RETURN(nonce_, RandomBytes(kNonceBytes, "quote nonce"));
+    if (version_ == kProtocolVersionCertify) {
+      ASSIGN_OR_RETURN(certify_nonce_, RandomBytes(kNonceBytes, "certify nonce"));
+    }
   }
   absl::StatusOr<wire::Credential> cred = wire::MakeCredential(ek_, ek_key.get(), AsSpan(secret_), ak_name);
   if (!cred.ok()) {
     return Annotate(cred.status(), "credential activation challenge for the EK");
   }
   Challenge c;
+  c.version = version_;
+  c.certify_nonce = certify_nonce_;
   c.credential_blob = std::move(cred->id_object);
   c.encrypted_secret = std::move(cred->encrypted_secret);
   c.nonce = nonce_;
@@ -573,6 +602,11 @@ absl::StatusOr<Bytes> ServerSession::HandlePayloadImpl(ByteSpan payload) {
 
 absl::StatusOr<AttestationResult> ServerSession::HandleResponseImpl(ByteSpan response) {
   ASSIGN_OR_RETURN(ChallengeResponse r, DecodeResponse(response));
+  if (r.version != version_) {
+    return absl::InvalidArgumentError(absl::StrCat("challenge response: protocol version ",
+                                                   r.version, " in a version ", version_,
+                                                   " session"));
+  }
   RETURN_IF_ERROR(CheckActivationSecret(AsSpan(secret_), AsSpan(r.secret)));
   ASSIGN_OR_RETURN(wire::PcrValues pcrs, DecodePcrValues(r.pcrs));
   absl::StatusOr<wire::VerifiedQuote> quote =
@@ -586,8 +620,12 @@ absl::StatusOr<AttestationResult> ServerSession::HandleResponseImpl(ByteSpan res
   RETURN_IF_ERROR(
       CheckQuotedSelection(quote->attest.attested.quote.pcrSelect, config_->required_pcrs));
   RETURN_IF_ERROR(CheckPcrPolicy(config_->expected_pcrs, quote->pcrs));
+  // The AK is proven to be this TPM's (activation) before its certifications mean anything.
+  ASSIGN_OR_RETURN(std::vector<Bytes> certified,
+                   VerifyCertifiedKeys(ak_, r.certified_keys, certify_nonce_));
 
   AttestationResult out;
+  out.certified_keys = std::move(certified);
   out.ek_pubhash = ek_trust_.pubhash;
   out.ek_trust = ek_trust_.via_certificate ? "certificate" : "allowlist";
   out.spiffe_id = absl::StrCat("spiffe://", config_->trust_domain, "/spire/agent/hwid_tpm/",
@@ -618,6 +656,9 @@ absl::StatusOr<AttestationResult> ServerSession::HandleResponseImpl(ByteSpan res
     }
   }
   selectors.insert(absl::StrCat("ak_alg:", wire::KeyAlgName(ak_alg_)));
+  if (!out.certified_keys.empty()) {
+    selectors.insert("agent_key:tpm");
+  }
   selectors.insert(absl::StrCat("pcr_selection:", config_->required_pcrs_text));
   for (const auto& [bank, values] : quote->pcrs) {
     for (const auto& [index, digest] : values) {

@@ -51,6 +51,9 @@ struct ServerConfigInput {
   std::map<std::string, std::string> expected_pcrs;
   // ak_algs: accepted AK algorithms ("ec-p256", "ec-p384", "rsa-2048", "rsa-3072"); empty = all.
   std::vector<std::string> ak_algs;
+  // certified_keys_dir: where the plugin hands agent keys certified in an attestation to the
+  // hwid_tpm CredentialComposer (attestor_plugin/composer/handoff.h); empty = no hand-off.
+  std::string certified_keys_dir;
   // verification_time: check certificate validity at this time instead of now (tests only; the
   // plugin never sets it).
   std::optional<time_t> verification_time;
@@ -66,6 +69,7 @@ struct ServerConfig {
   wire::PcrValues expected_pcrs;
   std::set<wire::KeyAlg> ak_algs;     // never empty after validation
   std::optional<time_t> verification_time;
+  std::string certified_keys_dir;
 };
 
 // ValidateServerConfig checks every key and loads the CA bundles and the allowlist file. Fails
@@ -83,6 +87,9 @@ struct AttestationResult {
   // sorted and unique. SPIRE shows them as hwid_tpm:<value>.
   std::vector<std::string> selectors;
   bool can_reattest = true;
+  // Protocol version 2: the DER SubjectPublicKeyInfo of every agent key the AK certified in this
+  // session (selector agent_key:tpm when non-empty). For the CredentialComposer hand-off.
+  std::vector<Bytes> certified_keys;
   std::string ek_pubhash;
   std::string ek_trust;  // "certificate" or "allowlist"
 };
@@ -146,6 +153,15 @@ absl::Status CheckQuotedSelection(const TPML_PCR_SELECTION& quoted,
 // fails.
 absl::Status CheckPcrPolicy(const wire::PcrValues& expected, const wire::PcrValues& quoted);
 
+// VerifyCertifiedKeys (protocol version 2) verifies each certification with wire::VerifyCertify
+// against the session's AK and certify nonce and returns the certified keys' DER
+// SubjectPublicKeyInfo, in order. INVALID_ARGUMENT for malformed input, PERMISSION_DENIED for a
+// failed proof (another AK, a stale or replayed nonce, a swapped public area, a duplicable or
+// imported key); the message names the key's position.
+absl::StatusOr<std::vector<Bytes>> VerifyCertifiedKeys(const TPMT_PUBLIC& ak,
+                                                       absl::Span<const CertifiedKey> keys,
+                                                       ByteSpan certify_nonce);
+
 // ---- The session ----
 
 // ServerSession runs one node attestation: exactly one payload, one challenge, one response.
@@ -193,6 +209,8 @@ class ServerSession {
   EkTrust ek_trust_;
   SecureBytes secret_;
   Bytes nonce_;
+  uint32_t version_ = kProtocolVersion;  // the payload's; the challenge and response carry it
+  Bytes certify_nonce_;                  // version 2 only
   // Set only by NewWithFixedRandomnessForBenchmark; the plugin's sessions leave them empty.
   std::optional<SecureBytes> fixed_secret_for_benchmark_;
   std::optional<Bytes> fixed_nonce_for_benchmark_;

@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "attestor_plugin/composer/handoff.h"
 #include "attestor_plugin/pluginmain/hcl.h"
 #include "attestor_plugin/pluginmain/log.h"
 #include "common/status_macros.h"
@@ -28,9 +29,16 @@ absl::StatusOr<ServerConfigPtr> ParseServerPluginConfig(const pluginmain::CoreCo
   d.Optional("pcrs", &in.pcrs);
   d.Optional("expected_pcrs", &in.expected_pcrs);
   d.Optional("ak_algs", &in.ak_algs);
+  d.Optional("certified_keys_dir", &in.certified_keys_dir);
   absl::Status st = d.Finish();
   if (!st.ok()) {
     return absl::InvalidArgumentError(absl::StrCat("plugin_data: ", st.message()));
+  }
+  if (!in.certified_keys_dir.empty()) {
+    absl::Status dir = composer::CheckHandoffDir(in.certified_keys_dir);
+    if (!dir.ok()) {
+      return absl::FailedPreconditionError(absl::StrCat("plugin_data: ", dir.message()));
+    }
   }
   return attestation::ValidateServerConfig(in);
 }
@@ -84,6 +92,18 @@ grpc::Status ServerNodeAttestor::Attest(
   if (!result.ok()) {
     return fail(result.status());
   }
+  // Agent-key binding: hand the certified keys to the CredentialComposer before SPIRE signs the
+  // agent SVID (the next step of the same AttestAgent RPC).
+  if (!(**cfg)->certified_keys_dir.empty()) {
+    for (const Bytes& key : result->certified_keys) {
+      absl::Status st =
+          composer::RecordCertifiedKey((**cfg)->certified_keys_dir, result->spiffe_id, key);
+      if (!st.ok()) {
+        return fail(absl::InternalError(
+            absl::StrCat("agent key binding: cannot record a certified key: ", st.message())));
+      }
+    }
+  }
   resp.Clear();
   nav1::AgentAttributes* attrs = resp.mutable_agent_attributes();
   attrs->set_spiffe_id(result->spiffe_id);
@@ -91,7 +111,9 @@ grpc::Status ServerNodeAttestor::Attest(
     attrs->add_selector_values(s);
   }
   attrs->set_can_reattest(result->can_reattest);
-  log.Info("agent attested", {{"spiffe_id", result->spiffe_id}, {"ek_trust", result->ek_trust}});
+  log.Info("agent attested", {{"spiffe_id", result->spiffe_id},
+                              {"ek_trust", result->ek_trust},
+                              {"certified_agent_keys", absl::StrCat(result->certified_keys.size())}});
   // SPIRE cancels the stream after reading the attributes; a failed write is then harmless.
   stream->Write(resp);
   return grpc::Status::OK;

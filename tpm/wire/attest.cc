@@ -185,4 +185,114 @@ absl::StatusOr<VerifiedQuote> VerifyQuote(const TPMT_PUBLIC& ak, ByteSpan attest
   return out;
 }
 
+absl::Status CheckCertifiedKeyAttributes(const TPMT_PUBLIC& key) {
+  const auto require = [&](TPMA_OBJECT bit, const char* name) -> absl::Status {
+    if ((key.objectAttributes & bit) == 0) {
+      return absl::PermissionDeniedError(
+          absl::StrCat("certified key: attribute ", name, " is not set"));
+    }
+    return absl::OkStatus();
+  };
+  RETURN_IF_ERROR(require(TPMA_OBJECT_FIXEDTPM, "fixedTPM (the key could leave this TPM)"));
+  RETURN_IF_ERROR(require(TPMA_OBJECT_FIXEDPARENT, "fixedParent (the key is duplicable)"));
+  RETURN_IF_ERROR(require(TPMA_OBJECT_SENSITIVEDATAORIGIN,
+                          "sensitiveDataOrigin (the private key was imported, not made in the TPM)"));
+  RETURN_IF_ERROR(require(TPMA_OBJECT_SIGN_ENCRYPT, "sign"));
+  if ((key.objectAttributes & TPMA_OBJECT_DECRYPT) != 0) {
+    return absl::PermissionDeniedError("certified key: attribute decrypt is set");
+  }
+  if ((key.objectAttributes & TPMA_OBJECT_RESTRICTED) != 0) {
+    return absl::PermissionDeniedError(
+        "certified key: attribute restricted is set (an attestation key, not an SVID key)");
+  }
+  if (!IsStrongHash(key.nameAlg)) {
+    return absl::PermissionDeniedError(absl::StrCat(
+        "certified key: nameAlg ", AlgName(key.nameAlg), " is not sha256/sha384/sha512"));
+  }
+  if (key.type == TPM2_ALG_ECC) {
+    const TPMI_ECC_CURVE c = key.parameters.eccDetail.curveID;
+    if (c != TPM2_ECC_NIST_P256 && c != TPM2_ECC_NIST_P384) {
+      return absl::PermissionDeniedError(absl::StrCat(
+          "certified key: ECC curve 0x", absl::Hex(c, absl::kZeroPad4), " is not P-256 or P-384"));
+    }
+  } else if (key.type == TPM2_ALG_RSA) {
+    const uint16_t bits = key.parameters.rsaDetail.keyBits;
+    if (bits != 2048 && bits != 3072 && bits != 4096) {
+      return absl::PermissionDeniedError(
+          absl::StrCat("certified key: RSA keyBits ", bits, " is not 2048, 3072 or 4096"));
+    }
+  } else {
+    return absl::PermissionDeniedError(
+        absl::StrCat("certified key: type ", AlgName(key.type), " is not rsa or ecc"));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<VerifiedCertify> VerifyCertify(const TPMT_PUBLIC& ak, ByteSpan key_public,
+                                              ByteSpan attest, ByteSpan signature,
+                                              ByteSpan qualifying) {
+  // 1. The AK (only a restricted key's signature over TPM_GENERATED_VALUE means anything).
+  RETURN_IF_ERROR(CheckAkAttributes(ak));
+
+  // 2. Strict parsing.
+  absl::StatusOr<TPM2B_PUBLIC> key = ParsePublic(key_public);
+  if (!key.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("certify: key public area: ", key.status().message()));
+  }
+  ASSIGN_OR_RETURN(TPMS_ATTEST parsed, ParseAttest(attest));
+  ASSIGN_OR_RETURN(TPMT_SIGNATURE sig, ParseSignature(signature));
+
+  // 3. Signature by the AK.
+  const auto [ak_scheme, ak_hash] = SchemeOf(ak);
+  const auto [sig_scheme, sig_hash] = SchemeOf(sig);
+  if (sig_scheme != ak_scheme || sig_hash != ak_hash) {
+    return absl::PermissionDeniedError(absl::StrCat(
+        "certify: signature scheme ", AlgName(sig_scheme), "/", AlgName(sig_hash),
+        " does not match the AK's scheme ", AlgName(ak_scheme), "/", AlgName(ak_hash)));
+  }
+  if (absl::Status s = VerifySignature(ak, attest, sig); !s.ok()) {
+    if (s.code() == absl::StatusCode::kPermissionDenied) {
+      return absl::PermissionDeniedError("certify: signature does not verify with the AK");
+    }
+    return absl::Status(s.code(), absl::StrCat("certify: ", s.message()));
+  }
+
+  // 4. Magic.
+  if (parsed.magic != TPM2_GENERATED_VALUE) {
+    return absl::PermissionDeniedError(absl::StrCat(
+        "certify: magic 0x", absl::Hex(parsed.magic, absl::kZeroPad8),
+        " is not TPM_GENERATED_VALUE (0xff544347)"));
+  }
+
+  // 5. Type: a quote or creation structure must not pass as a certification.
+  if (parsed.type != TPM2_ST_ATTEST_CERTIFY) {
+    return absl::PermissionDeniedError(
+        absl::StrCat("certify: attestation type 0x", absl::Hex(parsed.type, absl::kZeroPad4),
+                     " is not TPM_ST_ATTEST_CERTIFY (0x8017)"));
+  }
+
+  // 6. Freshness.
+  if (!ConstantTimeEquals(ByteSpan(parsed.extraData.buffer, parsed.extraData.size),
+                          qualifying)) {
+    return absl::PermissionDeniedError(
+        "certify: extraData does not match this session's certify nonce (stale or replayed)");
+  }
+
+  // 7. The certified object is the presented public area.
+  ASSIGN_OR_RETURN(Bytes name, ObjectName(key->publicArea));
+  const TPM2B_NAME& certified = parsed.attested.certify.name;
+  if (!ConstantTimeEquals(ByteSpan(certified.name, certified.size), name)) {
+    return absl::PermissionDeniedError(
+        "certify: the certified name is not the name of the presented key public area");
+  }
+
+  // 8. What kind of key it is.
+  RETURN_IF_ERROR(CheckCertifiedKeyAttributes(key->publicArea));
+  VerifiedCertify out;
+  out.key = key->publicArea;
+  ASSIGN_OR_RETURN(out.pkix_der, PublicKeyDer(key->publicArea));
+  return out;
+}
+
 }  // namespace hwid::wire

@@ -40,6 +40,34 @@ absl::StatusOr<VerifiedQuote> VerifyQuote(const TPMT_PUBLIC& ak, ByteSpan attest
                                           ByteSpan signature, ByteSpan nonce,
                                           const PcrValues& pcrs);
 
+// CheckCertifiedKeyAttributes: what a key made by the hwid KeyManager looks like, and what makes
+// it a hardware-held signing key: fixedTPM, fixedParent, sensitiveDataOrigin, sign set; decrypt
+// and restricted clear; nameAlg SHA-256/384/512; ECC P-256/P-384 or RSA 2048/3072/4096.
+// PermissionDenied naming the first failing attribute (a duplicable or imported key fails here).
+absl::Status CheckCertifiedKeyAttributes(const TPMT_PUBLIC& key);
+
+struct VerifiedCertify {
+  TPMT_PUBLIC key;  // the certified key's public area
+  Bytes pkix_der;   // its DER SubjectPublicKeyInfo
+};
+
+// VerifyCertify verifies a TPM2_Certify of `key_public` (a marshalled TPM2B_PUBLIC) by `ak` with
+// qualifying data `qualifying`: `attest` is the TPMS_ATTEST, `signature` a marshalled
+// TPMT_SIGNATURE. Checks, in order, each with its own message:
+//   1. `ak` passes CheckAkAttributes;
+//   2. strict parse of key_public, attest and signature;
+//   3. the signature's scheme and hash equal the AK's, and it verifies over `attest`;
+//   4. magic == TPM_GENERATED_VALUE;
+//   5. type == TPM_ST_ATTEST_CERTIFY;
+//   6. extraData == qualifying (constant time);
+//   7. the certified name equals the name computed here from key_public (so the public area
+//      presented is the one the TPM certified);
+//   8. the key passes CheckCertifiedKeyAttributes.
+// Malformed input is InvalidArgument; a failed proof or policy is PermissionDenied.
+absl::StatusOr<VerifiedCertify> VerifyCertify(const TPMT_PUBLIC& ak, ByteSpan key_public,
+                                              ByteSpan attest, ByteSpan signature,
+                                              ByteSpan qualifying);
+
 }  // namespace hwid::wire
 
 #endif  // HWID_TPM_WIRE_ATTEST_H_
