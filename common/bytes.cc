@@ -99,28 +99,57 @@ absl::StatusOr<Bytes> ReadFile(const std::string& path, std::size_t max_size) {
 }
 
 absl::Status WriteFile(const std::string& path, ByteSpan data, unsigned mode) {
-  std::string tmp = absl::StrCat(path, ".tmp.", getpid());
-  int fd = open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
+  const size_t slash = path.rfind('/');
+  const std::string dir =
+      slash == std::string::npos ? "." : (slash == 0 ? "/" : path.substr(0, slash));
+  const std::string base = slash == std::string::npos ? path : path.substr(slash + 1);
+  std::string tmp = absl::StrCat(dir, "/.tmp-", base, "-XXXXXX");
+  const auto fail = [&](absl::string_view what, const std::string& obj) {
+    const int e = errno;
+    const absl::StatusCode code =
+        (e == EACCES || e == EPERM || e == EROFS || e == ENOSPC || e == ENOENT || e == ENOTDIR)
+            ? absl::StatusCode::kFailedPrecondition
+            : absl::StatusCode::kInternal;
+    return absl::Status(code, absl::StrCat("cannot ", what, " ", obj, ": ", std::strerror(e)));
+  };
+  const int fd = mkstemp(tmp.data());
   if (fd < 0) {
-    return absl::PermissionDeniedError(
-        absl::StrCat("cannot create ", tmp, ": ", std::strerror(errno)));
+    return fail("create a temporary file in", dir);
+  }
+  bool done = false;
+  struct Cleanup {
+    int fd;
+    const std::string& tmp;
+    const bool& done;
+    ~Cleanup() {
+      if (fd >= 0) close(fd);
+      if (!done) unlink(tmp.c_str());
+    }
+  } cleanup{fd, tmp, done};
+  if (fchmod(fd, mode) != 0) {
+    return fail("set the mode of", tmp);
   }
   std::size_t off = 0;
   while (off < data.size()) {
     ssize_t n = write(fd, data.data() + off, data.size() - off);
     if (n < 0) {
       if (errno == EINTR) continue;
-      int e = errno;
-      close(fd);
-      unlink(tmp.c_str());
-      return absl::InternalError(absl::StrCat("cannot write ", tmp, ": ", std::strerror(e)));
+      return fail("write", tmp);
     }
     off += static_cast<std::size_t>(n);
   }
-  if (close(fd) != 0 || rename(tmp.c_str(), path.c_str()) != 0) {
-    int e = errno;
-    unlink(tmp.c_str());
-    return absl::InternalError(absl::StrCat("cannot write ", path, ": ", std::strerror(e)));
+  if (fsync(fd) != 0) {
+    return fail("fsync", tmp);
+  }
+  if (rename(tmp.c_str(), path.c_str()) != 0) {
+    return fail("rename a temporary file to", path);
+  }
+  done = true;
+  // Make the rename itself durable.
+  const int dfd = open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd >= 0) {
+    fsync(dfd);
+    close(dfd);
   }
   return absl::OkStatus();
 }

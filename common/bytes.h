@@ -57,7 +57,10 @@ absl::StatusOr<Bytes> HexDecode(absl::string_view hex);
 
 // ReadFile / WriteFile: whole-file I/O with errors that name the path.
 absl::StatusOr<Bytes> ReadFile(const std::string& path, std::size_t max_size = 16u << 20);
-// WriteFile writes atomically (temp file + rename) with the given mode.
+// WriteFile writes atomically and durably: a temp file in the same directory (created 0600, then
+// `mode`), fsync, rename over `path`, fsync of the directory. A crash leaves the old file or the
+// new one, never a mix. FAILED_PRECONDITION for permission / missing directory / full disk,
+// INTERNAL otherwise; the message names the path.
 absl::Status WriteFile(const std::string& path, ByteSpan data, unsigned mode = 0644);
 
 }  // namespace hwid

@@ -41,23 +41,6 @@ absl::Status Errno(absl::string_view what, const std::string& path) {
   return absl::Status(code, absl::StrCat(what, " ", path, ": ", std::strerror(e)));
 }
 
-class Fd {
- public:
-  explicit Fd(int fd) : fd_(fd) {}
-  ~Fd() {
-    if (fd_ >= 0) {
-      close(fd_);
-    }
-  }
-  Fd(const Fd&) = delete;
-  Fd& operator=(const Fd&) = delete;
-  int get() const { return fd_; }
-  int Release() { return std::exchange(fd_, -1); }
-
- private:
-  int fd_;
-};
-
 absl::StatusOr<TPMI_ALG_HASH> TpmHash(HashAlg h) {
   switch (h) {
     case HashAlg::kSha1:
@@ -153,53 +136,6 @@ std::optional<std::string> KeyIdFromFileName(absl::string_view name) {
   return id;
 }
 
-absl::Status WriteFileAtomic(const std::string& path, absl::string_view data) {
-  const size_t slash = path.rfind('/');
-  const std::string dir = slash == std::string::npos ? "." : path.substr(0, slash == 0 ? 1 : slash);
-  std::string tmpl = absl::StrCat(dir, "/.tmp-", path.substr(slash + 1), "-XXXXXX");
-  Fd fd(mkstemp(tmpl.data()));
-  if (fd.get() < 0) {
-    return Errno("creating a temp file in", dir);
-  }
-  bool keep = false;
-  struct Unlink {
-    const std::string& p;
-    bool& keep;
-    ~Unlink() {
-      if (!keep) {
-        unlink(p.c_str());
-      }
-    }
-  } unlink_guard{tmpl, keep};
-  fchmod(fd.get(), 0600);
-  size_t off = 0;
-  while (off < data.size()) {
-    const ssize_t n = write(fd.get(), data.data() + off, data.size() - off);
-    if (n < 0) {
-      if (errno == EINTR) {
-        continue;
-      }
-      return Errno("writing", tmpl);
-    }
-    off += static_cast<size_t>(n);
-  }
-  if (fsync(fd.get()) != 0) {
-    return Errno("fsync of", tmpl);
-  }
-  if (close(fd.Release()) != 0) {
-    return Errno("closing", tmpl);
-  }
-  if (rename(tmpl.c_str(), path.c_str()) != 0) {
-    return Errno("renaming a temp file to", path);
-  }
-  keep = true;
-  Fd dfd(open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-  if (dfd.get() < 0 || fsync(dfd.get()) != 0) {
-    return Errno("fsync of directory", dir);
-  }
-  return absl::OkStatus();
-}
-
 absl::StatusOr<std::unique_ptr<TpmKeyStore>> TpmKeyStore::Open(Options options) {
   if (options.key_dir.empty()) {
     return absl::InvalidArgumentError("key_dir is required");
@@ -221,6 +157,17 @@ absl::StatusOr<std::unique_ptr<TpmKeyStore>> TpmKeyStore::Open(Options options) 
   if (access(options.key_dir.c_str(), W_OK | X_OK) != 0) {
     return absl::FailedPreconditionError(absl::StrCat(
         "key_dir ", options.key_dir, " is not writable by this process (uid ", getuid(), ")"));
+  }
+  // Leftovers of a write interrupted by a crash (common/bytes.h WriteFile temp files): only this
+  // plugin writes here, and it is starting, so none of them is in progress.
+  if (std::unique_ptr<DIR, int (*)(DIR*)> d(opendir(options.key_dir.c_str()), closedir);
+      d != nullptr) {
+    while (struct dirent* de = readdir(d.get())) {
+      const absl::string_view name = de->d_name;
+      if (absl::StartsWith(name, ".tmp-") && absl::StrContains(name, ".tss2.pem-")) {
+        unlinkat(dirfd(d.get()), de->d_name, 0);
+      }
+    }
   }
   std::unique_ptr<TpmKeyStore> store(new TpmKeyStore(std::move(options)));
   (void)store->Device();  // connect now if we can; failures are retried by every call
@@ -335,7 +282,7 @@ absl::StatusOr<PublicKeyInfo> TpmKeyStore::Generate(const std::string& id, KeyAl
   kf->description = absl::StrCat("hwid keymanager ", id);
   ASSIGN_OR_RETURN(std::string pem, wire::EncodeTpmKeyFilePem(*kf));
   const std::string path = absl::StrCat(options_.key_dir, "/", KeyFileName(id));
-  RETURN_IF_ERROR(WriteFileAtomic(path, pem));
+  RETURN_IF_ERROR(WriteFile(path, AsSpan(pem), 0600));
   ASSIGN_OR_RETURN(std::shared_ptr<Entry> e, Parse(id, Bytes(pem.begin(), pem.end())));
   std::lock_guard<std::mutex> lock(mu_);
   cache_[id] = e;

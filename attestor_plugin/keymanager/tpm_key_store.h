@@ -26,9 +26,6 @@ namespace hwid::keymanager {
 std::string KeyFileName(absl::string_view id);
 std::optional<std::string> KeyIdFromFileName(absl::string_view name);
 
-// WriteFileAtomic writes `data` to `path` through a temp file in the same directory (mode
-// 0600), fsyncs it, renames it over `path` and fsyncs the directory.
-absl::Status WriteFileAtomic(const std::string& path, absl::string_view data);
 
 class TpmKeyStore final : public KeyStore {
  public:
