@@ -461,6 +461,11 @@ int ServePlugin(const PluginOptions& options, std::vector<grpc::Service*> servic
   builder.AddListeningPort(absl::StrCat("unix:", socket_path), grpc::InsecureServerCredentials());
   builder.SetMaxReceiveMessageSize(options.max_message_bytes);
   builder.SetMaxSendMessageSize(options.max_message_bytes);
+  // One completion queue with few pollers: a plugin serves one host over one connection, and
+  // gRPC's default (a queue per core, more pollers) only adds thread hand-offs per call.
+  builder.SetSyncServerOption(grpc::ServerBuilder::SyncServerOption::NUM_CQS, 1);
+  builder.SetSyncServerOption(grpc::ServerBuilder::SyncServerOption::MIN_POLLERS, 1);
+  builder.SetSyncServerOption(grpc::ServerBuilder::SyncServerOption::MAX_POLLERS, 2);
   builder.RegisterService(&health_service);
   builder.RegisterService(&broker_service);
   builder.RegisterService(&controller_service);
