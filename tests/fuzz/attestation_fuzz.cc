@@ -45,7 +45,8 @@ using hwid::fuzzing::SetP256Generator;
 struct Fixture {
   std::shared_ptr<const att::ServerConfig> config;
   TPMT_PUBLIC ak{};
-  Bytes payload;  // a valid payload (allowlisted EK), to reach HandleChallengeResponse
+  Bytes payload;     // a valid payload (allowlisted EK), to reach HandleChallengeResponse
+  Bytes payload_v2;  // the same, protocol version 2 (agent-key binding)
 };
 
 // A self-signed root in a temporary file, so that certificate mode is configured too.
@@ -101,6 +102,8 @@ const Fixture& GetFixture() {
     p.ek_public = *hwid::wire::MarshalPublic(ek2b);
     p.ak_public = *hwid::wire::MarshalPublic(ak2b);
     fx->payload = *att::EncodePayload(p);
+    p.version = att::kProtocolVersionCertify;
+    fx->payload_v2 = *att::EncodePayload(p);
     return fx;
   }();
   return *f;
@@ -114,7 +117,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   }
   const Fixture& fx = GetFixture();
   const ByteSpan in(data + 1, size - 1);
-  switch (data[0] % 3) {
+  switch (data[0] % 4) {
     case 0: {
       // A whole server session on an arbitrary payload.
       auto s = att::ServerSession::New(fx.config);
@@ -130,6 +133,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       (void)(*s)->HandleChallengeResponse(in);
       absl::StatusOr<att::ChallengeResponse> r = att::DecodeResponse(in);
       if (r.ok()) {
+        // The agent-key certifications, which a session only reaches after the secret.
+        static const Bytes certify_nonce(32, 0xa5);
+        (void)att::VerifyCertifiedKeys(fx.ak, r->certified_keys, certify_nonce);
         absl::StatusOr<hwid::wire::PcrValues> pcrs = att::DecodePcrValues(r->pcrs);
         if (pcrs.ok()) {
           static const Bytes nonce(32, 0x5a);
@@ -141,6 +147,15 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
           }
         }
       }
+      break;
+    }
+    case 3: {
+      // A protocol-version-2 session: an arbitrary response to a genuine v2 challenge.
+      auto s = att::ServerSession::New(fx.config);
+      if (!(*s)->HandlePayload(fx.payload_v2).ok()) {
+        std::abort();
+      }
+      (void)(*s)->HandleChallengeResponse(in);
       break;
     }
     default: {
@@ -164,9 +179,11 @@ int main(int argc, char** argv) {
   // Built-in seeds: every entry point with the fixture payload.
   std::vector<std::string> seeds;
   const Bytes& p = GetFixture().payload;
-  for (uint8_t mode = 0; mode < 3; ++mode) {
+  const Bytes& p2 = GetFixture().payload_v2;
+  for (uint8_t mode = 0; mode < 4; ++mode) {
     std::string in(1, static_cast<char>(mode));
-    in.append(p.begin(), p.end());
+    const Bytes& body = mode == 3 ? p2 : p;
+    in.append(body.begin(), body.end());
     seeds.push_back(std::move(in));
   }
   return hwid::fuzzing::ReplayMain("attestation_fuzz_replay", argc, argv, seeds);
