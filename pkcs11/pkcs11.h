@@ -103,7 +103,9 @@ class Token : public std::enable_shared_from_this<Token> {
   absl::StatusOr<std::shared_ptr<Key>> FindKey(const Pkcs11Uri& uri);
   absl::StatusOr<std::shared_ptr<Key>> FindKey(absl::string_view uri);
 
-  // ListKeys lists the private keys visible in this session state (needs login on most tokens).
+  // ListKeys lists the EC and RSA private keys visible in this session state (needs login on most
+  // tokens), read from the token on every call (C_FindObjects; a destroyed or relabelled key is
+  // never listed from a cache). Keys of other types are left out.
   absl::StatusOr<std::vector<KeyInfo>> ListKeys();
 
   // GenerateKey makes a key pair on the token: the private key with CKA_TOKEN, CKA_PRIVATE,
