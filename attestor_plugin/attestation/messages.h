@@ -45,21 +45,21 @@ inline constexpr size_t kMaxCertifiedKeys = 4;      // count (SPIRE uses agent-s
 
 // AttestationPayload: the agent's first message.
 struct AttestationPayload {
-  uint32_t version = kProtocolVersion;
   Bytes ek_public;       // marshalled TPM2B_PUBLIC (required)
   Bytes ek_certificate;  // DER; empty when the TPM has none
   std::vector<Bytes> ek_intermediates;  // DER, untrusted path-building helpers
   Bytes ak_public;       // marshalled TPM2B_PUBLIC (required)
+  uint32_t version = kProtocolVersion;  // kProtocolVersionCertify: agent-key binding
 };
 
 // Challenge: the server's only challenge.
 struct Challenge {
-  uint32_t version = kProtocolVersion;
   Bytes credential_blob;   // marshalled TPM2B_ID_OBJECT (required)
   Bytes encrypted_secret;  // marshalled TPM2B_ENCRYPTED_SECRET (required)
   Bytes nonce;             // TPM2_Quote qualifying data (required)
   std::string pcr_selection;  // canonical text form, e.g. "sha256:0,1,2" (required)
   Bytes certify_nonce;        // TPM2_Certify qualifying data (version 2: required; 1: empty)
+  uint32_t version = kProtocolVersion;
 };
 
 struct PcrValue {
@@ -77,12 +77,12 @@ struct CertifiedKey {
 
 // ChallengeResponse: the agent's answer.
 struct ChallengeResponse {
-  uint32_t version = kProtocolVersion;
   SecureBytes secret;     // the activated credential secret (required)
   Bytes quote_attest;     // TPMS_ATTEST (required)
   Bytes quote_signature;  // marshalled TPMT_SIGNATURE (required)
   std::vector<PcrValue> pcrs;
   std::vector<CertifiedKey> certified_keys;  // version 2 only
+  uint32_t version = kProtocolVersion;
 };
 
 // Encode* serialise a message with its version (1 or 2); version-2 fields in a version-1 message
