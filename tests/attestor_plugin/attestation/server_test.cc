@@ -170,8 +170,13 @@ TEST(MessagesTest, DecodeRejectsMalformedPayloads) {
   EXPECT_THAT(DecodePayload(unknown), StatusIs(kInvalid, "unknown fields"));
 
   v1::AttestationPayload p = ValidPb();
+  p.set_version(3);  // 1 and 2 (agent-key binding) are spoken
+  EXPECT_THAT(DecodePayload(Serialize(p)), StatusIs(kInvalid, "protocol version 3"));
+  p = ValidPb();
   p.set_version(2);
-  EXPECT_THAT(DecodePayload(Serialize(p)), StatusIs(kInvalid, "protocol version 2"));
+  absl::StatusOr<AttestationPayload> v2 = DecodePayload(Serialize(p));
+  ASSERT_TRUE(v2.ok()) << v2.status();
+  EXPECT_EQ(v2->version, kProtocolVersionCertify);
   p = ValidPb();
   p.set_version(0);
   EXPECT_THAT(DecodePayload(Serialize(p)), StatusIs(kInvalid, "protocol version 0"));
