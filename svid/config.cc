@@ -6,13 +6,51 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "attestor_plugin/pluginmain/hcl.h"
+#include "pkcs11/uri.h"
 
 namespace hwid::svid {
 namespace {
 
-absl::Status Bad(absl::string_view m) { return absl::InvalidArgumentError(absl::StrCat("config: ", m)); }
+// Bad: INVALID_ARGUMENT "config: ...". The HCL decoder (shared with the SPIRE plugins) words
+// its messages for plugin_data; here the file is the helper's own configuration.
+absl::Status Bad(absl::string_view m) {
+  std::string msg(m);
+  if (absl::StartsWith(msg, "plugin_data: ")) msg = msg.substr(13);
+  if (absl::StartsWith(msg, "plugin_data ")) msg = msg.substr(12);
+  return absl::InvalidArgumentError(absl::StrCat("config: ", msg));
+}
 
 bool Absolute(const std::string& p) { return !p.empty() && p[0] == '/'; }
+
+// TrustDomainName: the SPIFFE spec's trust domain characters (lowercase letters, digits, ".",
+// "-", "_").
+bool TrustDomainName(const std::string& td) {
+  if (td.empty() || td.size() > 255) return false;
+  for (char ch : td) {
+    if (!((ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') || ch == '.' || ch == '-' ||
+          ch == '_')) {
+      return false;
+    }
+  }
+  return true;
+}
+
+// WorkloadIdIn: `id` is spiffe://<td>/<segment>[/<segment>...] with the SPIFFE spec's path
+// segments (letters, digits, ".", "-", "_"; no empty, "." or ".." segments, no trailing "/").
+bool WorkloadIdIn(const std::string& id, const std::string& td) {
+  const std::string prefix = absl::StrCat("spiffe://", td, "/");
+  if (!absl::StartsWith(id, prefix) || id.size() > 2048) return false;
+  for (absl::string_view seg : absl::StrSplit(absl::string_view(id).substr(prefix.size()), '/')) {
+    if (seg.empty() || seg == "." || seg == "..") return false;
+    for (char ch : seg) {
+      if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+            ch == '.' || ch == '-' || ch == '_')) {
+        return false;
+      }
+    }
+  }
+  return true;
+}
 
 bool PlainFileName(const std::string& n) {
   return !n.empty() && n.find('/') == std::string::npos && n != "." && n != "..";
@@ -88,22 +126,32 @@ absl::StatusOr<Config> ParseConfig(absl::string_view hcl) {
     return Bad(absl::StrCat("agent_address must be a unix socket path, got \"", c.agent_address,
                             "\""));
   }
-  if (c.trust_domain.empty() || absl::StrContains(c.trust_domain, "/") ||
-      absl::StrContains(c.trust_domain, ":")) {
-    return Bad(absl::StrCat("trust_domain \"", c.trust_domain, "\" is not a trust domain name"));
+  if (!TrustDomainName(c.trust_domain)) {
+    return Bad(absl::StrCat("trust_domain \"", c.trust_domain,
+                            "\" is not a trust domain name (lowercase letters, digits, \".\", "
+                            "\"-\", \"_\")"));
   }
   const std::string prefix = absl::StrCat("spiffe://", c.trust_domain, "/");
-  if (!absl::StartsWith(c.spiffe_id, prefix) || c.spiffe_id.size() == prefix.size() ||
-      absl::StrContains(c.spiffe_id, "?") || absl::StrContains(c.spiffe_id, "#") ||
-      absl::StrContains(c.spiffe_id, "//" + std::string("/"))) {
-    return Bad(absl::StrCat("spiffe_id \"", c.spiffe_id, "\" is not a workload ID in ", prefix));
+  if (!WorkloadIdIn(c.spiffe_id, c.trust_domain)) {
+    return Bad(absl::StrCat("spiffe_id \"", c.spiffe_id, "\" is not a workload ID in ", prefix,
+                            " (path segments of letters, digits, \".\", \"-\", \"_\")"));
   }
   if (c.server_spiffe_id.empty()) c.server_spiffe_id = prefix + "spire/server";
+  if (!WorkloadIdIn(c.server_spiffe_id, c.trust_domain)) {
+    return Bad(absl::StrCat("server_spiffe_id \"", c.server_spiffe_id,
+                            "\" is not a SPIFFE ID in ", prefix));
+  }
   if (c.key_type == "tpm") {
     if (!Absolute(c.key_file)) return Bad("key_type \"tpm\" needs key_file (an absolute path)");
     if (!c.pkcs11_uri.empty()) return Bad("pkcs11_uri belongs to key_type \"pkcs11\"");
   } else if (c.key_type == "pkcs11") {
     if (c.pkcs11_uri.empty()) return Bad("key_type \"pkcs11\" needs pkcs11_uri");
+    absl::StatusOr<pkcs11::Pkcs11Uri> uri = pkcs11::ParseUri(c.pkcs11_uri);
+    if (!uri.ok()) return Bad(absl::StrCat("pkcs11_uri: ", uri.status().message()));
+    if (!uri->object.has_value() || uri->object->empty()) {
+      return Bad(absl::StrCat("pkcs11_uri ", uri->redacted,
+                              " names no key: add object=<label> (made on the token if absent)"));
+    }
     if (!c.key_file.empty() || !c.tcti.empty()) {
       return Bad("key_file and tcti belong to key_type \"tpm\"");
     }
@@ -114,16 +162,28 @@ absl::StatusOr<Config> ParseConfig(absl::string_view hcl) {
   if (!alg.ok()) return Bad(absl::StrCat("key_alg: ", alg.status().message()));
   c.key_alg = *alg;
   if (!Absolute(c.cert_dir)) return Bad("cert_dir must be an absolute path");
-  for (const std::string* n : {&c.svid_file_name, &c.svid_key_file_name, &c.svid_bundle_file_name}) {
-    if (!PlainFileName(*n)) return Bad(absl::StrCat("\"", *n, "\" is not a plain file name"));
+  for (const auto& [key, name] : {std::pair<const char*, const std::string*>{"svid_file_name",
+                                                                            &c.svid_file_name},
+                                  {"svid_key_file_name", &c.svid_key_file_name},
+                                  {"svid_bundle_file_name", &c.svid_bundle_file_name}}) {
+    if (!PlainFileName(*name)) {
+      return Bad(absl::StrCat(key, " \"", *name, "\" is not a plain file name (no \"/\")"));
+    }
   }
   if (c.svid_file_name == c.svid_key_file_name || c.svid_file_name == c.svid_bundle_file_name ||
       c.svid_key_file_name == c.svid_bundle_file_name) {
     return Bad("svid_file_name, svid_key_file_name and svid_bundle_file_name must differ");
   }
+  if (!c.cmd.empty() && !Absolute(c.cmd)) return Bad("cmd must be an absolute path");
   if (!cmd_args.empty() && c.cmd.empty()) return Bad("cmd_args without cmd");
+  if (!c.pid_file_name.empty() && !Absolute(c.pid_file_name)) {
+    return Bad("pid_file_name must be an absolute path");
+  }
+  if (!c.provider_dir.empty() && !Absolute(c.provider_dir)) {
+    return Bad("provider_dir must be an absolute path");
+  }
   absl::StatusOr<std::vector<std::string>> args = SplitArgs(cmd_args);
-  if (!args.ok()) return args.status();
+  if (!args.ok()) return args.status();  // already "config: cmd_args: ..."
   c.cmd_args = *std::move(args);
   if (!renew_signal.empty()) {
     static const std::pair<const char*, int> kSignals[] = {

@@ -55,9 +55,15 @@ struct Config {
   std::string provider_dir;
 };
 
-// ParseConfig: INVALID_ARGUMENT naming the key for anything wrong (unknown key, wrong type,
-// missing required key, a key of the other key_type, an ID outside the trust domain, relative
-// paths, an unknown signal).
+// ParseConfig: INVALID_ARGUMENT "config: ..." naming the key for anything wrong: HCL syntax,
+// unknown or duplicate key, wrong type, missing required key, ttl outside 0..365 days, an
+// agent_address that is not a unix socket path, a trust_domain or spiffe_id /
+// server_spiffe_id that is not a SPIFFE name in that trust domain, key_type other than "tpm" /
+// "pkcs11", a key of the other key_type, a relative key_file, a pkcs11_uri that does not parse
+// or names no object, an unknown key_alg, relative cert_dir / cmd / pid_file_name /
+// provider_dir, output file names that are not plain names or not distinct, cmd_args without cmd
+// or with an unterminated quote, an unknown renew_signal, renew_signal with nobody to signal,
+// pid_file_name without renew_signal.
 absl::StatusOr<Config> ParseConfig(absl::string_view hcl);
 
 }  // namespace hwid::svid

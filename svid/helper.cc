@@ -16,10 +16,12 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <memory>
 
+#include <grpc/support/log.h>
 #include <grpcpp/create_channel.h>
 #include <grpcpp/security/credentials.h>
 #include <grpcpp/security/tls_certificate_provider.h>
@@ -189,6 +191,26 @@ absl::StatusOr<HardwareKey> EnsurePkcs11Key(const Config& c) {
   return k;
 }
 
+// DiagnoseTpmKey: why the provider could not load a TPM key file. OpenSSL's store reports only
+// "unsupported" (the decoders' own errors are popped), so the same load is repeated through
+// hwid::tpm, whose errors name the TCTI, the TPM return code and what to check. Returns
+// `provider_error` when that load works.
+absl::Status DiagnoseTpmKey(const Config& c, const HardwareKey& k,
+                            const absl::Status& provider_error) {
+  absl::StatusOr<std::unique_ptr<tpm::Tpm>> t = tpm::Tpm::Open(c.tcti);
+  if (!t.ok()) return t.status();
+  absl::StatusOr<wire::TpmKeyFile> kf = wire::ParseTpmKeyFile(AsSpan(k.key_ref_pem));
+  if (!kf.ok()) return kf.status();
+  absl::StatusOr<tpm::LoadedKey> loaded = (*t)->LoadKey(*kf);
+  if (!loaded.ok()) {
+    return absl::Status(loaded.status().code(),
+                        absl::StrCat("key_file ", c.key_file, " does not load in the TPM ",
+                                     "(made by another TPM, or the TPM was cleared?): ",
+                                     loaded.status().message()));
+  }
+  return provider_error;
+}
+
 // ---- The hwid provider ----
 class ProviderContext {
  public:
@@ -305,58 +327,46 @@ absl::StatusOr<Bytes> MakeCsr(OSSL_LIB_CTX* libctx, EVP_PKEY* key, const std::st
   return out;
 }
 
-absl::StatusOr<std::vector<Bytes>> Mint(const Config& c, const WorkloadSvid& self,
-                                        const Bytes& csr) {
-  std::string key_pem;
-  {
-    const unsigned char* p = self.key_pkcs8.data();
-    OsslPtr<EVP_PKEY> k(d2i_AutoPrivateKey(nullptr, &p, static_cast<long>(self.key_pkcs8.size())));
-    if (k == nullptr) return OpenSslError("the helper's own SVID key from the Workload API");
-    OsslPtr<BIO> bio(BIO_new(BIO_s_secmem()));
-    PEM_write_bio_PrivateKey(bio.get(), k.get(), nullptr, nullptr, 0, nullptr, nullptr);
-    char* data = nullptr;
-    long n = BIO_get_mem_data(bio.get(), &data);
-    key_pem.assign(data, static_cast<size_t>(n));
-  }
-  auto provider = std::make_shared<grpc::experimental::StaticDataCertificateProvider>(
-      Pem(self.bundle), std::vector<grpc::experimental::IdentityKeyCertPair>{
-                            {key_pem, Pem(self.chain)}});
-  OPENSSL_cleanse(key_pem.data(), key_pem.size());
-  grpc::experimental::TlsChannelCredentialsOptions opts;
-  opts.set_certificate_provider(provider);
-  opts.watch_root_certs();
-  opts.watch_identity_key_cert_pairs();
-  opts.set_verify_server_certs(true);
-  opts.set_check_call_host(false);  // the server is identified by its SPIFFE ID, not a host name
-  opts.set_certificate_verifier(
-      grpc::experimental::ExternalCertificateVerifier::Create<SpiffeIdVerifier>(c.server_spiffe_id));
-  auto channel = grpc::CreateChannel(c.server_address, grpc::experimental::TlsCredentials(opts));
-  auto stub = spire::api::server::svid::v1::SVID::NewStub(channel);
-  spire::api::server::svid::v1::MintX509SVIDRequest req;
-  req.set_csr(csr.data(), csr.size());
-  req.set_ttl(static_cast<int32_t>(c.ttl));
-  spire::api::server::svid::v1::MintX509SVIDResponse resp;
-  grpc::ClientContext ctx;
-  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
-  grpc::Status st = stub->MintX509SVID(&ctx, req, &resp);
-  if (!st.ok()) {
-    std::string hint;
-    if (st.error_code() == grpc::StatusCode::PERMISSION_DENIED) {
-      hint = absl::StrCat(" (the server's policy refused ", self.spiffe_id, " minting ",
-                          c.spiffe_id, ": see docs/svid.md for the policy)");
-    } else if (st.error_code() == grpc::StatusCode::UNAVAILABLE) {
-      hint = absl::StrCat(" (is the SPIRE server at ", c.server_address,
-                          " up, and is it the one whose bundle the agent gave us?)");
+class GrpcMintClient : public MintClient {
+ public:
+  GrpcMintClient(const Config& c, std::string self_id,
+                 std::unique_ptr<spire::api::server::svid::v1::SVID::Stub> stub)
+      : server_address_(c.server_address), self_id_(std::move(self_id)), stub_(std::move(stub)) {}
+
+  absl::StatusOr<std::vector<Bytes>> MintX509Svid(const Bytes& csr, int64_t ttl) override {
+    spire::api::server::svid::v1::MintX509SVIDRequest req;
+    req.set_csr(csr.data(), csr.size());
+    req.set_ttl(static_cast<int32_t>(ttl));
+    spire::api::server::svid::v1::MintX509SVIDResponse resp;
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+    grpc::Status st = stub_->MintX509SVID(&ctx, req, &resp);
+    if (!st.ok()) {
+      std::string hint;
+      if (st.error_code() == grpc::StatusCode::PERMISSION_DENIED) {
+        hint = absl::StrCat(" (the server's policy refused this request from ", self_id_,
+                            ": see docs/svid.md for the policy)");
+      } else if (st.error_code() == grpc::StatusCode::UNAVAILABLE) {
+        hint = absl::StrCat(" (is the SPIRE server at ", server_address_,
+                            " up, and is it the one whose bundle the agent gave us?)");
+      }
+      return absl::Status(static_cast<absl::StatusCode>(st.error_code()),
+                          absl::StrCat("MintX509SVID at ", server_address_, ": ",
+                                       st.error_message(), hint));
     }
-    return absl::Status(static_cast<absl::StatusCode>(st.error_code()),
-                        absl::StrCat("MintX509SVID at ", c.server_address, ": ",
-                                     st.error_message(), hint));
+    std::vector<Bytes> chain;
+    for (const std::string& der : resp.svid().cert_chain()) {
+      chain.emplace_back(der.begin(), der.end());
+    }
+    if (chain.empty()) return absl::InternalError("MintX509SVID returned no certificate");
+    return chain;
   }
-  std::vector<Bytes> chain;
-  for (const std::string& der : resp.svid().cert_chain()) chain.emplace_back(der.begin(), der.end());
-  if (chain.empty()) return absl::InternalError("MintX509SVID returned no certificate");
-  return chain;
-}
+
+ private:
+  std::string server_address_;
+  std::string self_id_;
+  std::unique_ptr<spire::api::server::svid::v1::SVID::Stub> stub_;
+};
 
 // CheckMinted: the chain verifies against the bundle, the leaf has exactly the requested URI
 // SAN and the hardware key's public key.
@@ -433,6 +443,7 @@ absl::StatusOr<WorkloadSvid> FetchWorkloadSvid(const std::string& socket_path,
                         absl::StrCat("Workload API at ", socket_path, ": ", st.error_message(), hint));
   }
   ctx.TryCancel();
+  reader->Finish();  // CANCELLED: we asked for one response only
   if (resp.svids_size() == 0) {
     return absl::PermissionDeniedError(
         absl::StrCat("Workload API at ", socket_path, " gave this process no X509-SVID"));
@@ -448,6 +459,44 @@ absl::StatusOr<WorkloadSvid> FetchWorkloadSvid(const std::string& socket_path,
   return out;
 }
 
+void QuietGrpcLogs() {
+  if (std::getenv("HWID_SVID_DEBUG") != nullptr) return;
+  gpr_set_log_function([](gpr_log_func_args*) {});
+}
+
+absl::StatusOr<std::unique_ptr<MintClient>> MintClient::New(const Config& c,
+                                                            const WorkloadSvid& self) {
+  std::string key_pem;
+  {
+    const unsigned char* p = self.key_pkcs8.data();
+    OsslPtr<EVP_PKEY> k(d2i_AutoPrivateKey(nullptr, &p, static_cast<long>(self.key_pkcs8.size())));
+    if (k == nullptr) {
+      return OpenSslError("the helper's own SVID key from the Workload API",
+                          absl::StatusCode::kInvalidArgument);
+    }
+    OsslPtr<BIO> bio(BIO_new(BIO_s_secmem()));
+    PEM_write_bio_PrivateKey(bio.get(), k.get(), nullptr, nullptr, 0, nullptr, nullptr);
+    char* data = nullptr;
+    long n = BIO_get_mem_data(bio.get(), &data);
+    key_pem.assign(data, static_cast<size_t>(n));
+  }
+  auto provider = std::make_shared<grpc::experimental::StaticDataCertificateProvider>(
+      Pem(self.bundle), std::vector<grpc::experimental::IdentityKeyCertPair>{
+                            {key_pem, Pem(self.chain)}});
+  OPENSSL_cleanse(key_pem.data(), key_pem.size());
+  grpc::experimental::TlsChannelCredentialsOptions opts;
+  opts.set_certificate_provider(provider);
+  opts.watch_root_certs();
+  opts.watch_identity_key_cert_pairs();
+  opts.set_verify_server_certs(true);
+  opts.set_check_call_host(false);  // the server is identified by its SPIFFE ID, not a host name
+  opts.set_certificate_verifier(
+      grpc::experimental::ExternalCertificateVerifier::Create<SpiffeIdVerifier>(c.server_spiffe_id));
+  auto channel = grpc::CreateChannel(c.server_address, grpc::experimental::TlsCredentials(opts));
+  return std::unique_ptr<MintClient>(new GrpcMintClient(
+      c, self.spiffe_id, spire::api::server::svid::v1::SVID::NewStub(channel)));
+}
+
 absl::StatusOr<MintResult> MintOnce(const Config& c) {
   if (!c.tcti.empty()) setenv("HWID_TCTI", c.tcti.c_str(), 1);
   // 1. Our own identity.
@@ -459,13 +508,16 @@ absl::StatusOr<MintResult> MintOnce(const Config& c) {
   // 3. The CSR, signed in the hardware through the hwid provider.
   ASSIGN_OR_RETURN(std::unique_ptr<ProviderContext> prov, ProviderContext::New(c));
   absl::StatusOr<OsslPtr<EVP_PKEY>> key = prov->LoadKey(*hk);
+  if (!key.ok() && c.key_type == "tpm") key = DiagnoseTpmKey(c, *hk, key.status());
   RETURN_IF_ERROR(Step("loading the hardware key", key.status()));
   absl::StatusOr<Bytes> csr = MakeCsr(prov->libctx(), key->get(), c.spiffe_id);
   RETURN_IF_ERROR(Step(absl::StrCat("signing the CSR with ", hk->description), csr.status()));
   ASSIGN_OR_RETURN(Bytes spki, SpkiDer(key->get()));
   // 4. The SVID from the SPIRE server.
-  absl::StatusOr<std::vector<Bytes>> chain = Mint(c, *self, *csr);
-  RETURN_IF_ERROR(Step("minting the SVID", chain.status()));
+  absl::StatusOr<std::unique_ptr<MintClient>> client = MintClient::New(c, *self);
+  RETURN_IF_ERROR(Step("minting the SVID", client.status()));
+  absl::StatusOr<std::vector<Bytes>> chain = (*client)->MintX509Svid(*csr, c.ttl);
+  RETURN_IF_ERROR(Step(absl::StrCat("minting ", c.spiffe_id), chain.status()));
   // 5. Check it, then write the files (the key reference first: a reload never sees a new
   //    certificate with an old key).
   MintResult out;

@@ -13,6 +13,7 @@
 #ifndef HWID_SVID_HELPER_H_
 #define HWID_SVID_HELPER_H_
 
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -36,6 +37,27 @@ struct WorkloadSvid {
 // agent has no identity for this process (no registration entry matches).
 absl::StatusOr<WorkloadSvid> FetchWorkloadSvid(const std::string& socket_path,
                                                absl::Duration timeout = absl::Seconds(10));
+
+// MintClient: a mutual-TLS channel to the SPIRE server at config.server_address, with `self` as
+// the client certificate; the server must chain to self.bundle and present
+// config.server_spiffe_id. One channel serves any number of mints.
+class MintClient {
+ public:
+  // New: INVALID_ARGUMENT when `self` holds no usable key or chain.
+  static absl::StatusOr<std::unique_ptr<MintClient>> New(const Config& config,
+                                                         const WorkloadSvid& self);
+  virtual ~MintClient() = default;
+  // MintX509Svid calls SVID/MintX509SVID with the DER `csr` and `ttl_seconds` (0 = the server's
+  // default) and returns the chain (DER, leaf first). The gRPC code is kept (PERMISSION_DENIED
+  // when the server's policy refuses, UNAVAILABLE when the server cannot be reached); the message
+  // names the server and what to check.
+  virtual absl::StatusOr<std::vector<Bytes>> MintX509Svid(const Bytes& csr,
+                                                          int64_t ttl_seconds) = 0;
+};
+
+// QuietGrpcLogs: gRPC's own log lines (e.g. "Handshake failed" on stderr) are dropped unless
+// HWID_SVID_DEBUG is set; every failure still reaches the caller as a Status.
+void QuietGrpcLogs();
 
 // MintResult: what one mint wrote.
 struct MintResult {

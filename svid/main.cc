@@ -40,6 +40,7 @@ int main(int argc, char** argv) {
                  std::string(config.status().message()).c_str());
     return 2;
   }
+  hwid::svid::QuietGrpcLogs();
   if (mode == "run") return hwid::svid::Run(*config);
   absl::StatusOr<hwid::svid::MintResult> r = hwid::svid::MintOnce(*config);
   if (!r.ok()) {
