@@ -525,23 +525,11 @@ absl::Status CmdKeySign(const Args& a) {
     // One digest-name parser (common/sign.h); the TPM knows SHA-1 and SHA-2 256/384/512.
     absl::StatusOr<HashAlg> parsed = ParseHashAlg(*h);
     if (!parsed.ok()) return UsageError(std::string(parsed.status().message()));
-    switch (*parsed) {
-      case HashAlg::kSha1:
-        hash = TPM2_ALG_SHA1;
-        break;
-      case HashAlg::kSha256:
-        hash = TPM2_ALG_SHA256;
-        break;
-      case HashAlg::kSha384:
-        hash = TPM2_ALG_SHA384;
-        break;
-      case HashAlg::kSha512:
-        hash = TPM2_ALG_SHA512;
-        break;
-      case HashAlg::kSha224:
-        return UsageError(absl::StrCat("--hash ", *h, ": the TPM has no SHA-224; expected sha1, "
-                                       "sha256, sha384 or sha512"));
+    absl::StatusOr<TPMI_ALG_HASH> tpm_hash = wire::TpmHashAlg(*parsed);
+    if (!tpm_hash.ok()) {
+      return UsageError(absl::StrCat("--hash ", *h, ": ", tpm_hash.status().message()));
     }
+    hash = *tpm_hash;
   }
   ASSIGN_OR_RETURN(SecureBytes auth, AuthFromArgs(a));
   ASSIGN_OR_RETURN(Bytes msg, ReadFile(*in, 1u << 30));

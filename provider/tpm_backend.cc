@@ -112,24 +112,6 @@ Registry& Reg() {
   return *r;
 }
 
-// TpmHashAlg is the TPM's algorithm ID for a digest; the TPM has no SHA-224.
-absl::StatusOr<TPMI_ALG_HASH> TpmHashAlg(HashAlg hash) {
-  switch (hash) {
-    case HashAlg::kSha1:
-      return TPM2_ALG_SHA1;
-    case HashAlg::kSha256:
-      return TPM2_ALG_SHA256;
-    case HashAlg::kSha384:
-      return TPM2_ALG_SHA384;
-    case HashAlg::kSha512:
-      return TPM2_ALG_SHA512;
-    case HashAlg::kSha224:
-      break;
-  }
-  return absl::InvalidArgumentError(absl::StrCat(
-      "digest ", HashAlgName(hash), " is not supported by the TPM (SHA1, SHA256, SHA384, SHA512)"));
-}
-
 absl::StatusOr<KeyType> CheckSigningPublic(const TPMT_PUBLIC& pub, absl::string_view what) {
   if ((pub.objectAttributes & TPMA_OBJECT_SIGN_ENCRYPT) == 0) {
     return absl::InvalidArgumentError(absl::StrCat(what, " is not a signing key (sign attribute clear)"));
@@ -215,7 +197,7 @@ class TpmKey final : public Key {
     if (absl::Status st = CheckSignRequest(type_, digest, params); !st.ok()) {
       return absl::Status(st.code(), absl::StrCat(st.message(), "; key: ", description_));
     }
-    ASSIGN_OR_RETURN(TPMI_ALG_HASH hash, TpmHashAlg(params.hash));
+    ASSIGN_OR_RETURN(TPMI_ALG_HASH hash, wire::TpmHashAlg(params.hash));
     if (params.scheme == SignScheme::kRsaPss && params.pss_salt_len.has_value()) {
       const int hlen = static_cast<int>(digest.size());
       const int device_salt = pss_mode_ == PssSaltMode::kDigestLength

@@ -41,24 +41,6 @@ absl::Status Errno(absl::string_view what, const std::string& path) {
   return absl::Status(code, absl::StrCat(what, " ", path, ": ", std::strerror(e)));
 }
 
-absl::StatusOr<TPMI_ALG_HASH> TpmHash(HashAlg h) {
-  switch (h) {
-    case HashAlg::kSha1:
-      return TPM2_ALG_SHA1;
-    case HashAlg::kSha256:
-      return TPM2_ALG_SHA256;
-    case HashAlg::kSha384:
-      return TPM2_ALG_SHA384;
-    case HashAlg::kSha512:
-      return TPM2_ALG_SHA512;
-    case HashAlg::kSha224:
-      break;
-  }
-  return absl::InvalidArgumentError(
-      absl::StrCat(HashAlgName(h), " is not a TPM 2.0 hash algorithm (use SHA256, SHA384 or "
-                                   "SHA512)"));
-}
-
 // Retry runs `fn` until it succeeds, fails with something other than "no free slot", or
 // `wait` has passed.
 template <typename Fn>
@@ -356,7 +338,7 @@ absl::StatusOr<Signature> TpmKeyStore::Sign(const std::string& id, ByteSpan dige
   if (!st.ok()) {
     return absl::InvalidArgumentError(absl::StrCat("key \"", id, "\": ", st.message()));
   }
-  ASSIGN_OR_RETURN(TPMI_ALG_HASH hash, TpmHash(request.hash));
+  ASSIGN_OR_RETURN(TPMI_ALG_HASH hash, wire::TpmHashAlg(request.hash));
   ASSIGN_OR_RETURN(std::shared_ptr<tpm::Tpm> tpm, Device());
   absl::StatusOr<TPMT_SIGNATURE> sig;
   {

@@ -336,4 +336,21 @@ absl::Status VerifySignature(const TPMT_PUBLIC& key, ByteSpan message, const TPM
                    " signature does not verify with the given ", AlgName(key.type), " key"));
 }
 
+absl::StatusOr<TPMI_ALG_HASH> TpmHashAlg(HashAlg hash) {
+  switch (hash) {
+    case HashAlg::kSha1:
+      return TPM2_ALG_SHA1;
+    case HashAlg::kSha256:
+      return TPM2_ALG_SHA256;
+    case HashAlg::kSha384:
+      return TPM2_ALG_SHA384;
+    case HashAlg::kSha512:
+      return TPM2_ALG_SHA512;
+    case HashAlg::kSha224:
+      break;
+  }
+  return absl::InvalidArgumentError(absl::StrCat(
+      "digest ", HashAlgName(hash), " is not a TPM 2.0 hash algorithm (SHA1, SHA256, SHA384, SHA512)"));
+}
+
 }  // namespace hwid::wire

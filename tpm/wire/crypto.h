@@ -13,6 +13,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "common/bytes.h"
+#include "common/sign.h"
 #include "common/ossl.h"
 
 namespace hwid::wire {
@@ -52,6 +53,10 @@ absl::StatusOr<Bytes> ObjectName(const TPMT_PUBLIC& pub);
 // CheckName checks that `name` is a well-formed object name: a supported hash algorithm followed
 // by exactly that algorithm's digest size. InvalidArgument naming `what` otherwise.
 absl::Status CheckName(ByteSpan name, std::string_view what);
+
+// TpmHashAlg is the TPM algorithm ID of a digest (common/sign.h); InvalidArgument naming the
+// digest for SHA-224, which TPM 2.0 does not define.
+absl::StatusOr<TPMI_ALG_HASH> TpmHashAlg(HashAlg hash);
 
 // SignatureToDer converts a TPMT_SIGNATURE into what OpenSSL verifies: ECDSA -> DER
 // ECDSA-Sig-Value; RSASSA/RSAPSS -> the raw signature bytes. InvalidArgument for other schemes
