@@ -1,8 +1,12 @@
-// VerifyQuote / CheckAkAttributes: table-driven, with a negative row for every verifier pitfall.
-// Quotes are built in software (TPMS_ATTEST marshalled with tss2-mu) and signed by software keys
-// expressed as restricted AK public areas; two real swtpm quotes pin interoperability.
+// VerifyQuote / CheckAkAttributes / VerifyCertify / CheckCertifiedKeyAttributes: table-driven,
+// with a negative row for every verifier pitfall. Quotes and certifications are built in software
+// (TPMS_ATTEST marshalled with tss2-mu) and signed by software keys expressed as restricted AK
+// public areas; two real swtpm quotes pin interoperability (real certifications from swtpm are in
+// tests/attestor_plugin/attestation/certify_test.cc).
 #include "tpm/wire/attest.h"
 
+#include <openssl/crypto.h>
+#include <openssl/x509.h>
 #include <tss2/tss2_tpm2_types.h>
 
 #include <cstring>
@@ -25,6 +29,7 @@ using ::hwid::wire::testing::Hex;
 using ::hwid::wire::testing::IsOk;
 using ::hwid::wire::testing::MuMarshalAttest;
 using ::hwid::wire::testing::MuMarshalSignature;
+using ::hwid::wire::testing::MuMarshalTpmtPublic;
 using ::hwid::wire::testing::ReadTestdata;
 using ::hwid::wire::testing::RsaKey;
 using ::hwid::wire::testing::RsaKey2;
@@ -496,6 +501,478 @@ TEST(CheckAkAttributes, AcceptsOurTemplatesAndRejectsSigningKeys) {
   // EKs are restricted decryption keys, never AKs.
   EXPECT_THAT(CheckAkAttributes(EkTemplate(EkType::kRsa2048).publicArea),
               StatusIs(absl::StatusCode::kInvalidArgument, "attribute sign is not set"));
+}
+
+
+// --- VerifyCertify (agent-key binding) ---
+//
+// Certifications built in software like the quotes above: the TPMS_ATTEST of a TPM2_Certify of a
+// key public area (its name computed here with OpenSSL over the tss2-mu marshalling), signed by a
+// software key expressed as a restricted AK. Each negative row breaks exactly one property, so
+// that only the check named in its message can catch it.
+
+Bytes Tpm2bPublic(const TPMT_PUBLIC& p) {
+  const Bytes inner = MuMarshalTpmtPublic(p);
+  Bytes out = {static_cast<uint8_t>(inner.size() >> 8), static_cast<uint8_t>(inner.size())};
+  out.insert(out.end(), inner.begin(), inner.end());
+  return out;
+}
+
+// NameOf: nameAlg || H_nameAlg(TPMT_PUBLIC), independent of the code under test.
+Bytes NameOf(const TPMT_PUBLIC& p) {
+  return Concat({Bytes{static_cast<uint8_t>(p.nameAlg >> 8), static_cast<uint8_t>(p.nameAlg)},
+                 Sha(p.nameAlg, MuMarshalTpmtPublic(p))});
+}
+
+void SetName(TPM2B_NAME* n, const Bytes& v) {
+  n->size = static_cast<UINT16>(v.size());
+  std::memcpy(n->name, v.data(), v.size());
+}
+
+Bytes SpkiDer(EVP_PKEY* key) {
+  unsigned char* der = nullptr;
+  const int len = i2d_PUBKEY(key, &der);
+  EXPECT_GT(len, 0);
+  Bytes out(der, der + (len > 0 ? len : 0));
+  OPENSSL_free(der);
+  return out;
+}
+
+// The inputs of one VerifyCertify call.
+struct Certification {
+  TPMT_PUBLIC ak;
+  Bytes key_public;
+  Bytes attest;
+  Bytes signature;
+  Bytes nonce;
+};
+
+struct CertifyCase {
+  std::string name;
+  KeyAlg key_alg = KeyAlg::kEcP256;        // the certified key's template...
+  EVP_PKEY* (*key)() = nullptr;            // ...and its software key (nullptr: P-256 "key")
+  std::function<void(TPMT_PUBLIC&)> key_fn;  // the public area the "TPM" certified
+  std::function<void(TPMS_ATTEST&)> attest_fn;
+  std::function<void(Bytes&)> attest_bytes_fn;  // after marshalling, before signing
+  bool sign_with_other_key = false;
+  TPMI_ALG_HASH sign_hash = 0;  // 0: the AK's scheme hash
+  std::function<void(Bytes&)> after_sign_attest_fn;
+  std::function<void(Bytes&)> sig_bytes_fn;
+  std::function<void(Certification&)> inputs_fn;  // what the verifier is given
+  absl::StatusCode code = absl::StatusCode::kOk;
+  std::string substr;
+};
+
+EVP_PKEY* CertifiedP256() { return EcKey("P-256#certified"); }
+EVP_PKEY* OtherP256() { return EcKey("P-256#other-certified"); }
+
+std::vector<CertifyCase> CertifyCases() {
+  using absl::StatusCode;
+  std::vector<CertifyCase> c;
+  c.push_back({.name = "good_p256"});
+  c.push_back({.name = "good_p384",
+               .key_alg = KeyAlg::kEcP384,
+               .key = [] { return EcKey("P-384#certified"); }});
+  c.push_back({.name = "good_rsa2048", .key_alg = KeyAlg::kRsa2048, .key = [] { return RsaKey(2048); }});
+  c.push_back({.name = "good_rsa3072", .key_alg = KeyAlg::kRsa3072, .key = [] { return RsaKey(3072); }});
+  c.push_back({.name = "good_rsa4096", .key_alg = KeyAlg::kRsa4096, .key = [] { return RsaKey(4096); }});
+  c.push_back({.name = "good_namealg_sha384",
+               .key_fn = [](TPMT_PUBLIC& p) { p.nameAlg = TPM2_ALG_SHA384; }});
+  c.push_back({.name = "good_namealg_sha512",
+               .key_fn = [](TPMT_PUBLIC& p) { p.nameAlg = TPM2_ALG_SHA512; }});
+  c.push_back({.name = "good_nonce_of_48_bytes",
+               .attest_fn =
+                   [](TPMS_ATTEST& a) {
+                     a.extraData.size = 48;
+                     std::memset(a.extraData.buffer, 0x42, 48);
+                   },
+               .inputs_fn = [](Certification& x) { x.nonce = Bytes(48, 0x42); }});
+
+  // 3. The signature.
+  c.push_back({.name = "signature_by_other_key",
+               .sign_with_other_key = true,
+               .code = StatusCode::kPermissionDenied,
+               .substr = "certify: signature does not verify with the AK"});
+  c.push_back({.name = "attest_modified_after_signing",
+               .after_sign_attest_fn = [](Bytes& b) { b[b.size() - 40] ^= 1; },
+               .code = StatusCode::kPermissionDenied,
+               .substr = "certify: signature does not verify with the AK"});
+  c.push_back({.name = "magic_flipped_after_signing",
+               .after_sign_attest_fn = [](Bytes& b) { b[3] ^= 1; },
+               .code = StatusCode::kPermissionDenied,
+               .substr = "certify: signature does not verify with the AK"});
+  c.push_back({.name = "signature_flipped",
+               .sig_bytes_fn = [](Bytes& b) { b[b.size() - 5] ^= 0x40; },
+               .code = StatusCode::kPermissionDenied,
+               .substr = "certify: signature does not verify with the AK"});
+  c.push_back({.name = "signature_hash_not_ak_scheme",
+               .sign_hash = TPM2_ALG_SHA512,
+               .code = StatusCode::kPermissionDenied,
+               .substr = "certify: signature scheme"});
+  // 4. Magic (signed as is: only the magic check can tell).
+  c.push_back({.name = "wrong_magic",
+               .attest_fn = [](TPMS_ATTEST& a) { a.magic = 0xff544348; },
+               .code = StatusCode::kPermissionDenied,
+               .substr = "certify: magic 0xff544348 is not TPM_GENERATED_VALUE"});
+  // 5. Type. TPMS_CREATION_INFO starts with the object's name where TPMS_CERTIFY_INFO has it, so
+  // a TPM2_CertifyCreation of the same key over the same nonce passes every other check.
+  c.push_back({.name = "type_creation_same_name",
+               .attest_fn =
+                   [](TPMS_ATTEST& a) {
+                     const Bytes name(a.attested.certify.name.name,
+                                      a.attested.certify.name.name + a.attested.certify.name.size);
+                     a.type = TPM2_ST_ATTEST_CREATION;
+                     std::memset(&a.attested, 0, sizeof(a.attested));
+                     SetName(&a.attested.creation.objectName, name);
+                     SetDigest(&a.attested.creation.creationHash,
+                               Sha(TPM2_ALG_SHA256, AsSpan("creation data")));
+                   },
+               .code = StatusCode::kPermissionDenied,
+               .substr = "certify: attestation type 0x801a is not TPM_ST_ATTEST_CERTIFY"});
+  c.push_back({.name = "type_quote",
+               .attest_fn =
+                   [](TPMS_ATTEST& a) {
+                     a.type = TPM2_ST_ATTEST_QUOTE;
+                     std::memset(&a.attested, 0, sizeof(a.attested));
+                     a.attested.quote.pcrSelect.count = 1;
+                     SetSelection(&a.attested.quote.pcrSelect.pcrSelections[0], TPM2_ALG_SHA256,
+                                  {0});
+                     SetDigest(&a.attested.quote.pcrDigest, Sha(TPM2_ALG_SHA256, AsSpan("pcrs")));
+                   },
+               .code = StatusCode::kPermissionDenied,
+               .substr = "certify: attestation type 0x8018 is not TPM_ST_ATTEST_CERTIFY"});
+  // 6. Freshness.
+  c.push_back({.name = "stale_nonce",
+               .inputs_fn = [](Certification& x) { x.nonce[7] ^= 1; },
+               .code = StatusCode::kPermissionDenied,
+               .substr = "certify: extraData does not match this session's certify nonce"});
+  c.push_back({.name = "nonce_prefix",
+               .inputs_fn = [](Certification& x) { x.nonce.pop_back(); },
+               .code = StatusCode::kPermissionDenied,
+               .substr = "extraData does not match"});
+  c.push_back({.name = "empty_session_nonce",
+               .inputs_fn = [](Certification& x) { x.nonce.clear(); },
+               .code = StatusCode::kPermissionDenied,
+               .substr = "extraData does not match"});
+  c.push_back({.name = "empty_extradata",
+               .attest_fn = [](TPMS_ATTEST& a) { a.extraData.size = 0; },
+               .code = StatusCode::kPermissionDenied,
+               .substr = "extraData does not match"});
+  // 7. The presented public area is the certified one.
+  c.push_back({.name = "presented_key_swapped",
+               .inputs_fn =
+                   [](Certification& x) {
+                     x.key_public = Tpm2bPublic(
+                         WithKey(SigningKeyTemplate(KeyAlg::kEcP256).publicArea, OtherP256()));
+                   },
+               .code = StatusCode::kPermissionDenied,
+               .substr = "certify: the certified name is not the name of the presented key"});
+  c.push_back({.name = "presented_attributes_upgraded",
+               // The TPM certified a duplicable key; the agent presents it as fixedTPM.
+               .key_fn =
+                   [](TPMT_PUBLIC& p) {
+                     p.objectAttributes &= ~(TPMA_OBJECT_FIXEDTPM | TPMA_OBJECT_FIXEDPARENT);
+                   },
+               .inputs_fn =
+                   [](Certification& x) {
+                     x.key_public = Tpm2bPublic(
+                         WithKey(SigningKeyTemplate(KeyAlg::kEcP256).publicArea, CertifiedP256()));
+                   },
+               .code = StatusCode::kPermissionDenied,
+               .substr = "certified name is not the name of the presented key public area"});
+  c.push_back({.name = "certified_name_of_other_nameAlg",
+               .attest_fn =
+                   [](TPMS_ATTEST& a) {
+                     // The same digest labelled sha384-long is not the name either.
+                     a.attested.certify.name.name[1] = 0x0c;
+                   },
+               .code = StatusCode::kPermissionDenied,
+               .substr = "certified name is not the name"});
+  // 8. Attributes of the certified key (the certification itself is genuine).
+  const auto attr_row = [&c](const char* name, std::function<void(TPMT_PUBLIC&)> fn,
+                             const char* substr) {
+    c.push_back({.name = name,
+                 .key_fn = std::move(fn),
+                 .code = StatusCode::kPermissionDenied,
+                 .substr = substr});
+  };
+  attr_row("duplicable_no_fixedtpm",
+           [](TPMT_PUBLIC& p) { p.objectAttributes &= ~TPMA_OBJECT_FIXEDTPM; },
+           "certified key: attribute fixedTPM");
+  attr_row("duplicable_no_fixedparent",
+           [](TPMT_PUBLIC& p) { p.objectAttributes &= ~TPMA_OBJECT_FIXEDPARENT; },
+           "certified key: attribute fixedParent");
+  attr_row("imported_no_sensitivedataorigin",
+           [](TPMT_PUBLIC& p) { p.objectAttributes &= ~TPMA_OBJECT_SENSITIVEDATAORIGIN; },
+           "certified key: attribute sensitiveDataOrigin");
+  attr_row("not_sign", [](TPMT_PUBLIC& p) { p.objectAttributes &= ~TPMA_OBJECT_SIGN_ENCRYPT; },
+           "certified key: attribute sign is not set");
+  attr_row("decrypt", [](TPMT_PUBLIC& p) { p.objectAttributes |= TPMA_OBJECT_DECRYPT; },
+           "certified key: attribute decrypt is set");
+  attr_row("restricted", [](TPMT_PUBLIC& p) { p.objectAttributes |= TPMA_OBJECT_RESTRICTED; },
+           "certified key: attribute restricted is set");
+  attr_row("namealg_sha1", [](TPMT_PUBLIC& p) { p.nameAlg = TPM2_ALG_SHA1; },
+           "certified key: nameAlg sha1 is not");
+  attr_row("curve_bn_p256",
+           [](TPMT_PUBLIC& p) { p.parameters.eccDetail.curveID = TPM2_ECC_BN_P256; },
+           "certified key: ECC curve 0x0010 is not P-256 or P-384");
+  attr_row("curve_p521",
+           [](TPMT_PUBLIC& p) { p = WithKey(p, EcKey("P-521")); },
+           "certified key: ECC curve 0x0005");
+  attr_row("rsa_1024", [](TPMT_PUBLIC& p) {
+             p = WithKey(SigningKeyTemplate(KeyAlg::kRsa2048).publicArea, RsaKey(1024));
+           },
+           "certified key: RSA keyBits 1024");
+  attr_row("keyedhash",
+           [](TPMT_PUBLIC& p) {
+             p.type = TPM2_ALG_KEYEDHASH;
+             std::memset(&p.parameters, 0, sizeof(p.parameters));
+             p.parameters.keyedHashDetail.scheme.scheme = TPM2_ALG_HMAC;
+             p.parameters.keyedHashDetail.scheme.details.hmac.hashAlg = TPM2_ALG_SHA256;
+             std::memset(&p.unique, 0, sizeof(p.unique));
+             SetDigest(&p.unique.keyedHash, Sha(TPM2_ALG_SHA256, AsSpan("hmac key")));
+           },
+           "certified key: type keyedhash is not rsa or ecc");
+  // 2. Strict parsing.
+  c.push_back({.name = "key_public_trailing",
+               .inputs_fn = [](Certification& x) { x.key_public.push_back(0); },
+               .code = StatusCode::kInvalidArgument,
+               .substr = "certify: key public area: TPM2B_PUBLIC"});
+  c.push_back({.name = "key_public_truncated",
+               .inputs_fn = [](Certification& x) { x.key_public.pop_back(); },
+               .code = StatusCode::kInvalidArgument,
+               .substr = "certify: key public area"});
+  c.push_back({.name = "key_public_empty",
+               .inputs_fn = [](Certification& x) { x.key_public.clear(); },
+               .code = StatusCode::kInvalidArgument,
+               .substr = "certify: key public area"});
+  c.push_back({.name = "attest_trailing_signed",
+               .attest_bytes_fn = [](Bytes& b) { b.push_back(0); },
+               .code = StatusCode::kInvalidArgument,
+               .substr = "TPMS_ATTEST: 1 trailing bytes after the structure"});
+  c.push_back({.name = "attest_truncated_signed",
+               .attest_bytes_fn = [](Bytes& b) { b.pop_back(); },
+               .code = StatusCode::kInvalidArgument,
+               .substr = "TPMS_ATTEST: malformed"});
+  c.push_back({.name = "signature_trailing",
+               .sig_bytes_fn = [](Bytes& b) { b.push_back(0); },
+               .code = StatusCode::kInvalidArgument,
+               .substr = "TPMT_SIGNATURE: 1 trailing bytes"});
+  c.push_back({.name = "signature_truncated",
+               .sig_bytes_fn = [](Bytes& b) { b.pop_back(); },
+               .code = StatusCode::kInvalidArgument,
+               .substr = "TPMT_SIGNATURE: malformed"});
+  // 1. The AK. INVALID_ARGUMENT like VerifyQuote's (CheckAkAttributes); docs/plugin-protocol.md
+  // check 14.1 says PERMISSION_DENIED, but the server rejects such an AK earlier (check 5).
+  c.push_back({.name = "unrestricted_ak",
+               .inputs_fn =
+                   [](Certification& x) { x.ak.objectAttributes &= ~TPMA_OBJECT_RESTRICTED; },
+               .code = StatusCode::kInvalidArgument,
+               .substr = "AK: attribute restricted is not set"});
+  return c;
+}
+
+class VerifyCertifyTest : public ::testing::TestWithParam<Signer> {};
+
+TEST_P(VerifyCertifyTest, Table) {
+  const Signer& s = GetParam();
+  for (const CertifyCase& c : CertifyCases()) {
+    SCOPED_TRACE(s.name + "/" + c.name);
+    EVP_PKEY* key_pkey = c.key != nullptr ? c.key() : CertifiedP256();
+    TPMT_PUBLIC key = WithKey(SigningKeyTemplate(c.key_alg).publicArea, key_pkey);
+    if (c.key_fn) {
+      c.key_fn(key);
+    }
+    Certification x;
+    x.ak = AkFor(s);
+    x.nonce = Sha(TPM2_ALG_SHA256, AsSpan("certify nonce"));
+    x.key_public = Tpm2bPublic(key);
+
+    TPMS_ATTEST a;
+    std::memset(&a, 0, sizeof(a));
+    a.magic = TPM2_GENERATED_VALUE;
+    a.type = TPM2_ST_ATTEST_CERTIFY;
+    SetName(&a.qualifiedSigner, Concat({Hex("000b"), Sha(TPM2_ALG_SHA256, AsSpan("ak"))}));
+    a.extraData.size = static_cast<UINT16>(x.nonce.size());
+    std::memcpy(a.extraData.buffer, x.nonce.data(), x.nonce.size());
+    a.clockInfo.clock = 987654321;
+    a.clockInfo.resetCount = 2;
+    a.clockInfo.safe = TPM2_YES;
+    a.firmwareVersion = 0x2019102300000000ull;
+    SetName(&a.attested.certify.name, NameOf(key));
+    SetName(&a.attested.certify.qualifiedName,
+            Concat({Hex("000b"), Sha(TPM2_ALG_SHA256, AsSpan("qualified name"))}));
+    if (c.attest_fn) {
+      c.attest_fn(a);
+    }
+    x.attest = MuMarshalAttest(a);
+    if (c.attest_bytes_fn) {
+      c.attest_bytes_fn(x.attest);
+    }
+    const TPMI_ALG_HASH hash = c.sign_hash != 0 ? c.sign_hash : AkHash(x.ak);
+    x.signature = MuMarshalSignature(
+        Sign(c.sign_with_other_key ? s.other() : s.key(), s.scheme, hash, x.attest));
+    if (c.after_sign_attest_fn) {
+      c.after_sign_attest_fn(x.attest);
+    }
+    if (c.sig_bytes_fn) {
+      c.sig_bytes_fn(x.signature);
+    }
+    if (c.inputs_fn) {
+      c.inputs_fn(x);
+    }
+    absl::StatusOr<VerifiedCertify> r =
+        VerifyCertify(x.ak, x.key_public, x.attest, x.signature, x.nonce);
+    if (c.code == absl::StatusCode::kOk) {
+      ASSERT_THAT(r, IsOk());
+      EXPECT_EQ(r->pkix_der, SpkiDer(key_pkey));  // OpenSSL's encoding of the certified key
+      EXPECT_EQ(MuMarshalTpmtPublic(r->key), MuMarshalTpmtPublic(key));
+    } else {
+      EXPECT_THAT(r, StatusIs(c.code, c.substr));
+    }
+  }
+}
+
+TEST(VerifyCertify, RsaPaddingMustMatchTheAkScheme) {
+  for (const Signer& s : {Signer{"rsassa", KeyAlg::kRsa2048, TPM2_ALG_RSASSA, &Rsa, &RsaKey2},
+                          Signer{"rsapss", KeyAlg::kRsa2048, TPM2_ALG_RSAPSS, &Rsa, &RsaKey2}}) {
+    SCOPED_TRACE(s.name);
+    const TPMT_PUBLIC ak = AkFor(s);
+    const TPMT_PUBLIC key = WithKey(SigningKeyTemplate(KeyAlg::kEcP256).publicArea, CertifiedP256());
+    const Bytes nonce(32, 0x17);
+    TPMS_ATTEST a;
+    std::memset(&a, 0, sizeof(a));
+    a.magic = TPM2_GENERATED_VALUE;
+    a.type = TPM2_ST_ATTEST_CERTIFY;
+    a.extraData.size = 32;
+    std::memset(a.extraData.buffer, 0x17, 32);
+    SetName(&a.attested.certify.name, NameOf(key));
+    const Bytes attest = MuMarshalAttest(a);
+    const TPMI_ALG_SIG_SCHEME other =
+        s.scheme == TPM2_ALG_RSASSA ? TPM2_ALG_RSAPSS : TPM2_ALG_RSASSA;
+    EXPECT_THAT(VerifyCertify(ak, Tpm2bPublic(key), attest,
+                              MuMarshalSignature(Sign(s.key(), other, AkHash(ak), attest)), nonce),
+                StatusIs(absl::StatusCode::kPermissionDenied, "does not match the AK's scheme"));
+    EXPECT_THAT(VerifyCertify(ak, Tpm2bPublic(key), attest,
+                              MuMarshalSignature(Sign(s.key(), s.scheme, AkHash(ak), attest)), nonce),
+                IsOk());
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Signers, VerifyCertifyTest,
+    ValuesIn(std::vector<Signer>{
+        {"ecdsa_p256", KeyAlg::kEcP256, TPM2_ALG_ECDSA, &P256, &EcKey2},
+        {"ecdsa_p384_sha384", KeyAlg::kEcP384, TPM2_ALG_ECDSA, &P384, &P384Other},
+        {"rsassa_2048", KeyAlg::kRsa2048, TPM2_ALG_RSASSA, &Rsa, &RsaKey2},
+        {"rsapss_2048", KeyAlg::kRsa2048, TPM2_ALG_RSAPSS, &Rsa, &RsaKey2},
+    }),
+    [](const ::testing::TestParamInfo<Signer>& p) { return p.param.name; });
+
+// --- CheckCertifiedKeyAttributes ---
+
+TEST(CheckCertifiedKeyAttributes, AcceptsEveryKeyManagerTemplate) {
+  for (KeyAlg a : {KeyAlg::kEcP256, KeyAlg::kEcP384, KeyAlg::kRsa2048, KeyAlg::kRsa3072,
+                   KeyAlg::kRsa4096}) {
+    SCOPED_TRACE(KeyAlgName(a));
+    EXPECT_THAT(CheckCertifiedKeyAttributes(SigningKeyTemplate(a).publicArea), IsOk());
+    // An AK is restricted: not an SVID key.
+    if (a != KeyAlg::kRsa4096) {
+      EXPECT_THAT(CheckCertifiedKeyAttributes(AkTemplate(a).publicArea),
+                  StatusIs(absl::StatusCode::kPermissionDenied, "attribute restricted is set"));
+    }
+  }
+  // EKs and SRKs are decryption keys.
+  EXPECT_THAT(CheckCertifiedKeyAttributes(EkTemplate(EkType::kEccP256).publicArea),
+              StatusIs(absl::StatusCode::kPermissionDenied, "attribute sign is not set"));
+  EXPECT_THAT(CheckCertifiedKeyAttributes(SrkTemplateEcc().publicArea),
+              StatusIs(absl::StatusCode::kPermissionDenied, "attribute sign is not set"));
+}
+
+struct KeyAttrCase {
+  std::string name;
+  KeyAlg alg;
+  std::function<void(TPMT_PUBLIC&)> mutate;
+  std::string substr;  // empty: must pass
+};
+
+TEST(CheckCertifiedKeyAttributes, Table) {
+  const std::vector<KeyAttrCase> cases = {
+      {"template", KeyAlg::kEcP256, [](TPMT_PUBLIC&) {}, ""},
+      {"noda_clear_is_fine", KeyAlg::kEcP256,
+       [](TPMT_PUBLIC& p) { p.objectAttributes &= ~TPMA_OBJECT_NODA; }, ""},
+      {"userwithauth_clear_is_fine", KeyAlg::kEcP256,
+       [](TPMT_PUBLIC& p) { p.objectAttributes &= ~TPMA_OBJECT_USERWITHAUTH; }, ""},
+      {"ecdsa_scheme_is_fine", KeyAlg::kEcP384,
+       [](TPMT_PUBLIC& p) {
+         p.parameters.eccDetail.scheme.scheme = TPM2_ALG_ECDSA;
+         p.parameters.eccDetail.scheme.details.ecdsa.hashAlg = TPM2_ALG_SHA384;
+       },
+       ""},
+      {"no_fixedtpm", KeyAlg::kEcP256,
+       [](TPMT_PUBLIC& p) { p.objectAttributes &= ~TPMA_OBJECT_FIXEDTPM; },
+       "attribute fixedTPM (the key could leave this TPM) is not set"},
+      {"no_fixedparent", KeyAlg::kRsa2048,
+       [](TPMT_PUBLIC& p) { p.objectAttributes &= ~TPMA_OBJECT_FIXEDPARENT; },
+       "attribute fixedParent (the key is duplicable) is not set"},
+      {"duplicable", KeyAlg::kEcP256,
+       [](TPMT_PUBLIC& p) {
+         p.objectAttributes &= ~(TPMA_OBJECT_FIXEDTPM | TPMA_OBJECT_FIXEDPARENT);
+       },
+       "attribute fixedTPM"},
+      {"no_sensitivedataorigin", KeyAlg::kEcP256,
+       [](TPMT_PUBLIC& p) { p.objectAttributes &= ~TPMA_OBJECT_SENSITIVEDATAORIGIN; },
+       "attribute sensitiveDataOrigin (the private key was imported, not made in the TPM) is not "
+       "set"},
+      {"no_sign", KeyAlg::kRsa3072,
+       [](TPMT_PUBLIC& p) { p.objectAttributes &= ~TPMA_OBJECT_SIGN_ENCRYPT; },
+       "attribute sign is not set"},
+      {"decrypt", KeyAlg::kEcP256,
+       [](TPMT_PUBLIC& p) { p.objectAttributes |= TPMA_OBJECT_DECRYPT; },
+       "attribute decrypt is set"},
+      {"restricted", KeyAlg::kRsa2048,
+       [](TPMT_PUBLIC& p) { p.objectAttributes |= TPMA_OBJECT_RESTRICTED; },
+       "attribute restricted is set"},
+      {"namealg_sha1", KeyAlg::kEcP256, [](TPMT_PUBLIC& p) { p.nameAlg = TPM2_ALG_SHA1; },
+       "nameAlg sha1 is not sha256/sha384/sha512"},
+      {"namealg_null", KeyAlg::kEcP256, [](TPMT_PUBLIC& p) { p.nameAlg = TPM2_ALG_NULL; },
+       "nameAlg null"},
+      {"namealg_sm3", KeyAlg::kEcP256, [](TPMT_PUBLIC& p) { p.nameAlg = TPM2_ALG_SM3_256; },
+       "nameAlg sm3_256"},
+      {"curve_p521", KeyAlg::kEcP256,
+       [](TPMT_PUBLIC& p) { p.parameters.eccDetail.curveID = TPM2_ECC_NIST_P521; },
+       "ECC curve 0x0005 is not P-256 or P-384"},
+      {"curve_p192", KeyAlg::kEcP256,
+       [](TPMT_PUBLIC& p) { p.parameters.eccDetail.curveID = TPM2_ECC_NIST_P192; },
+       "ECC curve 0x0001"},
+      {"curve_bn_p256", KeyAlg::kEcP256,
+       [](TPMT_PUBLIC& p) { p.parameters.eccDetail.curveID = TPM2_ECC_BN_P256; },
+       "ECC curve 0x0010"},
+      {"curve_sm2", KeyAlg::kEcP256,
+       [](TPMT_PUBLIC& p) { p.parameters.eccDetail.curveID = TPM2_ECC_SM2_P256; },
+       "ECC curve 0x0020"},
+      {"rsa_1024", KeyAlg::kRsa2048, [](TPMT_PUBLIC& p) { p.parameters.rsaDetail.keyBits = 1024; },
+       "RSA keyBits 1024 is not 2048, 3072 or 4096"},
+      {"rsa_2047", KeyAlg::kRsa2048, [](TPMT_PUBLIC& p) { p.parameters.rsaDetail.keyBits = 2047; },
+       "RSA keyBits 2047"},
+      {"rsa_8192", KeyAlg::kRsa2048, [](TPMT_PUBLIC& p) { p.parameters.rsaDetail.keyBits = 8192; },
+       "RSA keyBits 8192"},
+      {"type_keyedhash", KeyAlg::kEcP256, [](TPMT_PUBLIC& p) { p.type = TPM2_ALG_KEYEDHASH; },
+       "type keyedhash is not rsa or ecc"},
+      {"type_symcipher", KeyAlg::kEcP256, [](TPMT_PUBLIC& p) { p.type = TPM2_ALG_SYMCIPHER; },
+       "type symcipher is not rsa or ecc"},
+  };
+  for (const KeyAttrCase& c : cases) {
+    SCOPED_TRACE(c.name);
+    TPMT_PUBLIC key = SigningKeyTemplate(c.alg).publicArea;
+    c.mutate(key);
+    if (c.substr.empty()) {
+      EXPECT_THAT(CheckCertifiedKeyAttributes(key), IsOk());
+    } else {
+      EXPECT_THAT(CheckCertifiedKeyAttributes(key),
+                  StatusIs(absl::StatusCode::kPermissionDenied, "certified key: " + c.substr));
+    }
+  }
 }
 
 }  // namespace
