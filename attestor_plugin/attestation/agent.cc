@@ -252,7 +252,16 @@ absl::StatusOr<Bytes> AgentResponder::RespondToChallenge(ByteSpan challenge) {
     for (const wire::TpmKeyFile& kf : keys) {
       absl::StatusOr<tpm::Certification> cert = tpm_->Certify(*ak_, kf, c.certify_nonce);
       if (!cert.ok()) {
-        return Annotate(cert.status(), "TPM2_Certify of a KeyManager key with the AK");
+        const absl::StatusCode code = cert.status().code();
+        if (code == absl::StatusCode::kUnavailable ||
+            code == absl::StatusCode::kResourceExhausted ||
+            code == absl::StatusCode::kInternal) {
+          return Annotate(cert.status(), "TPM2_Certify of a KeyManager key with the AK");
+        }
+        // A key file this TPM cannot load (left from before a TPM clear, or from another TPM)
+        // cannot be the SVID key SPIRE just generated here; certifying the others weakens
+        // nothing, since the composer refuses any key without a certification.
+        continue;
       }
       r.certified_keys.push_back(
           CertifiedKey{kf.pub, std::move(cert->attest), std::move(cert->signature)});
