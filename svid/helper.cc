@@ -28,6 +28,7 @@
 #include <grpcpp/security/tls_certificate_verifier.h>
 #include <grpcpp/security/tls_credentials_options.h>
 
+#include "absl/status/status.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -350,9 +351,10 @@ class GrpcMintClient : public MintClient {
         hint = absl::StrCat(" (is the SPIRE server at ", server_address_,
                             " up, and is it the one whose bundle the agent gave us?)");
       }
-      return absl::Status(static_cast<absl::StatusCode>(st.error_code()),
-                          absl::StrCat("MintX509SVID at ", server_address_, ": ",
-                                       st.error_message(), hint));
+      const auto code = static_cast<absl::StatusCode>(st.error_code());
+      return absl::Status(code, absl::StrCat("MintX509SVID at ", server_address_, ": ",
+                                             absl::StatusCodeToString(code), ": ",
+                                             st.error_message(), hint));
     }
     std::vector<Bytes> chain;
     for (const std::string& der : resp.svid().cert_chain()) {
@@ -439,8 +441,10 @@ absl::StatusOr<WorkloadSvid> FetchWorkloadSvid(const std::string& socket_path,
                            ? " (no registration entry matches this process: see docs/svid.md)"
                            : absl::StrCat(" (is the SPIRE agent running with its Workload API at ",
                                           socket_path, "?)");
-    return absl::Status(static_cast<absl::StatusCode>(st.error_code()),
-                        absl::StrCat("Workload API at ", socket_path, ": ", st.error_message(), hint));
+    const auto code = static_cast<absl::StatusCode>(st.error_code());
+    return absl::Status(code, absl::StrCat("Workload API at ", socket_path, ": ",
+                                           absl::StatusCodeToString(code), ": ",
+                                           st.error_message(), hint));
   }
   ctx.TryCancel();
   reader->Finish();  // CANCELLED: we asked for one response only
