@@ -72,6 +72,31 @@ absl::Status WriteAtomic(const std::string& dir, const std::string& name,
   return absl::OkStatus();
 }
 
+// PruneIfStillExpired removes an expired record without racing a concurrent writer: the record
+// is moved aside first and read again there; if a fresh record for the same (agent, key) was
+// renamed onto the name in between, it is the one moved aside, and it is moved back.
+void PruneIfStillExpired(const std::string& dir, const std::string& name, absl::Time now) {
+  std::string aside = absl::StrCat(dir, "/.prune-", name, "-XXXXXX");
+  const int fd = mkstemp(aside.data());
+  if (fd < 0) return;
+  close(fd);
+  const std::string path = absl::StrCat(dir, "/", name);
+  if (rename(path.c_str(), aside.c_str()) != 0) {
+    unlink(aside.c_str());
+    return;
+  }
+  absl::StatusOr<Bytes> b = ReadFile(aside, 4096);
+  std::optional<Parsed> p;
+  if (b.ok()) p = ParseRecord(std::string(b->begin(), b->end()));
+  if (p.has_value() && p->expires > absl::ToUnixSeconds(now)) {
+    // A fresh record raced in: put it back unless an even newer one is already there.
+    if (link(aside.c_str(), path.c_str()) != 0 && errno != EEXIST) {
+      return;  // leave it aside rather than lose it silently; the next prune removes it
+    }
+  }
+  unlink(aside.c_str());
+}
+
 }  // namespace
 
 absl::Status CheckHandoffDir(const std::string& dir) {
@@ -121,7 +146,7 @@ absl::Status RecordCertifiedKey(const std::string& dir, absl::string_view agent_
         // Unparsable files younger than a few seconds may be a concurrent write in progress.
         if (p.has_value() || (stat(path.c_str(), &st) == 0 &&
                               st.st_mtime + 10 < absl::ToUnixSeconds(now))) {
-          unlink(path.c_str());
+          PruneIfStillExpired(dir, name, now);
         }
         continue;
       }
