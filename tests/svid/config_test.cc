@@ -14,6 +14,7 @@
 #include "absl/strings/str_split.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "common/bytes.h"
 #include "tests/testing/status_assert.h"
 
 namespace hwid::svid {
@@ -274,6 +275,20 @@ TEST(SvidConfigTest, Refusals) {
     EXPECT_THAT(std::string(c.status().message()), HasSubstr(r.names));
     // The shared HCL decoder's wording for SPIRE plugins never leaks into the helper's messages.
     EXPECT_THAT(std::string(c.status().message()), ::testing::Not(HasSubstr("plugin_data")));
+  }
+}
+
+// The shipped examples (examples/svid/*.hcl) parse.
+TEST(SvidConfigTest, ShippedExamples) {
+  for (const char* name : {"helper.hcl", "helper-pkcs11.hcl"}) {
+    SCOPED_TRACE(name);
+    absl::StatusOr<Bytes> text =
+        ReadFile(absl::StrCat(HWID_SOURCE_DIR, "/examples/svid/", name), 1 << 20);
+    ASSERT_OK(text.status());
+    absl::StatusOr<Config> c =
+        ParseConfig(absl::string_view(reinterpret_cast<const char*>(text->data()), text->size()));
+    ASSERT_TRUE(c.ok()) << c.status().message();
+    EXPECT_GT(c->ttl, 0) << "the example policy refuses ttl 0";
   }
 }
 
