@@ -528,9 +528,15 @@ absl::StatusOr<std::vector<Bytes>> VerifyCertifiedKeys(const TPMT_PUBLIC& ak,
                                                        absl::Span<const CertifiedKey> keys,
                                                        ByteSpan certify_nonce) {
   std::vector<Bytes> out;
+  if (keys.empty()) {
+    return out;
+  }
+  RETURN_IF_ERROR(wire::CheckAkAttributes(ak));
+  ASSIGN_OR_RETURN(OsslPtr<EVP_PKEY> ak_key, wire::PublicToEvp(ak));  // once for all keys
   for (size_t i = 0; i < keys.size(); ++i) {
-    absl::StatusOr<wire::VerifiedCertify> v = wire::VerifyCertify(
-        ak, keys[i].key_public, keys[i].certify_info, keys[i].signature, certify_nonce);
+    absl::StatusOr<wire::VerifiedCertify> v =
+        wire::VerifyCertify(ak, ak_key.get(), keys[i].key_public, keys[i].certify_info,
+                            keys[i].signature, certify_nonce);
     if (!v.ok()) {
       return absl::Status(v.status().code(), absl::StrCat("agent key binding: certified key ", i,
                                                           ": ", v.status().message()));

@@ -231,6 +231,14 @@ absl::Status CheckCertifiedKeyAttributes(const TPMT_PUBLIC& key) {
 absl::StatusOr<VerifiedCertify> VerifyCertify(const TPMT_PUBLIC& ak, ByteSpan key_public,
                                               ByteSpan attest, ByteSpan signature,
                                               ByteSpan qualifying) {
+  RETURN_IF_ERROR(CheckAkAttributes(ak));
+  ASSIGN_OR_RETURN(OsslPtr<EVP_PKEY> ak_key, PublicToEvp(ak));
+  return VerifyCertify(ak, ak_key.get(), key_public, attest, signature, qualifying);
+}
+
+absl::StatusOr<VerifiedCertify> VerifyCertify(const TPMT_PUBLIC& ak, const EVP_PKEY* ak_key,
+                                              ByteSpan key_public, ByteSpan attest,
+                                              ByteSpan signature, ByteSpan qualifying) {
   // 1. The AK (only a restricted key's signature over TPM_GENERATED_VALUE means anything).
   RETURN_IF_ERROR(CheckAkAttributes(ak));
 
@@ -251,7 +259,7 @@ absl::StatusOr<VerifiedCertify> VerifyCertify(const TPMT_PUBLIC& ak, ByteSpan ke
         "certify: signature scheme ", AlgName(sig_scheme), "/", AlgName(sig_hash),
         " does not match the AK's scheme ", AlgName(ak_scheme), "/", AlgName(ak_hash)));
   }
-  if (absl::Status s = VerifySignature(ak, attest, sig); !s.ok()) {
+  if (absl::Status s = VerifySignature(ak, ak_key, attest, sig); !s.ok()) {
     if (s.code() == absl::StatusCode::kPermissionDenied) {
       return absl::PermissionDeniedError("certify: signature does not verify with the AK");
     }
@@ -291,7 +299,8 @@ absl::StatusOr<VerifiedCertify> VerifyCertify(const TPMT_PUBLIC& ak, ByteSpan ke
   RETURN_IF_ERROR(CheckCertifiedKeyAttributes(key->publicArea));
   VerifiedCertify out;
   out.key = key->publicArea;
-  ASSIGN_OR_RETURN(out.pkix_der, PublicKeyDer(key->publicArea));
+  // The TPM vouched for this public area (signature and name checked above).
+  ASSIGN_OR_RETURN(out.pkix_der, PublicKeyDerTrusted(key->publicArea));
   return out;
 }
 

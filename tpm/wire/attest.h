@@ -4,6 +4,8 @@
 
 #include <tss2/tss2_tpm2_types.h>
 
+#include <openssl/evp.h>
+
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "common/bytes.h"
@@ -67,6 +69,11 @@ struct VerifiedCertify {
 absl::StatusOr<VerifiedCertify> VerifyCertify(const TPMT_PUBLIC& ak, ByteSpan key_public,
                                               ByteSpan attest, ByteSpan signature,
                                               ByteSpan qualifying);
+// VerifyCertify with the AK already converted (`ak_key` = PublicToEvp(ak)), for a session that
+// verifies several certifications by one AK.
+absl::StatusOr<VerifiedCertify> VerifyCertify(const TPMT_PUBLIC& ak, const EVP_PKEY* ak_key,
+                                              ByteSpan key_public, ByteSpan attest,
+                                              ByteSpan signature, ByteSpan qualifying);
 
 }  // namespace hwid::wire
 

@@ -199,6 +199,31 @@ absl::StatusOr<Bytes> PublicKeyDer(const TPMT_PUBLIC& pub) {
   return PublicKeyDer(pkey.get());
 }
 
+absl::StatusOr<Bytes> PublicKeyDerTrusted(const TPMT_PUBLIC& pub) {
+  if (pub.type == TPM2_ALG_ECC) {
+    // SEQUENCE { SEQUENCE { id-ecPublicKey, namedCurve }, BIT STRING (0 unused) 04 || X || Y }
+    static constexpr uint8_t kP256[] = {0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48,
+                                        0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a, 0x86, 0x48,
+                                        0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00, 0x04};
+    static constexpr uint8_t kP384[] = {0x30, 0x76, 0x30, 0x10, 0x06, 0x07, 0x2a, 0x86,
+                                        0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x05, 0x2b,
+                                        0x81, 0x04, 0x00, 0x22, 0x03, 0x62, 0x00, 0x04};
+    const TPMI_ECC_CURVE curve = pub.parameters.eccDetail.curveID;
+    const TPMS_ECC_POINT& q = pub.unique.ecc;
+    const size_t n = curve == TPM2_ECC_NIST_P256 ? 32 : curve == TPM2_ECC_NIST_P384 ? 48 : 0;
+    if (n != 0 && q.x.size <= n && q.y.size <= n && q.x.size > 0 && q.y.size > 0) {
+      Bytes out = n == 32 ? Bytes(std::begin(kP256), std::end(kP256))
+                          : Bytes(std::begin(kP384), std::end(kP384));
+      out.insert(out.end(), n - q.x.size, 0);  // left-pad each coordinate to the field size
+      out.insert(out.end(), q.x.buffer, q.x.buffer + q.x.size);
+      out.insert(out.end(), n - q.y.size, 0);
+      out.insert(out.end(), q.y.buffer, q.y.buffer + q.y.size);
+      return out;
+    }
+  }
+  return PublicKeyDer(pub);
+}
+
 absl::StatusOr<Bytes> PublicKeyDer(const EVP_PKEY* key) {
   if (key == nullptr) {
     return absl::InvalidArgumentError("PublicKeyDer: no key");
@@ -281,6 +306,12 @@ absl::StatusOr<Bytes> SignatureToDer(const TPMT_SIGNATURE& sig) {
 }
 
 absl::Status VerifySignature(const TPMT_PUBLIC& key, ByteSpan message, const TPMT_SIGNATURE& sig) {
+  ASSIGN_OR_RETURN(OsslPtr<EVP_PKEY> pkey, PublicToEvp(key));
+  return VerifySignature(key, pkey.get(), message, sig);
+}
+
+absl::Status VerifySignature(const TPMT_PUBLIC& key, const EVP_PKEY* pkey, ByteSpan message,
+                             const TPMT_SIGNATURE& sig) {
   TPMI_ALG_HASH hash_alg = TPM2_ALG_NULL;
   switch (sig.sigAlg) {
     case TPM2_ALG_ECDSA:
@@ -304,12 +335,12 @@ absl::Status VerifySignature(const TPMT_PUBLIC& key, ByteSpan message, const TPM
           "VerifySignature: unsupported signature scheme ", AlgName(sig.sigAlg)));
   }
   ASSIGN_OR_RETURN(const EVP_MD* md, DigestForAlg(hash_alg));
-  ASSIGN_OR_RETURN(OsslPtr<EVP_PKEY> pkey, PublicToEvp(key));
   ASSIGN_OR_RETURN(Bytes der, SignatureToDer(sig));
 
   OsslPtr<EVP_MD_CTX> ctx(EVP_MD_CTX_new());
   EVP_PKEY_CTX* pctx = nullptr;  // Owned by ctx.
-  if (ctx == nullptr || EVP_DigestVerifyInit(ctx.get(), &pctx, md, nullptr, pkey.get()) != 1) {
+  if (ctx == nullptr ||
+      EVP_DigestVerifyInit(ctx.get(), &pctx, md, nullptr, const_cast<EVP_PKEY*>(pkey)) != 1) {
     return OpenSslError("VerifySignature: EVP_DigestVerifyInit");
   }
   if (sig.sigAlg == TPM2_ALG_RSASSA) {

@@ -37,6 +37,12 @@ absl::StatusOr<OsslPtr<EVP_PKEY>> PublicToEvp(const TPMT_PUBLIC& pub);
 // PublicKeyDer returns the DER SubjectPublicKeyInfo of the key in `pub` (see PublicToEvp).
 absl::StatusOr<Bytes> PublicKeyDer(const TPMT_PUBLIC& pub);
 
+// PublicKeyDerTrusted returns the same bytes as PublicKeyDer(pub) without OpenSSL's public-key
+// validation, for a public area the TPM has vouched for (e.g. after a verified TPM2_Certify whose
+// name matches): ECC P-256/P-384 are encoded directly (~100x cheaper), everything else goes
+// through PublicKeyDer.
+absl::StatusOr<Bytes> PublicKeyDerTrusted(const TPMT_PUBLIC& pub);
+
 // PublicKeyDer returns the DER SubjectPublicKeyInfo of `key` (for callers that already hold the
 // PublicToEvp result and must not pay for a second conversion and check). InvalidArgument when
 // `key` is null.
@@ -69,6 +75,10 @@ absl::StatusOr<Bytes> SignatureToDer(const TPMT_SIGNATURE& sig);
 // RSA). PermissionDenied when the signature does not verify; InvalidArgument for malformed or
 // unsupported inputs.
 absl::Status VerifySignature(const TPMT_PUBLIC& key, ByteSpan message, const TPMT_SIGNATURE& sig);
+// VerifySignature with the key already converted: `pkey` must be PublicToEvp(key) (callers that
+// verify several signatures by one key convert it once).
+absl::Status VerifySignature(const TPMT_PUBLIC& key, const EVP_PKEY* pkey, ByteSpan message,
+                             const TPMT_SIGNATURE& sig);
 
 }  // namespace hwid::wire
 

@@ -76,6 +76,7 @@ TEST(PublicToEvp, SoftwareKeysRoundTrip) {
     EXPECT_TRUE(SamePublicKey(pkey->get(), r.key));
     EXPECT_FALSE(SamePublicKey(pkey->get(), EcKey2()));
     EXPECT_EQ(PublicKeyDer(pub).value(), SpkiOf(r.key));
+    EXPECT_EQ(PublicKeyDerTrusted(pub).value(), SpkiOf(r.key));  // direct encoding agrees
   }
   EXPECT_FALSE(SamePublicKey(nullptr, EcKey()));
 }
@@ -87,6 +88,28 @@ TEST(PublicToEvp, MatchesTpm2OpensslForARealTpmKey) {
   absl::StatusOr<TPM2B_PUBLIC> pub = ParsePublic(key->pub);
   ASSERT_THAT(pub, IsOk());
   EXPECT_EQ(PublicKeyDer(pub->publicArea).value(), ReadTestdata("tpm2openssl_ec_key.spki.der"));
+  EXPECT_EQ(PublicKeyDerTrusted(pub->publicArea).value(),
+            ReadTestdata("tpm2openssl_ec_key.spki.der"));
+}
+
+TEST(PublicToEvp, TrustedEncodingPadsShortCoordinates) {
+  // A coordinate with leading zero bytes may arrive shorter than the field: the encoding must
+  // left-pad it exactly as OpenSSL does. Find P-256 keys whose X or Y starts with 0x00.
+  int checked = 0;
+  for (int i = 0; i < 2000 && checked < 3; ++i) {
+    OsslPtr<EVP_PKEY> owned(EVP_EC_gen("P-256"));
+    EVP_PKEY* key = owned.get();
+    TPMT_PUBLIC pub = WithKey(SigningKeyTemplate(KeyAlg::kEcP256).publicArea, key);
+    for (TPM2B_ECC_PARAMETER* c : {&pub.unique.ecc.x, &pub.unique.ecc.y}) {
+      if (c->size == 32 && c->buffer[0] == 0) {
+        std::memmove(c->buffer, c->buffer + 1, 31);
+        c->size = 31;
+        EXPECT_EQ(PublicKeyDerTrusted(pub).value(), SpkiOf(key));
+        ++checked;
+      }
+    }
+  }
+  EXPECT_GT(checked, 0);
 }
 
 TEST(PublicToEvp, RejectsBadKeys) {
