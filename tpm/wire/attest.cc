@@ -48,6 +48,47 @@ std::pair<TPMI_ALG_SIG_SCHEME, TPMI_ALG_HASH> SchemeOf(const TPMT_PUBLIC& ak) {
   return {TPM2_ALG_NULL, TPM2_ALG_NULL};
 }
 
+// VerifySignedAttest is steps 2-5 shared by VerifyQuote and VerifyCertify: strict parsing of the
+// TPMS_ATTEST and the TPMT_SIGNATURE, the signature's scheme/hash equal to the AK's, the
+// signature verifying with the AK (`ak_key` = PublicToEvp(ak), or null to convert here), the
+// TPM_GENERATED_VALUE magic and the attestation `type`. `what` prefixes every message.
+absl::StatusOr<TPMS_ATTEST> VerifySignedAttest(const TPMT_PUBLIC& ak, const EVP_PKEY* ak_key,
+                                               ByteSpan attest, ByteSpan signature,
+                                               TPMI_ST_ATTEST type, const char* type_name,
+                                               absl::string_view what) {
+  ASSIGN_OR_RETURN(TPMS_ATTEST parsed, ParseAttest(attest));
+  ASSIGN_OR_RETURN(TPMT_SIGNATURE sig, ParseSignature(signature));
+  const auto [ak_scheme, ak_hash] = SchemeOf(ak);
+  const auto [sig_scheme, sig_hash] = SchemeOf(sig);
+  if (sig_scheme != ak_scheme || sig_hash != ak_hash) {
+    return absl::PermissionDeniedError(absl::StrCat(
+        what, ": signature scheme ", AlgName(sig_scheme), "/", AlgName(sig_hash),
+        " does not match the AK's scheme ", AlgName(ak_scheme), "/", AlgName(ak_hash)));
+  }
+  absl::Status verified = ak_key != nullptr ? VerifySignature(ak, ak_key, attest, sig)
+                                            : VerifySignature(ak, attest, sig);
+  if (!verified.ok()) {
+    if (verified.code() == absl::StatusCode::kPermissionDenied) {
+      return absl::PermissionDeniedError(
+          absl::StrCat(what, ": signature does not verify with the AK"));
+    }
+    return absl::Status(verified.code(), absl::StrCat(what, ": ", verified.message()));
+  }
+  // Only a TPM-generated structure starts with TPM_GENERATED_VALUE.
+  if (parsed.magic != TPM2_GENERATED_VALUE) {
+    return absl::PermissionDeniedError(absl::StrCat(what, ": magic 0x",
+                                                    absl::Hex(parsed.magic, absl::kZeroPad8),
+                                                    " is not TPM_GENERATED_VALUE (0xff544347)"));
+  }
+  // A structure of another type (quote, certify, creation, NV) must not pass as this one.
+  if (parsed.type != type) {
+    return absl::PermissionDeniedError(
+        absl::StrCat(what, ": attestation type 0x", absl::Hex(parsed.type, absl::kZeroPad4),
+                     " is not ", type_name));
+  }
+  return parsed;
+}
+
 std::string PcrName(TPMI_ALG_HASH bank, uint32_t index) {
   return absl::StrCat(HashAlgName(bank), ":", index);
 }
@@ -105,38 +146,10 @@ absl::StatusOr<VerifiedQuote> VerifyQuote(const TPMT_PUBLIC& ak, ByteSpan attest
   // 1. The AK. (The magic value proves nothing for an unrestricted key, which signs anything.)
   RETURN_IF_ERROR(CheckAkAttributes(ak));
 
-  // 2. Strict parsing.
-  ASSIGN_OR_RETURN(TPMS_ATTEST parsed, ParseAttest(attest));
-  ASSIGN_OR_RETURN(TPMT_SIGNATURE sig, ParseSignature(signature));
-
-  // 3. Signature: scheme consistent with the AK, then cryptographic verification.
-  const auto [ak_scheme, ak_hash] = SchemeOf(ak);
-  const auto [sig_scheme, sig_hash] = SchemeOf(sig);
-  if (sig_scheme != ak_scheme || sig_hash != ak_hash) {
-    return absl::PermissionDeniedError(absl::StrCat(
-        "quote: signature scheme ", AlgName(sig_scheme), "/", AlgName(sig_hash),
-        " does not match the AK's scheme ", AlgName(ak_scheme), "/", AlgName(ak_hash)));
-  }
-  if (absl::Status s = VerifySignature(ak, attest, sig); !s.ok()) {
-    if (s.code() == absl::StatusCode::kPermissionDenied) {
-      return absl::PermissionDeniedError("quote: signature does not verify with the AK");
-    }
-    return absl::Status(s.code(), absl::StrCat("quote: ", s.message()));
-  }
-
-  // 4. Magic: only a TPM-generated structure starts with TPM_GENERATED_VALUE.
-  if (parsed.magic != TPM2_GENERATED_VALUE) {
-    return absl::PermissionDeniedError(absl::StrCat(
-        "quote: magic 0x", absl::Hex(parsed.magic, absl::kZeroPad8),
-        " is not TPM_GENERATED_VALUE (0xff544347)"));
-  }
-
-  // 5. Type: a certify/creation/NV structure must not pass as a quote.
-  if (parsed.type != TPM2_ST_ATTEST_QUOTE) {
-    return absl::PermissionDeniedError(
-        absl::StrCat("quote: attestation type 0x", absl::Hex(parsed.type, absl::kZeroPad4),
-                     " is not TPM_ST_ATTEST_QUOTE (0x8018)"));
-  }
+  // 2-5. Strict parsing, the AK's signature, magic, type.
+  ASSIGN_OR_RETURN(TPMS_ATTEST parsed,
+                   VerifySignedAttest(ak, nullptr, attest, signature, TPM2_ST_ATTEST_QUOTE,
+                                      "TPM_ST_ATTEST_QUOTE (0x8018)", "quote"));
 
   // 6. Freshness.
   if (!ConstantTimeEquals(ByteSpan(parsed.extraData.buffer, parsed.extraData.size), nonce)) {
@@ -175,7 +188,8 @@ absl::StatusOr<VerifiedQuote> VerifyQuote(const TPMT_PUBLIC& ak, ByteSpan attest
   }
 
   // 8. pcrDigest, hashed with the signing scheme's hash.
-  ASSIGN_OR_RETURN(Bytes digest, Hash(sig_hash, concatenated));
+  // The signature's hash, which step 3 found equal to the AK scheme's.
+  ASSIGN_OR_RETURN(Bytes digest, Hash(SchemeOf(ak).second, concatenated));
   const TPM2B_DIGEST& quoted = parsed.attested.quote.pcrDigest;
   if (!ConstantTimeEquals(ByteSpan(quoted.buffer, quoted.size), digest)) {
     return absl::PermissionDeniedError(
@@ -248,37 +262,10 @@ absl::StatusOr<VerifiedCertify> VerifyCertify(const TPMT_PUBLIC& ak, const EVP_P
     return absl::InvalidArgumentError(
         absl::StrCat("certify: key public area: ", key.status().message()));
   }
-  ASSIGN_OR_RETURN(TPMS_ATTEST parsed, ParseAttest(attest));
-  ASSIGN_OR_RETURN(TPMT_SIGNATURE sig, ParseSignature(signature));
-
-  // 3. Signature by the AK.
-  const auto [ak_scheme, ak_hash] = SchemeOf(ak);
-  const auto [sig_scheme, sig_hash] = SchemeOf(sig);
-  if (sig_scheme != ak_scheme || sig_hash != ak_hash) {
-    return absl::PermissionDeniedError(absl::StrCat(
-        "certify: signature scheme ", AlgName(sig_scheme), "/", AlgName(sig_hash),
-        " does not match the AK's scheme ", AlgName(ak_scheme), "/", AlgName(ak_hash)));
-  }
-  if (absl::Status s = VerifySignature(ak, ak_key, attest, sig); !s.ok()) {
-    if (s.code() == absl::StatusCode::kPermissionDenied) {
-      return absl::PermissionDeniedError("certify: signature does not verify with the AK");
-    }
-    return absl::Status(s.code(), absl::StrCat("certify: ", s.message()));
-  }
-
-  // 4. Magic.
-  if (parsed.magic != TPM2_GENERATED_VALUE) {
-    return absl::PermissionDeniedError(absl::StrCat(
-        "certify: magic 0x", absl::Hex(parsed.magic, absl::kZeroPad8),
-        " is not TPM_GENERATED_VALUE (0xff544347)"));
-  }
-
-  // 5. Type: a quote or creation structure must not pass as a certification.
-  if (parsed.type != TPM2_ST_ATTEST_CERTIFY) {
-    return absl::PermissionDeniedError(
-        absl::StrCat("certify: attestation type 0x", absl::Hex(parsed.type, absl::kZeroPad4),
-                     " is not TPM_ST_ATTEST_CERTIFY (0x8017)"));
-  }
+  // 3-5. The AK's signature, magic, type (a quote or creation structure does not pass).
+  ASSIGN_OR_RETURN(TPMS_ATTEST parsed,
+                   VerifySignedAttest(ak, ak_key, attest, signature, TPM2_ST_ATTEST_CERTIFY,
+                                      "TPM_ST_ATTEST_CERTIFY (0x8017)", "certify"));
 
   // 6. Freshness.
   if (!ConstantTimeEquals(ByteSpan(parsed.extraData.buffer, parsed.extraData.size),
