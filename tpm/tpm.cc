@@ -809,15 +809,30 @@ absl::StatusOr<Quote> Tpm::QuotePcrs(LoadedKey& ak, ByteSpan nonce,
       absl::StrCat("TPM2_Quote: the quote does not verify against the PCR values read: ", last.message()));
 }
 
-absl::StatusOr<Certification> Tpm::Certify(LoadedKey& ak, const wire::TpmKeyFile& key_file,
-                                           ByteSpan qualifying) {
-  std::lock_guard<std::recursive_mutex> lock(mu_);
+absl::StatusOr<LoadedKey> Tpm::LoadKeyUnderLocked(const LoadedKey& parent,
+                                                  const wire::TpmKeyFile& key) {
+  ASSIGN_OR_RETURN(TPM2B_PUBLIC pub, wire::ParsePublic(key.pub));
+  ASSIGN_OR_RETURN(TPM2B_PRIVATE priv, wire::ParsePrivate(key.priv));
+  ESYS_TR handle = ESYS_TR_NONE;
+  ++commands_;
+  TSS2_RC rc = Esys_Load(impl_->esys, parent.object.tr(), ESYS_TR_PASSWORD, ESYS_TR_NONE,
+                         ESYS_TR_NONE, &priv, &pub, &handle);
+  RETURN_IF_ERROR(TssError(rc, "TPM2_Load", "key under the SRK"));
+  LoadedKey out;
+  out.object = TpmObject(this, handle, TpmObject::Kind::kTransient, "signing key");
+  out.pub = pub;
+  out.blob = key;
+  return out;
+}
+
+absl::StatusOr<Certification> Tpm::CertifyLoadedLocked(LoadedKey& ak, LoadedKey& key,
+                                                       const wire::TpmKeyFile& key_file,
+                                                       ByteSpan qualifying) {
   if (qualifying.size() > sizeof(TPMU_HA)) {
     return absl::InvalidArgumentError(absl::StrCat("certify qualifying data is ",
                                                    qualifying.size(), " bytes; at most ",
                                                    sizeof(TPMU_HA), " allowed"));
   }
-  ASSIGN_OR_RETURN(LoadedKey key, LoadKeyLocked(key_file, {}));
   TPM2B_DATA q = {};
   q.size = static_cast<UINT16>(qualifying.size());
   if (!qualifying.empty()) {
@@ -841,6 +856,40 @@ absl::StatusOr<Certification> Tpm::Certify(LoadedKey& ak, const wire::TpmKeyFile
   if (!v.ok()) {
     return absl::InternalError(
         absl::StrCat("TPM2_Certify: the certification does not verify: ", v.status().message()));
+  }
+  return out;
+}
+
+absl::StatusOr<Certification> Tpm::Certify(LoadedKey& ak, const wire::TpmKeyFile& key_file,
+                                           ByteSpan qualifying) {
+  std::lock_guard<std::recursive_mutex> lock(mu_);
+  ASSIGN_OR_RETURN(LoadedKey key, LoadKeyLocked(key_file, {}));
+  return CertifyLoadedLocked(ak, key, key_file, qualifying);
+}
+
+std::vector<absl::StatusOr<Certification>> Tpm::CertifyAll(
+    LoadedKey& ak, const std::vector<wire::TpmKeyFile>& key_files, ByteSpan qualifying) {
+  std::lock_guard<std::recursive_mutex> lock(mu_);
+  std::vector<absl::StatusOr<Certification>> out;
+  std::optional<absl::StatusOr<LoadedKey>> srk;  // the owner-hierarchy SRK, loaded on first use
+  for (const wire::TpmKeyFile& kf : key_files) {
+    const bool under_srk = (kf.parent == TPM2_RH_OWNER || kf.parent == 0) && !kf.rsa_parent;
+    if (!under_srk) {
+      absl::StatusOr<LoadedKey> key = LoadKeyLocked(kf, {});
+      out.push_back(key.ok() ? CertifyLoadedLocked(ak, *key, kf, qualifying)
+                             : absl::StatusOr<Certification>(key.status()));
+      continue;
+    }
+    if (!srk.has_value()) {
+      srk = LoadSrkLocked(true);
+    }
+    if (!srk->ok()) {
+      out.push_back(srk->status());
+      continue;
+    }
+    absl::StatusOr<LoadedKey> key = LoadKeyUnderLocked(**srk, kf);
+    out.push_back(key.ok() ? CertifyLoadedLocked(ak, *key, kf, qualifying)
+                           : absl::StatusOr<Certification>(key.status()));
   }
   return out;
 }

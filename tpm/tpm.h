@@ -186,6 +186,10 @@ class Tpm {
   // wire::VerifyCertify before it is returned.
   absl::StatusOr<Certification> Certify(LoadedKey& ak, const wire::TpmKeyFile& key_file,
                                         ByteSpan qualifying);
+  // CertifyAll certifies several key files the same way, loading their storage parent once (not
+  // once per key): one result per file, in order.
+  std::vector<absl::StatusOr<Certification>> CertifyAll(
+      LoadedKey& ak, const std::vector<wire::TpmKeyFile>& key_files, ByteSpan qualifying);
   // ActivateCredential recovers the secret bound by MakeCredential to `ak`'s name under `ek`,
   // authorising the EK with its policy (PolicySecret on the endorsement hierarchy, plus
   // PolicyOR for high-range templates).
@@ -233,6 +237,12 @@ class Tpm {
                             const std::string& label, TPM2B_PRIVATE* out_priv,
                             TPM2B_PUBLIC* out_pub);
   absl::StatusOr<LoadedKey> LoadKeyLocked(const wire::TpmKeyFile& key, ByteSpan auth);
+  // LoadKeyUnderLocked: TPM2_Load of `key` under an already loaded `parent` (emptyAuth keys).
+  absl::StatusOr<LoadedKey> LoadKeyUnderLocked(const LoadedKey& parent,
+                                               const wire::TpmKeyFile& key);
+  absl::StatusOr<Certification> CertifyLoadedLocked(LoadedKey& ak, LoadedKey& key,
+                                                    const wire::TpmKeyFile& key_file,
+                                                    ByteSpan qualifying);
   absl::StatusOr<LoadedKey> LoadSrkLocked(bool allow_persistent);
   absl::StatusOr<TpmObject> FromPersistentLocked(uint32_t handle, TPM2B_PUBLIC* out_pub);
   absl::StatusOr<wire::PcrValues> PcrReadLocked(const TPML_PCR_SELECTION& selection);

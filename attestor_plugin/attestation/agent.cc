@@ -249,8 +249,10 @@ absl::StatusOr<Bytes> AgentResponder::RespondToChallenge(ByteSpan challenge) {
   if (version_ == kProtocolVersionCertify) {
     ASSIGN_OR_RETURN(std::vector<wire::TpmKeyFile> keys,
                      ReadKeyManagerKeys(config_.keymanager_key_dir));
-    for (const wire::TpmKeyFile& kf : keys) {
-      absl::StatusOr<tpm::Certification> cert = tpm_->Certify(*ak_, kf, c.certify_nonce);
+    std::vector<absl::StatusOr<tpm::Certification>> certs =
+        tpm_->CertifyAll(*ak_, keys, c.certify_nonce);
+    for (size_t i = 0; i < keys.size(); ++i) {
+      absl::StatusOr<tpm::Certification>& cert = certs[i];
       if (!cert.ok()) {
         const absl::StatusCode code = cert.status().code();
         if (code == absl::StatusCode::kUnavailable ||
@@ -264,7 +266,7 @@ absl::StatusOr<Bytes> AgentResponder::RespondToChallenge(ByteSpan challenge) {
         continue;
       }
       r.certified_keys.push_back(
-          CertifiedKey{kf.pub, std::move(cert->attest), std::move(cert->signature)});
+          CertifiedKey{keys[i].pub, std::move(cert->attest), std::move(cert->signature)});
     }
   }
   r.secret = std::move(*secret);
