@@ -561,19 +561,23 @@ absl::Status SignalPidFile(const Config& c) {
   return absl::OkStatus();
 }
 
+// StartCmd forks and execs `cmd`. Everything the child needs is prepared before fork(): the
+// process has gRPC threads, so the child may only make async-signal-safe calls until execv.
+// Returns the child's pid, or -1 (errno set) when fork fails.
 pid_t StartCmd(const Config& c) {
-  pid_t pid = fork();
+  std::vector<std::string> args = {c.cmd};
+  args.insert(args.end(), c.cmd_args.begin(), c.cmd_args.end());
+  std::vector<char*> argv;
+  for (std::string& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  const std::string failed = absl::StrCat("hwid-svid: cannot run ", c.cmd, "\n");
+  sigset_t none;
+  sigemptyset(&none);
+  const pid_t pid = fork();
   if (pid == 0) {
-    std::vector<std::string> args = {c.cmd};
-    args.insert(args.end(), c.cmd_args.begin(), c.cmd_args.end());
-    std::vector<char*> argv;
-    for (std::string& a : args) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    sigset_t none;
-    sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, nullptr);
-    execv(c.cmd.c_str(), argv.data());
-    std::fprintf(stderr, "hwid-svid: cannot run %s: %s\n", c.cmd.c_str(), std::strerror(errno));
+    execv(argv[0], argv.data());
+    (void)!write(STDERR_FILENO, failed.data(), failed.size());
     _exit(127);
   }
   return pid;
@@ -614,7 +618,13 @@ int Run(const Config& c) {
                      ")"));
     if (!c.cmd.empty() && child == 0) {
       child = StartCmd(c);
-      Log(absl::StrCat("started ", c.cmd, " (pid ", child, ")"));
+      if (child < 0) {
+        Log(absl::StrCat("cannot start ", c.cmd, ": fork: ", std::strerror(errno),
+                         "; trying again at the next renewal"));
+        child = 0;
+      } else {
+        Log(absl::StrCat("started ", c.cmd, " (pid ", child, ")"));
+      }
     } else if (c.renew_signal != 0) {
       if (child > 0 && kill(child, c.renew_signal) != 0) {
         Log(absl::StrCat("signalling ", c.cmd, ": ", std::strerror(errno)));

@@ -11,6 +11,7 @@
 #      that certificate against the bundle and its SPIFFE ID. The key files are references only.
 #   b. hwid-svid run (ttl 30 s) renews at half-life and reloads nginx (SIGHUP via its pid file)
 #      while curl requests run: at least two renewals, new serials served, zero failed requests.
+#      With cmd: started once after the first SVID, SIGHUP after each renewal, stopped with run.
 #   c. refusals: an ID outside /hw/node1/, node2's helper asking for node1's ID, CSRs with two
 #      URI SANs / a DNS name / no TTL / a TTL over the cap (PERMISSION_DENIED from the policy,
 #      exit 1); no agent socket, unreachable server (exit 1); configuration errors (exit 2).
@@ -440,6 +441,31 @@ last_seen=$(sed -n 's/^Serial Number: *//p' "$work/last.out" | head -n1 | tr -d 
 ok "hwid-svid run (ttl 30 s): $((writes - 1)) renewals at half-life, nginx reloaded by SIGHUP via its pid file, $requests requests (TLS 1.3/1.2) with 0 failures, $distinct server serials seen, same TPM key"
 stop_pid "$nginx_pid" QUIT
 nginx_pid=""
+# cmd mode: run starts cmd once after the first SVID, signals it after each renewal, and stops
+# it on SIGTERM.
+cat >"$work/cmd.sh" <<'SH'
+#!/bin/sh
+echo "started $$" >>"$1"
+trap 'echo HUP >>"$1"' HUP
+while :; do sleep 0.2; done
+SH
+chmod +x "$work/cmd.sh"
+helper_conf cmdrun spiffe://example.org/hw/node1/cmd "$(token_key cmd)" \
+  "cmd = \"$work/cmd.sh\"
+cmd_args = \"'$work/cmd.log'\"
+renew_signal = \"SIGHUP\""
+sed -i 's/^ttl = 3600$/ttl = 10/' "$work/cmdrun.hcl"
+"$hwid_svid" run --config "$work/cmdrun.hcl" >"$work/cmdrun.log" 2>&1 &
+run_pid=$!
+hups_ge() { (($(grep -c '^HUP$' "$work/cmd.log" 2>/dev/null || true) >= $1)); }
+wait_for 60 "cmd started and signalled after two renewals" hups_ge 2
+cmd_pid=$(sed -n 's/^started //p' "$work/cmd.log")
+[[ $(grep -c '^started ' "$work/cmd.log") == 1 ]] || fail "cmd was started more than once"
+grep -q "started $work/cmd.sh (pid $cmd_pid)" "$work/cmdrun.log" || fail "run did not report cmd's pid"
+stop_pid "$run_pid"
+run_pid=""
+! kill -0 "$cmd_pid" 2>/dev/null || fail "cmd (pid $cmd_pid) still runs after run stopped"
+ok "run with cmd: started once after the first SVID (pid $cmd_pid), SIGHUP after each renewal, stopped with run"
 
 # ==== c. refusals ===============================================================================
 # Another node's ID, another path, and no TTL: the policy refuses, the helper exits 1, no files.
