@@ -498,6 +498,10 @@ csr dns / "URI:spiffe://example.org/hw/node1/a,DNS:web.example.org"
 csr cn /CN=admin URI:spiffe://example.org/hw/node1/a
 wait_for 30 "the mint tool's helper SVID" "$mint_tool" --config "$work/web.hcl" --csr "$work/one.csr" --ttl 60
 expect_exit 0 "^ok spiffe://example.org/hw/node1/tool$" "$work/tool-one.out" "$mint_tool" --config "$work/web.hcl" --csr "$work/one.csr" --ttl 3600
+# SPIRE's lower bound for MintX509SVID's ttl: none; NotBefore is backdated 10 s.
+expect_exit 0 "^ok spiffe://example.org/hw/node1/tool$" "$work/tool-ttl1.out" "$mint_tool" --config "$work/web.hcl" --csr "$work/one.csr" --ttl 1 --out "$work/ttl1.pem"
+lifetime=$(($(date -d "$(openssl x509 -in "$work/ttl1.pem" -noout -enddate | cut -d= -f2)" +%s) - $(date -d "$(openssl x509 -in "$work/ttl1.pem" -noout -startdate | cut -d= -f2)" +%s)))
+((lifetime == 11)) || fail "ttl 1: the SVID is valid $lifetime s, expected 11 (1 + 10 s backdating)"
 for c in two dns cn; do
   expect_exit 1 "^PERMISSION_DENIED: .*authorization denied" "$work/tool-$c.out" "$mint_tool" --config "$work/web.hcl" --csr "$work/$c.csr" --ttl 60
 done
@@ -505,7 +509,7 @@ expect_exit 1 "^PERMISSION_DENIED" "$work/tool-ttl.out" "$mint_tool" --config "$
 expect_exit 1 "^PERMISSION_DENIED" "$work/tool-ttl0.out" "$mint_tool" --config "$work/web.hcl" --csr "$work/one.csr" --ttl 0
 grep -c "authorization denied for method /spire.api.server.svid.v1.SVID/MintX509SVID" "$work/server.log" >"$work/denials.txt"
 (($(cat "$work/denials.txt") >= 9)) || fail "the server logged $(cat "$work/denials.txt") denials, expected >= 9"
-ok "the policy refuses CSRs with two URI SANs, a DNS name or a subject, and TTLs 0 and 3601 (cap 3600 accepted): PERMISSION_DENIED"
+ok "the policy refuses CSRs with two URI SANs, a DNS name or a subject, and TTLs 0 and 3601 (3600 and 1 accepted; ttl 1 gives an 11 s SVID): PERMISSION_DENIED"
 # Local failures.
 helper_conf noagent spiffe://example.org/hw/node1/web "$(tpm_key web)"
 sed -i "s#^agent_address = .*#agent_address = \"$work/no-such-agent.sock\"#" "$work/noagent.hcl"
