@@ -18,26 +18,18 @@
 #include <thread>
 #include <vector>
 
-#include <grpcpp/create_channel.h>
-#include <grpcpp/security/credentials.h>
-
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_split.h"
 #include "attestor_plugin/keymanager/tpm_key_store.h"
 #include "bench/raw_esys_signer.h"
-#include "plugin/grpc_controller.grpc.pb.h"
 #include "spire/plugin/agent/keymanager/v1/keymanager.grpc.pb.h"
 #include "spire/plugin/server/keymanager/v1/keymanager.grpc.pb.h"
-#include "spire/service/common/config/v1/config.grpc.pb.h"
-#include "tests/attestor_plugin/plugin_process.h"
+#include "tests/attestor_plugin/plugin_client.h"
 #include "tpm/wire/keyfile.h"
 
 namespace {
 
 namespace akm = ::spire::plugin::agent::keymanager::v1;
 namespace skm = ::spire::plugin::server::keymanager::v1;
-namespace configv1 = ::spire::service::common::config::v1;
-using namespace std::chrono_literals;
 using Clock = std::chrono::steady_clock;
 
 [[noreturn]] void Die(const std::string& m) {
@@ -66,37 +58,15 @@ double Rate(int threads, double seconds, Fn fn) {
   return n.load() / std::chrono::duration<double>(Clock::now() - start).count();
 }
 
-struct Plugin {
-  std::unique_ptr<hwid::testing::PluginProcess> process;
-  std::shared_ptr<grpc::Channel> channel;
-  ~Plugin() {
-    if (channel != nullptr) {
-      grpc::ClientContext ctx;
-      plugin::Empty e;
-      (void)plugin::GRPCController::NewStub(channel)->Shutdown(&ctx, plugin::Empty(), &e);
-      process->WaitExit(2000ms);
-    }
-  }
-};
+using ::hwid::testing::PluginClient;
 
-std::unique_ptr<Plugin> StartPlugin(const std::string& bin, const std::string& hcl) {
-  auto p = std::make_unique<Plugin>();
-  p->process = hwid::testing::PluginProcess::Start(
-      bin, {}, {{"KeyManager", "KeyManager"}, {"PLUGIN_PROTOCOL_VERSIONS", "1"}});
-  if (p->process == nullptr) Die("cannot start " + bin);
-  auto line = p->process->ReadStdoutLine(10s);
-  if (!line) Die("no handshake from " + bin + ": " + p->process->Stderr());
-  std::vector<std::string> parts = absl::StrSplit(*line, '|');
-  if (parts.size() != 6) Die("bad handshake " + *line);
-  p->channel = grpc::CreateChannel("unix:" + parts[3], grpc::InsecureChannelCredentials());
-  configv1::ConfigureRequest req;
-  req.mutable_core_configuration()->set_trust_domain("example.org");
-  req.set_hcl_configuration(hcl);
-  configv1::ConfigureResponse resp;
-  grpc::ClientContext ctx;
-  grpc::Status st = configv1::Config::NewStub(p->channel)->Configure(&ctx, req, &resp);
+// StartPlugin: the plugin binary started and configured as SPIRE does (dies on a failure).
+std::unique_ptr<PluginClient> StartPlugin(const std::string& bin, const std::string& hcl) {
+  absl::StatusOr<std::unique_ptr<PluginClient>> p = PluginClient::Start(bin, "KeyManager");
+  if (!p.ok()) Die(bin + ": " + std::string(p.status().message()));
+  grpc::Status st = (*p)->Configure(hcl);
   if (!st.ok()) Die("Configure: " + st.error_message());
-  return p;
+  return *std::move(p);
 }
 
 #define HWID_KM(NAME, NSP)                                          \
@@ -114,8 +84,8 @@ HWID_KM(ServerKm, skm);
 #undef HWID_KM
 
 template <typename NS>
-double PluginRate(Plugin& p, const std::string& id, int threads, double secs) {
-  auto stub = NS::KeyManager::NewStub(p.channel);
+double PluginRate(PluginClient& p, const std::string& id, int threads, double secs) {
+  auto stub = NS::KeyManager::NewStub(p.channel());
   {
     typename NS::GenerateKeyRequest g;
     g.set_key_id(id);
@@ -170,6 +140,7 @@ int main(int argc, char** argv) {
                                              "\"\nkey_dir = \"", key_dir, "\"\n"));
     plugin1 = PluginRate<AgentKm>(*p, "agent-svid-A", 1, secs);
     plugin2 = PluginRate<AgentKm>(*p, "agent-svid-A", 2, secs);
+    p->Shutdown();
   }
   double store1;
   {
@@ -270,6 +241,7 @@ int main(int argc, char** argv) {
   Row("raw C_SignInit+C_Sign", 2, raw2, raw2);
   Row("plugin over gRPC (as SPIRE calls it)", 1, p11_1, raw1);
   Row("plugin over gRPC (as SPIRE calls it)", 2, p11_2, raw2);
+  sp->Shutdown();
   sp.reset();
   std::filesystem::remove_all(dir);
   return 0;

@@ -3,40 +3,36 @@
 // unix socket and plays SPIRE's part (broker stream with a ConnInfo to our own host server,
 // stdio stream, Init, Configure, Validate, health, an attestation stream), then
 // GRPCController/Shutdown must end the process within go-plugin's 2 s budget.
-#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
+#include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
 
-#include <grpcpp/create_channel.h>
-#include <grpcpp/generic/generic_stub.h>
-#include <grpcpp/security/credentials.h>
 #include <grpcpp/security/server_credentials.h>
 #include <grpcpp/server.h>
 #include <grpcpp/server_builder.h>
-#include <grpcpp/support/byte_buffer.h>
 
 #include "absl/strings/match.h"
-#include "absl/strings/str_split.h"
 #include "gmock/gmock.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "gtest/gtest.h"
 #include "plugin/grpc_broker.grpc.pb.h"
-#include "plugin/grpc_controller.grpc.pb.h"
 #include "plugin/grpc_stdio.grpc.pb.h"
 #include "spire/plugin/agent/nodeattestor/v1/nodeattestor.grpc.pb.h"
 #include "spire/plugin/server/nodeattestor/v1/nodeattestor.grpc.pb.h"
 #include "spire/service/common/config/v1/config.grpc.pb.h"
 #include "spire/service/private/init/v1/init.grpc.pb.h"
 #include "tests/attestor_plugin/hclog_check.h"
-#include "tests/attestor_plugin/plugin_process.h"
+#include "tests/attestor_plugin/plugin_client.h"
+#include "tests/testing/status_assert.h"
 
 namespace {
 
@@ -47,6 +43,7 @@ namespace healthv1 = ::grpc::health::v1;
 namespace servernav1 = ::spire::plugin::server::nodeattestor::v1;
 namespace agentnav1 = ::spire::plugin::agent::nodeattestor::v1;
 using ::hwid::testing::ParseHclogLine;
+using ::hwid::testing::PluginClient;
 using ::hwid::testing::PluginProcess;
 using ::testing::HasSubstr;
 using namespace std::chrono_literals;
@@ -57,9 +54,7 @@ std::string FixtureBinary() {
 }
 
 std::unique_ptr<grpc::ClientContext> Ctx(std::chrono::seconds timeout = 10s) {
-  auto ctx = std::make_unique<grpc::ClientContext>();
-  ctx->set_deadline(std::chrono::system_clock::now() + timeout);
-  return ctx;
+  return ::hwid::testing::CallContext(timeout);
 }
 
 // A private directory for this test's sockets, removed afterwards.
@@ -88,54 +83,12 @@ class HostHealth final : public healthv1::Health::Service {
   std::atomic<int> calls{0};
 };
 
-struct Handshake {
-  std::string socket;
-};
-
-// StartPlugin: starts the fixture like go-plugin and parses the handshake line.
-std::unique_ptr<PluginProcess> StartPlugin(const std::vector<std::string>& args,
-                                           std::map<std::string, std::string> env,
-                                           Handshake* hs) {
-  env.emplace("NodeAttestor", "NodeAttestor");
-  env.emplace("PLUGIN_PROTOCOL_VERSIONS", "1");
-  env.emplace("PLUGIN_MIN_PORT", "10000");
-  env.emplace("PLUGIN_MAX_PORT", "25000");
-  auto p = PluginProcess::Start(FixtureBinary(), args, env);
-  EXPECT_NE(p, nullptr);
-  if (p == nullptr) {
-    return nullptr;
-  }
-  auto line = p->ReadStdoutLine(10s);
-  EXPECT_TRUE(line.has_value()) << "no handshake line; stderr: " << p->Stderr();
-  if (!line) {
-    return p;
-  }
-  std::vector<std::string> parts = absl::StrSplit(*line, '|');
-  EXPECT_EQ(parts.size(), 6u) << *line;
-  if (parts.size() == 6) {
-    EXPECT_EQ(parts[0], "1");
-    EXPECT_EQ(parts[1], "1");
-    EXPECT_EQ(parts[2], "unix");
-    EXPECT_EQ(parts[4], "grpc");
-    EXPECT_EQ(parts[5], "");
-    hs->socket = parts[3];
-    struct stat st;
-    EXPECT_EQ(stat(hs->socket.c_str(), &st), 0) << "socket must exist before the handshake";
-    EXPECT_TRUE(S_ISSOCK(st.st_mode));
-    struct stat dst;
-    EXPECT_EQ(stat(fs::path(hs->socket).parent_path().c_str(), &dst), 0);
-    EXPECT_EQ(dst.st_mode & 0777, 0700u) << "socket directory must be private";
-  }
-  return p;
-}
-
-std::shared_ptr<grpc::Channel> Connect(const Handshake& hs) {
-  grpc::ChannelArguments args;
-  args.SetMaxReceiveMessageSize(-1);
-  auto ch = grpc::CreateCustomChannel("unix:" + hs.socket, grpc::InsecureChannelCredentials(),
-                                      args);
-  EXPECT_TRUE(ch->WaitForConnected(std::chrono::system_clock::now() + 5s));
-  return ch;
+// StartPlugin: starts the fixture like go-plugin's host (NodeAttestor cookie, 10 s calls) and
+// checks its handshake.
+absl::StatusOr<std::unique_ptr<PluginClient>> StartPlugin(
+    const std::vector<std::string>& args, std::map<std::string, std::string> env) {
+  return PluginClient::Start(FixtureBinary(), "NodeAttestor",
+                             PluginClient::Options{args, std::move(env), 10s});
 }
 
 // StderrLinesAreHclog: every stderr line is valid hclog JSON; returns them parsed.
@@ -179,14 +132,12 @@ TEST_F(RuntimeTest, FullHostConversationThenShutdownWithinTwoSeconds) {
   std::unique_ptr<grpc::Server> host = hb.BuildAndStart();
   ASSERT_NE(host, nullptr);
 
-  Handshake hs;
-  auto p = StartPlugin({}, {{"HWID_TEST_PLUGIN_PROBE_HOST", "health"},
-                            {"PLUGIN_UNIX_SOCKET_DIR", tmp.path()}},
-                       &hs);
-  ASSERT_NE(p, nullptr);
-  ASSERT_FALSE(hs.socket.empty());
-  EXPECT_TRUE(absl::StartsWith(hs.socket, tmp.path() + "/")) << "PLUGIN_UNIX_SOCKET_DIR honoured";
-  auto ch = Connect(hs);
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<PluginClient> c,
+                       StartPlugin({}, {{"HWID_TEST_PLUGIN_PROBE_HOST", "health"},
+                                        {"PLUGIN_UNIX_SOCKET_DIR", tmp.path()}}));
+  PluginProcess* p = c->process();
+  EXPECT_TRUE(absl::StartsWith(c->socket(), tmp.path() + "/")) << "PLUGIN_UNIX_SOCKET_DIR honoured";
+  const std::shared_ptr<grpc::Channel>& ch = c->channel();
 
   // 1. Broker stream (kept open) with the host's ConnInfo.
   auto broker = plugin::GRPCBroker::NewStub(ch);
@@ -229,39 +180,11 @@ TEST_F(RuntimeTest, FullHostConversationThenShutdownWithinTwoSeconds) {
   // 4. Init through the literal wire path (the generated code's path was rewritten, so check
   //    it with a generic call), which also makes the plugin dial our host via the broker.
   {
-    initv1::InitRequest req;
-    req.add_host_service_names("spire.hostservice.common.metrics.v1.Metrics");
-    std::string bytes = req.SerializeAsString();
-    grpc::Slice slice(bytes);
-    grpc::ByteBuffer request(&slice, 1);
-    grpc::GenericStub generic(ch);
-    grpc::CompletionQueue cq;
-    auto ctx = Ctx();
-    auto call = generic.PrepareUnaryCall(ctx.get(), "/spire.service.private.init.v1.Init/Init",
-                                         request, &cq);
-    call->StartCall();
-    grpc::ByteBuffer response;
-    grpc::Status status;
-    call->Finish(&response, &status, reinterpret_cast<void*>(1));
-    void* tag = nullptr;
-    bool ok = false;
-    ASSERT_TRUE(cq.Next(&tag, &ok));
-    ASSERT_TRUE(ok);
-    ASSERT_TRUE(status.ok()) << status.error_message();
-    std::vector<grpc::Slice> slices;
-    ASSERT_TRUE(response.Dump(&slices).ok());
-    std::string out;
-    for (auto& s : slices) {
-      out.append(reinterpret_cast<const char*>(s.begin()), s.size());
-    }
-    initv1::InitResponse resp;
-    ASSERT_TRUE(resp.ParseFromString(out));
-    EXPECT_THAT(resp.plugin_service_names(),
+    ASSERT_OK_AND_ASSIGN(std::vector<std::string> services,
+                         c->Init({"spire.hostservice.common.metrics.v1.Metrics"}));
+    EXPECT_THAT(services,
                 ::testing::ElementsAre("spire.plugin.server.nodeattestor.v1.NodeAttestor",
                                        "spire.service.common.config.v1.Config"));
-    cq.Shutdown();
-    while (cq.Next(&tag, &ok)) {
-    }
     EXPECT_GE(host_health.calls.load(), 1) << "the plugin reached the host through the broker";
   }
 
@@ -281,22 +204,17 @@ TEST_F(RuntimeTest, FullHostConversationThenShutdownWithinTwoSeconds) {
   grpc::Status s = attest_once();
   EXPECT_EQ(s.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << s.error_message();
 
-  auto config = configv1::Config::NewStub(ch);
   // 6. Bad configuration: INVALID_ARGUMENT naming the key; nothing applied.
   {
-    configv1::ConfigureRequest req;
-    req.mutable_core_configuration()->set_trust_domain("example.org");
-    req.set_hcl_configuration("greeting = \"hi\"\ncolour = \"red\"\n");
-    configv1::ConfigureResponse resp;
-    grpc::Status bad = config->Configure(Ctx().get(), req, &resp);
+    grpc::Status bad = c->Configure("greeting = \"hi\"\ncolour = \"red\"\n");
     EXPECT_EQ(bad.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
     EXPECT_THAT(bad.error_message(), HasSubstr("unknown key \"colour\" (line 2)"));
-    req.set_hcl_configuration("count = \"many\"");
-    bad = config->Configure(Ctx().get(), req, &resp);
+    bad = c->Configure("count = \"many\"");
     EXPECT_THAT(bad.error_message(), HasSubstr("key \"count\" (line 1): expected a number"));
     EXPECT_EQ(attest_once().error_code(), grpc::StatusCode::FAILED_PRECONDITION);
   }
   // 7. Validate reports without applying.
+  auto config = configv1::Config::NewStub(ch);
   {
     configv1::ValidateRequest req;
     req.mutable_core_configuration()->set_trust_domain("example.org");
@@ -313,13 +231,9 @@ TEST_F(RuntimeTest, FullHostConversationThenShutdownWithinTwoSeconds) {
   }
   // 8. Good configuration (every HCL type), then reconfiguration concurrent with RPCs.
   {
-    configv1::ConfigureRequest req;
-    req.mutable_core_configuration()->set_trust_domain("example.org");
-    req.set_hcl_configuration(
+    grpc::Status ok = c->Configure(
         "greeting = \"hi\"\ncount = 3\nverbose = true\nitems = [\"a\", \"b\"]\n"
         "policy {\n  \"sha256:7\" = \"00ff\"\n}\nnested {\n  name = \"n\"\n}\n");
-    configv1::ConfigureResponse resp;
-    grpc::Status ok = config->Configure(Ctx().get(), req, &resp);
     ASSERT_TRUE(ok.ok()) << ok.error_message();
     EXPECT_EQ(attest_once().error_code(), grpc::StatusCode::UNIMPLEMENTED);
 
@@ -329,10 +243,7 @@ TEST_F(RuntimeTest, FullHostConversationThenShutdownWithinTwoSeconds) {
       threads.emplace_back([&, t] {
         for (int i = 0; i < 10; ++i) {
           if (t % 2 == 0) {
-            configv1::ConfigureRequest r = req;
-            r.set_hcl_configuration("count = " + std::to_string(i));
-            configv1::ConfigureResponse rr;
-            failures += config->Configure(Ctx().get(), r, &rr).ok() ? 0 : 1;
+            failures += c->Configure("count = " + std::to_string(i)).ok() ? 0 : 1;
           } else {
             failures += attest_once().error_code() == grpc::StatusCode::UNIMPLEMENTED ? 0 : 1;
           }
@@ -359,18 +270,14 @@ TEST_F(RuntimeTest, FullHostConversationThenShutdownWithinTwoSeconds) {
     auto init = initv1::Init::NewStub(ch);
     EXPECT_TRUE(init->Deinit(Ctx().get(), initv1::DeinitRequest(), &resp).ok());
   }
-  auto controller = plugin::GRPCController::NewStub(ch);
   auto start = std::chrono::steady_clock::now();
-  plugin::Empty e;
-  grpc::Status shut = controller->Shutdown(Ctx().get(), plugin::Empty(), &e);
-  auto status = p->WaitExit(2000ms);
+  std::optional<int> status = c->Shutdown();
   auto took = std::chrono::steady_clock::now() - start;
   ASSERT_TRUE(status.has_value()) << "plugin still running 2 s after Shutdown";
   EXPECT_TRUE(WIFEXITED(*status));
   EXPECT_EQ(WEXITSTATUS(*status), 0);
   std::cout << "[ INFO     ] exit after Shutdown took "
             << std::chrono::duration_cast<std::chrono::milliseconds>(took).count() << " ms\n";
-  (void)shut;  // go-plugin ignores the Shutdown reply; it may race with the exit
 
   hanging_ctx.TryCancel();
   hanging_reader.join();
@@ -380,12 +287,12 @@ TEST_F(RuntimeTest, FullHostConversationThenShutdownWithinTwoSeconds) {
   stdio_reader.join();
   host->Shutdown();
 
-  EXPECT_FALSE(fs::exists(hs.socket)) << "socket removed at exit";
-  EXPECT_FALSE(fs::exists(fs::path(hs.socket).parent_path())) << "socket dir removed at exit";
+  EXPECT_FALSE(fs::exists(c->socket())) << "socket removed at exit";
+  EXPECT_FALSE(fs::exists(fs::path(c->socket()).parent_path())) << "socket dir removed at exit";
   EXPECT_EQ(p->RemainingStdout(), "") << "nothing but the handshake on stdout";
 
   // 10. Logs: every line is hclog JSON; levels and fields as logged.
-  auto logs = ParsedLogs(p.get());
+  auto logs = ParsedLogs(p);
   const auto* configured = FindLog(logs, "test plugin configured");
   ASSERT_NE(configured, nullptr) << p->Stderr();
   EXPECT_EQ(configured->at("@level"), "info");
@@ -426,11 +333,10 @@ TEST_F(RuntimeTest, WrongOrMissingCookieExitsOneWithGoPluginMessage) {
 
 TEST_F(RuntimeTest, SigintIgnoredSigtermStopsCleanly) {
   TempDir tmp;
-  Handshake hs;
-  auto p = StartPlugin({}, {{"PLUGIN_UNIX_SOCKET_DIR", tmp.path()}}, &hs);
-  ASSERT_NE(p, nullptr);
-  ASSERT_FALSE(hs.socket.empty());
-  auto ch = Connect(hs);
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<PluginClient> c,
+                       StartPlugin({}, {{"PLUGIN_UNIX_SOCKET_DIR", tmp.path()}}));
+  PluginProcess* p = c->process();
+  const std::shared_ptr<grpc::Channel>& ch = c->channel();
   ASSERT_EQ(kill(p->pid(), SIGINT), 0);
   ASSERT_EQ(kill(p->pid(), SIGPIPE), 0);
   EXPECT_FALSE(p->WaitExit(300ms).has_value()) << "SIGINT/SIGPIPE must not stop the plugin";
@@ -446,17 +352,15 @@ TEST_F(RuntimeTest, SigintIgnoredSigtermStopsCleanly) {
   ASSERT_TRUE(status.has_value());
   EXPECT_TRUE(WIFEXITED(*status));
   EXPECT_EQ(WEXITSTATUS(*status), 0);
-  EXPECT_FALSE(fs::exists(hs.socket));
-  ParsedLogs(p.get());
+  EXPECT_FALSE(fs::exists(c->socket()));
+  ParsedLogs(p);
 }
 
 TEST_F(RuntimeTest, AgentRoleAdvertisesAgentInterface) {
   TempDir tmp;
-  Handshake hs;
-  auto p = StartPlugin({"agent"}, {{"PLUGIN_UNIX_SOCKET_DIR", tmp.path()}}, &hs);
-  ASSERT_NE(p, nullptr);
-  ASSERT_FALSE(hs.socket.empty());
-  auto ch = Connect(hs);
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<PluginClient> c,
+                       StartPlugin({"agent"}, {{"PLUGIN_UNIX_SOCKET_DIR", tmp.path()}}));
+  const std::shared_ptr<grpc::Channel>& ch = c->channel();
   auto init = initv1::Init::NewStub(ch);
   initv1::InitResponse resp;
   ASSERT_TRUE(init->Init(Ctx().get(), initv1::InitRequest(), &resp).ok());
@@ -477,32 +381,22 @@ TEST_F(RuntimeTest, AgentRoleAdvertisesAgentInterface) {
   EXPECT_FALSE(sstream->Read(&sr));
   EXPECT_EQ(sstream->Finish().error_code(), grpc::StatusCode::UNIMPLEMENTED);
 
-  auto controller = plugin::GRPCController::NewStub(ch);
-  plugin::Empty e;
-  controller->Shutdown(Ctx().get(), plugin::Empty(), &e);
-  auto status = p->WaitExit(2000ms);
+  std::optional<int> status = c->Shutdown();
   ASSERT_TRUE(status.has_value());
   EXPECT_EQ(WEXITSTATUS(*status), 0);
 }
 
 TEST_F(RuntimeTest, InitFailsWhenTheHostNeverAnnouncesItsServices) {
   TempDir tmp;
-  Handshake hs;
-  auto p = StartPlugin({}, {{"HWID_TEST_PLUGIN_PROBE_HOST", "health"},
-                            {"PLUGIN_UNIX_SOCKET_DIR", tmp.path()}},
-                       &hs);
-  ASSERT_NE(p, nullptr);
-  ASSERT_FALSE(hs.socket.empty());
-  auto ch = Connect(hs);
-  auto init = initv1::Init::NewStub(ch);
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<PluginClient> c,
+                       StartPlugin({}, {{"HWID_TEST_PLUGIN_PROBE_HOST", "health"},
+                                        {"PLUGIN_UNIX_SOCKET_DIR", tmp.path()}}));
+  auto init = initv1::Init::NewStub(c->channel());
   initv1::InitResponse resp;
   grpc::Status s = init->Init(Ctx(20s).get(), initv1::InitRequest(), &resp);
   EXPECT_EQ(s.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
   EXPECT_THAT(s.error_message(), HasSubstr("did not announce service id 1"));
-  auto controller = plugin::GRPCController::NewStub(ch);
-  plugin::Empty e;
-  controller->Shutdown(Ctx().get(), plugin::Empty(), &e);
-  ASSERT_TRUE(p->WaitExit(2000ms).has_value());
+  ASSERT_TRUE(c->Shutdown().has_value());
 }
 
 }  // namespace

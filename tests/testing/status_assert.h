@@ -15,6 +15,13 @@
     ASSERT_TRUE(st_.ok()) << #expr << ": " << st_.message(); \
   } while (false)
 
+// EXPECT_OK(expr): expr (a Status) is OK, else the test fails with its message and goes on.
+#define EXPECT_OK(expr)                                      \
+  do {                                                       \
+    const ::absl::Status st_ = ::absl::Status(expr);         \
+    EXPECT_TRUE(st_.ok()) << #expr << ": " << st_.message(); \
+  } while (false)
+
 // ASSERT_OK_AND_ASSIGN(lhs, expr): expr (a StatusOr) is OK, and its value is moved into lhs.
 #define ASSERT_OK_AND_ASSIGN(lhs, expr) \
   HWID_ASSERT_OK_AND_ASSIGN_IMPL_(HWID_STATUS_CONCAT_(sor_, __LINE__), lhs, expr)

@@ -13,31 +13,23 @@
 #include <string>
 #include <vector>
 
-#include <grpcpp/create_channel.h>
-#include <grpcpp/generic/generic_stub.h>
-#include <grpcpp/security/credentials.h>
-#include <grpcpp/support/byte_buffer.h>
-
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_split.h"
 #include "attestor_plugin/composer/handoff.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "plugin/grpc_controller.grpc.pb.h"
 #include "spire/plugin/server/credentialcomposer/v1/credentialcomposer.grpc.pb.h"
-#include "spire/service/common/config/v1/config.grpc.pb.h"
-#include "spire/service/private/init/v1/init.grpc.pb.h"
 #include "tests/attestor_plugin/hclog_check.h"
-#include "tests/attestor_plugin/plugin_process.h"
+#include "tests/attestor_plugin/plugin_client.h"
+#include "tests/testing/status_assert.h"
 
 namespace hwid::composer {
 namespace {
 
 namespace fs = std::filesystem;
-namespace configv1 = ::spire::service::common::config::v1;
-namespace initv1 = ::spire::service::private_::init::v1;
 namespace ccv1 = ::spire::plugin::server::credentialcomposer::v1;
+using ::hwid::testing::GoPluginEnv;
+using ::hwid::testing::PluginClient;
 using ::hwid::testing::PluginProcess;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
@@ -47,92 +39,8 @@ constexpr char kAgent[] =
     "spiffe://example.org/spire/agent/hwid_tpm/"
     "a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f90";
 
-std::unique_ptr<grpc::ClientContext> Ctx() {
-  auto ctx = std::make_unique<grpc::ClientContext>();
-  ctx->set_deadline(std::chrono::system_clock::now() + 30s);
-  return ctx;
-}
-
-struct Running {
-  std::unique_ptr<PluginProcess> process;
-  std::shared_ptr<grpc::Channel> channel;
-};
-
-Running Start() {
-  Running r;
-  const char* bin = std::getenv("HWID_COMPOSER");
-  EXPECT_NE(bin, nullptr) << "HWID_COMPOSER not set";
-  if (bin == nullptr) return r;
-  r.process = PluginProcess::Start(bin, {}, {{"CredentialComposer", "CredentialComposer"},
-                                             {"PLUGIN_PROTOCOL_VERSIONS", "1"},
-                                             {"PLUGIN_MIN_PORT", "10000"},
-                                             {"PLUGIN_MAX_PORT", "25000"}});
-  EXPECT_NE(r.process, nullptr);
-  if (r.process == nullptr) return r;
-  auto line = r.process->ReadStdoutLine(10s);
-  EXPECT_TRUE(line.has_value()) << r.process->Stderr();
-  if (!line) return r;
-  std::vector<std::string> parts = absl::StrSplit(*line, '|');
-  EXPECT_EQ(parts.size(), 6u) << *line;
-  if (parts.size() != 6) return r;
-  EXPECT_EQ(parts[0], "1");     // core protocol
-  EXPECT_EQ(parts[2], "unix");  // network
-  EXPECT_EQ(parts[4], "grpc");
-  r.channel = grpc::CreateCustomChannel("unix:" + parts[3], grpc::InsecureChannelCredentials(),
-                                        grpc::ChannelArguments());
-  EXPECT_TRUE(r.channel->WaitForConnected(std::chrono::system_clock::now() + 5s));
-  return r;
-}
-
-void Stop(Running& r) {
-  if (r.channel == nullptr) return;
-  auto controller = plugin::GRPCController::NewStub(r.channel);
-  plugin::Empty e;
-  (void)controller->Shutdown(Ctx().get(), plugin::Empty(), &e);
-  auto status = r.process->WaitExit(2000ms);
-  ASSERT_TRUE(status.has_value()) << "plugin still running 2 s after Shutdown";
-  EXPECT_EQ(WEXITSTATUS(*status), 0);
-}
-
-// InitServices calls Init through its literal wire path and returns the advertised services.
-std::vector<std::string> InitServices(const std::shared_ptr<grpc::Channel>& ch) {
-  initv1::InitRequest req;
-  std::string bytes = req.SerializeAsString();
-  grpc::Slice slice(bytes);
-  grpc::ByteBuffer request(&slice, 1);
-  grpc::GenericStub generic(ch);
-  grpc::CompletionQueue cq;
-  auto ctx = Ctx();
-  auto call = generic.PrepareUnaryCall(ctx.get(), "/spire.service.private.init.v1.Init/Init",
-                                       request, &cq);
-  call->StartCall();
-  grpc::ByteBuffer response;
-  grpc::Status status;
-  call->Finish(&response, &status, reinterpret_cast<void*>(1));
-  void* tag = nullptr;
-  bool ok = false;
-  EXPECT_TRUE(cq.Next(&tag, &ok));
-  cq.Shutdown();
-  while (cq.Next(&tag, &ok)) {
-  }
-  EXPECT_TRUE(status.ok()) << status.error_message();
-  std::vector<grpc::Slice> slices;
-  (void)response.Dump(&slices);
-  std::string out;
-  for (auto& s : slices) out.append(reinterpret_cast<const char*>(s.begin()), s.size());
-  initv1::InitResponse resp;
-  EXPECT_TRUE(resp.ParseFromString(out));
-  return {resp.plugin_service_names().begin(), resp.plugin_service_names().end()};
-}
-
-grpc::Status Configure(const std::shared_ptr<grpc::Channel>& ch, const std::string& hcl) {
-  auto config = configv1::Config::NewStub(ch);
-  configv1::ConfigureRequest req;
-  req.mutable_core_configuration()->set_trust_domain("example.org");
-  req.set_hcl_configuration(hcl);
-  configv1::ConfigureResponse resp;
-  return config->Configure(Ctx().get(), req, &resp);
-}
+// Ctx: a call context with SPIRE's per-call timeout.
+std::unique_ptr<grpc::ClientContext> Ctx() { return hwid::testing::CallContext(); }
 
 grpc::Status ComposeAgent(ccv1::CredentialComposer::Stub* cc, const std::string& id,
                           const std::string& key, ccv1::ComposeAgentX509SVIDResponse* resp) {
@@ -153,24 +61,24 @@ TEST(ComposerPluginTest, OverGrpcLikeSpire) {
   const std::string dir = tmpl;
   const std::string keys = dir + "/certified-keys";
 
-  Running r = Start();
-  ASSERT_NE(r.channel, nullptr);
-  EXPECT_THAT(InitServices(r.channel),
-              ElementsAre("spire.plugin.server.credentialcomposer.v1.CredentialComposer",
-                          "spire.service.common.config.v1.Config"));
-  auto cc = ccv1::CredentialComposer::NewStub(r.channel);
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<PluginClient> r,
+                       PluginClient::StartFromEnv("HWID_COMPOSER", "CredentialComposer"));
+  ASSERT_OK_AND_ASSIGN(std::vector<std::string> services, r->Init());
+  EXPECT_THAT(services, ElementsAre("spire.plugin.server.credentialcomposer.v1.CredentialComposer",
+                                    "spire.service.common.config.v1.Config"));
+  auto cc = ccv1::CredentialComposer::NewStub(r->channel());
   ccv1::ComposeAgentX509SVIDResponse resp;
 
   // Before Configure: refused, not passed.
   EXPECT_EQ(ComposeAgent(cc.get(), kAgent, "k", &resp).error_code(),
             grpc::StatusCode::FAILED_PRECONDITION);
-  grpc::Status bad = Configure(r.channel, "require_tpm_agent_key = true\n");
+  grpc::Status bad = r->Configure("require_tpm_agent_key = true\n");
   EXPECT_EQ(bad.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_THAT(bad.error_message(), HasSubstr("certified_keys_dir"));
-  bad = Configure(r.channel, absl::StrCat("certified_keys_dir = \"", keys, "\"\ncolor = 1\n"));
+  bad = r->Configure(absl::StrCat("certified_keys_dir = \"", keys, "\"\ncolor = 1\n"));
   EXPECT_EQ(bad.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_THAT(bad.error_message(), HasSubstr("color"));
-  grpc::Status ok = Configure(r.channel, absl::StrCat("certified_keys_dir = \"", keys, "\"\n"));
+  grpc::Status ok = r->Configure(absl::StrCat("certified_keys_dir = \"", keys, "\"\n"));
   ASSERT_TRUE(ok.ok()) << ok.error_message();
 
   // What the node attestor does in the same spire-server (same user) after a v2 attestation.
@@ -220,24 +128,24 @@ TEST(ComposerPluginTest, OverGrpcLikeSpire) {
   }
 
   // require_tpm_agent_key = false: an uncertified key is allowed (and logged).
-  ok = Configure(r.channel,
-                 absl::StrCat("certified_keys_dir = \"", keys, "\"\nrequire_tpm_agent_key = false\n"));
+  ok = r->Configure(
+      absl::StrCat("certified_keys_dir = \"", keys, "\"\nrequire_tpm_agent_key = false\n"));
   ASSERT_TRUE(ok.ok()) << ok.error_message();
   st = ComposeAgent(cc.get(), kAgent, "another key", &resp);
   EXPECT_TRUE(st.ok()) << st.error_message();
 
-  Stop(r);
+  EXPECT_OK(r->Stop());
   bool refused_logged = false;
   bool allowed_logged = false;
-  for (const std::string& line : r.process->StderrLines()) {
+  for (const std::string& line : r->process()->StderrLines()) {
     absl::StatusOr<std::map<std::string, std::string>> l = hwid::testing::ParseHclogLine(line);
     EXPECT_TRUE(l.ok()) << line;
     if (!l.ok()) continue;
     refused_logged |= (*l)["@message"] == "agent SVID refused";
     allowed_logged |= absl::StrContains((*l)["@message"], "require_tpm_agent_key = false");
   }
-  EXPECT_TRUE(refused_logged) << r.process->Stderr();
-  EXPECT_TRUE(allowed_logged) << r.process->Stderr();
+  EXPECT_TRUE(refused_logged) << r->process()->Stderr();
+  EXPECT_TRUE(allowed_logged) << r->process()->Stderr();
   fs::remove_all(dir);
 }
 
@@ -245,10 +153,7 @@ TEST(ComposerPluginTest, WrongMagicCookieRefusesToStart) {
   const char* bin = std::getenv("HWID_COMPOSER");
   ASSERT_NE(bin, nullptr);
   // SPIRE starts every plugin with its type's cookie; a KeyManager cookie is not ours.
-  auto p = PluginProcess::Start(bin, {}, {{"KeyManager", "KeyManager"},
-                                          {"PLUGIN_PROTOCOL_VERSIONS", "1"},
-                                          {"PLUGIN_MIN_PORT", "10000"},
-                                          {"PLUGIN_MAX_PORT", "25000"}});
+  auto p = PluginProcess::Start(bin, {}, GoPluginEnv("KeyManager"));
   ASSERT_NE(p, nullptr);
   auto status = p->WaitExit(5000ms);
   ASSERT_TRUE(status.has_value());

@@ -3,43 +3,31 @@
 // then the four KeyManager RPCs with SPIRE's error-code expectations; the agent binary on the
 // swtpm (TPM backend), the server binary on a SoftHSM2 token (PKCS#11 backend). Logs are hclog
 // JSON and never carry the PIN.
-#include <sys/wait.h>
-
-#include <chrono>
 #include <cstdlib>
 #include <filesystem>
 #include <memory>
 #include <string>
-
-#include <grpcpp/create_channel.h>
-#include <grpcpp/generic/generic_stub.h>
-#include <grpcpp/security/credentials.h>
-#include <grpcpp/support/byte_buffer.h>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_split.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "plugin/grpc_controller.grpc.pb.h"
 #include "spire/plugin/agent/keymanager/v1/keymanager.grpc.pb.h"
 #include "spire/plugin/server/keymanager/v1/keymanager.grpc.pb.h"
-#include "spire/service/common/config/v1/config.grpc.pb.h"
-#include "spire/service/private/init/v1/init.grpc.pb.h"
 #include "tests/attestor_plugin/hclog_check.h"
 #include "tests/attestor_plugin/keymanager/verify.h"
-#include "tests/attestor_plugin/plugin_process.h"
+#include "tests/attestor_plugin/plugin_client.h"
 #include "tests/pkcs11/softhsm.h"
+#include "tests/testing/status_assert.h"
 #include "tests/testing/swtpm.h"
 
 namespace hwid::keymanager {
 namespace {
 
 namespace fs = std::filesystem;
-namespace configv1 = ::spire::service::common::config::v1;
-namespace initv1 = ::spire::service::private_::init::v1;
 namespace akm = ::spire::plugin::agent::keymanager::v1;
 namespace skm = ::spire::plugin::server::keymanager::v1;
-using ::hwid::testing::PluginProcess;
+using ::hwid::testing::PluginClient;
 using ::hwid::testing::SoftHsm;
 using testing::Digest;
 using testing::Sha256Hex;
@@ -47,94 +35,11 @@ using testing::VerifyDigest;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 using ::testing::Not;
-using namespace std::chrono_literals;
 
 constexpr char kPin[] = "plugin-pin-8642";
 
-std::unique_ptr<grpc::ClientContext> Ctx() {
-  auto ctx = std::make_unique<grpc::ClientContext>();
-  ctx->set_deadline(std::chrono::system_clock::now() + 30s);  // SPIRE's per-call timeout
-  return ctx;
-}
-
-struct Running {
-  std::unique_ptr<PluginProcess> process;
-  std::shared_ptr<grpc::Channel> channel;
-};
-
-Running Start(const char* env_var) {
-  Running r;
-  const char* bin = std::getenv(env_var);
-  EXPECT_NE(bin, nullptr) << env_var << " not set";
-  if (bin == nullptr) return r;
-  r.process = PluginProcess::Start(bin, {}, {{"KeyManager", "KeyManager"},
-                                             {"PLUGIN_PROTOCOL_VERSIONS", "1"},
-                                             {"PLUGIN_MIN_PORT", "10000"},
-                                             {"PLUGIN_MAX_PORT", "25000"}});
-  EXPECT_NE(r.process, nullptr);
-  if (r.process == nullptr) return r;
-  auto line = r.process->ReadStdoutLine(10s);
-  EXPECT_TRUE(line.has_value()) << r.process->Stderr();
-  if (!line) return r;
-  std::vector<std::string> parts = absl::StrSplit(*line, '|');
-  EXPECT_EQ(parts.size(), 6u) << *line;
-  if (parts.size() != 6) return r;
-  grpc::ChannelArguments args;
-  r.channel = grpc::CreateCustomChannel("unix:" + parts[3], grpc::InsecureChannelCredentials(),
-                                        args);
-  EXPECT_TRUE(r.channel->WaitForConnected(std::chrono::system_clock::now() + 5s));
-  return r;
-}
-
-void Stop(Running& r) {
-  if (r.channel == nullptr) return;
-  auto controller = plugin::GRPCController::NewStub(r.channel);
-  plugin::Empty e;
-  (void)controller->Shutdown(Ctx().get(), plugin::Empty(), &e);
-  auto status = r.process->WaitExit(2000ms);
-  ASSERT_TRUE(status.has_value()) << "plugin still running 2 s after Shutdown";
-  EXPECT_EQ(WEXITSTATUS(*status), 0);
-}
-
-// InitServices calls Init through its literal wire path and returns the advertised services.
-std::vector<std::string> InitServices(const std::shared_ptr<grpc::Channel>& ch) {
-  initv1::InitRequest req;
-  std::string bytes = req.SerializeAsString();
-  grpc::Slice slice(bytes);
-  grpc::ByteBuffer request(&slice, 1);
-  grpc::GenericStub generic(ch);
-  grpc::CompletionQueue cq;
-  auto ctx = Ctx();
-  auto call = generic.PrepareUnaryCall(ctx.get(), "/spire.service.private.init.v1.Init/Init",
-                                       request, &cq);
-  call->StartCall();
-  grpc::ByteBuffer response;
-  grpc::Status status;
-  call->Finish(&response, &status, reinterpret_cast<void*>(1));
-  void* tag = nullptr;
-  bool ok = false;
-  EXPECT_TRUE(cq.Next(&tag, &ok));
-  cq.Shutdown();
-  while (cq.Next(&tag, &ok)) {
-  }
-  EXPECT_TRUE(status.ok()) << status.error_message();
-  std::vector<grpc::Slice> slices;
-  (void)response.Dump(&slices);
-  std::string out;
-  for (auto& s : slices) out.append(reinterpret_cast<const char*>(s.begin()), s.size());
-  initv1::InitResponse resp;
-  EXPECT_TRUE(resp.ParseFromString(out));
-  return {resp.plugin_service_names().begin(), resp.plugin_service_names().end()};
-}
-
-grpc::Status Configure(const std::shared_ptr<grpc::Channel>& ch, const std::string& hcl) {
-  auto config = configv1::Config::NewStub(ch);
-  configv1::ConfigureRequest req;
-  req.mutable_core_configuration()->set_trust_domain("example.org");
-  req.set_hcl_configuration(hcl);
-  configv1::ConfigureResponse resp;
-  return config->Configure(Ctx().get(), req, &resp);
-}
+// Ctx: a call context with SPIRE's per-call timeout.
+std::unique_ptr<grpc::ClientContext> Ctx() { return hwid::testing::CallContext(); }
 
 // The generated types of one role (the namespaces differ, the shapes do not).
 #define HWID_KM_TYPES(NAME, NSP)                                                   \
@@ -249,39 +154,39 @@ TEST(KeyManagerPluginTest, AgentBinaryOnTheTpm) {
   char tmpl[] = "/tmp/hwid-km-plugin-XXXXXX";
   ASSERT_NE(mkdtemp(tmpl), nullptr);
   const std::string key_dir = tmpl;
-  Running r = Start("HWID_KM_AGENT");
-  ASSERT_NE(r.channel, nullptr);
-  EXPECT_THAT(InitServices(r.channel),
-              ElementsAre("spire.plugin.agent.keymanager.v1.KeyManager",
-                          "spire.service.common.config.v1.Config"));
-  auto km = akm::KeyManager::NewStub(r.channel);
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<PluginClient> r,
+                       PluginClient::StartFromEnv("HWID_KM_AGENT", "KeyManager"));
+  ASSERT_OK_AND_ASSIGN(std::vector<std::string> services, r->Init());
+  EXPECT_THAT(services, ElementsAre("spire.plugin.agent.keymanager.v1.KeyManager",
+                                    "spire.service.common.config.v1.Config"));
+  auto km = akm::KeyManager::NewStub(r->channel());
   akm::GetPublicKeysResponse none;
   EXPECT_EQ(km->GetPublicKeys(Ctx().get(), akm::GetPublicKeysRequest(), &none).error_code(),
             grpc::StatusCode::FAILED_PRECONDITION);
-  grpc::Status bad = Configure(r.channel, "backend = \"tpm\"\nkey_dir = \"/k\"\ncolor = 1\n");
+  grpc::Status bad = r->Configure("backend = \"tpm\"\nkey_dir = \"/k\"\ncolor = 1\n");
   EXPECT_EQ(bad.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_THAT(bad.error_message(), HasSubstr("color"));
   const std::string hcl = absl::StrCat("backend = \"tpm\"\ntcti = \"",
                                        hwid::testing::GlobalSwtpm().tcti(), "\"\nkey_dir = \"",
                                        key_dir, "\"\n");
-  grpc::Status ok = Configure(r.channel, hcl);
+  grpc::Status ok = r->Configure(hcl);
   ASSERT_TRUE(ok.ok()) << ok.error_message();
   ExerciseContract<AgentKm>(km.get(), "agent");
   akm::GetPublicKeysResponse before;
   ASSERT_TRUE(km->GetPublicKeys(Ctx().get(), akm::GetPublicKeysRequest(), &before).ok());
-  Stop(r);
+  EXPECT_OK(r->Stop());
 
   // A new process (agent restart) finds the same key with the same fingerprint.
-  Running again = Start("HWID_KM_AGENT");
-  ASSERT_NE(again.channel, nullptr);
-  ASSERT_TRUE(Configure(again.channel, hcl).ok());
-  auto km2 = akm::KeyManager::NewStub(again.channel);
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<PluginClient> again,
+                       PluginClient::StartFromEnv("HWID_KM_AGENT", "KeyManager"));
+  ASSERT_TRUE(again->Configure(hcl).ok());
+  auto km2 = akm::KeyManager::NewStub(again->channel());
   akm::GetPublicKeysResponse after;
   ASSERT_TRUE(km2->GetPublicKeys(Ctx().get(), akm::GetPublicKeysRequest(), &after).ok());
   ASSERT_EQ(after.public_keys_size(), 1);
   EXPECT_EQ(after.public_keys(0).fingerprint(), before.public_keys(0).fingerprint());
-  Stop(again);
-  for (const std::string& line : r.process->StderrLines()) {
+  EXPECT_OK(again->Stop());
+  for (const std::string& line : r->process()->StderrLines()) {
     EXPECT_TRUE(hwid::testing::ParseHclogLine(line).ok()) << line;
   }
   fs::remove_all(key_dir);
@@ -291,29 +196,29 @@ TEST(KeyManagerPluginTest, ServerBinaryOnASoftHsmToken) {
   HWID_REQUIRE_SOFTHSM();
   absl::StatusOr<std::unique_ptr<SoftHsm>> hsm = SoftHsm::Start("hwid-km-srv", kPin, "so-1357");
   ASSERT_TRUE(hsm.ok()) << hsm.status();
-  Running r = Start("HWID_KM_SERVER");
-  ASSERT_NE(r.channel, nullptr);
-  EXPECT_THAT(InitServices(r.channel),
-              ElementsAre("spire.plugin.server.keymanager.v1.KeyManager",
-                          "spire.service.common.config.v1.Config"));
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<PluginClient> r,
+                       PluginClient::StartFromEnv("HWID_KM_SERVER", "KeyManager"));
+  ASSERT_OK_AND_ASSIGN(std::vector<std::string> services, r->Init());
+  EXPECT_THAT(services, ElementsAre("spire.plugin.server.keymanager.v1.KeyManager",
+                                    "spire.service.common.config.v1.Config"));
   // A wrong PIN fails Configure (FAILED_PRECONDITION, never PERMISSION_DENIED) without the PIN.
-  grpc::Status wrong = Configure(
-      r.channel, absl::StrCat("backend = \"pkcs11\"\nuri = \"pkcs11:token=", (*hsm)->label(),
-                              "?module-path=", SoftHsm::kModule, "&pin-value=bad-pin-2468\"\n"));
+  grpc::Status wrong =
+      r->Configure(absl::StrCat("backend = \"pkcs11\"\nuri = \"pkcs11:token=", (*hsm)->label(),
+                                "?module-path=", SoftHsm::kModule, "&pin-value=bad-pin-2468\"\n"));
   EXPECT_EQ(wrong.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << wrong.error_message();
   EXPECT_THAT(wrong.error_message(), Not(HasSubstr("bad-pin-2468")));
-  Stop(r);
+  EXPECT_OK(r->Stop());
 
-  Running s = Start("HWID_KM_SERVER");
-  ASSERT_NE(s.channel, nullptr);
-  grpc::Status ok = Configure(s.channel, absl::StrCat("backend = \"pkcs11\"\nuri = \"",
-                                                      (*hsm)->uri(), "\"\n"));
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<PluginClient> s,
+                       PluginClient::StartFromEnv("HWID_KM_SERVER", "KeyManager"));
+  grpc::Status ok =
+      s->Configure(absl::StrCat("backend = \"pkcs11\"\nuri = \"", (*hsm)->uri(), "\"\n"));
   ASSERT_TRUE(ok.ok()) << ok.error_message();
-  auto km = skm::KeyManager::NewStub(s.channel);
+  auto km = skm::KeyManager::NewStub(s->channel());
   ExerciseContract<ServerKm>(km.get(), "server");
-  Stop(s);
-  for (Running* p : {&r, &s}) {
-    for (const std::string& line : p->process->StderrLines()) {
+  EXPECT_OK(s->Stop());
+  for (PluginClient* p : {r.get(), s.get()}) {
+    for (const std::string& line : p->process()->StderrLines()) {
       EXPECT_TRUE(hwid::testing::ParseHclogLine(line).ok()) << line;
       EXPECT_THAT(line, Not(HasSubstr(kPin)));
       EXPECT_THAT(line, Not(HasSubstr("bad-pin-2468")));
