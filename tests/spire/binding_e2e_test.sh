@@ -25,7 +25,8 @@
 # HWID_KEEP_WORK=1 keeps the work directory (logs, configs, key files).
 set -euo pipefail
 
-root=$(cd "$(dirname "$(readlink -f "$0")")/../.." && pwd)
+# shellcheck source=SCRIPTDIR/lib.sh
+source "$(dirname "$(readlink -f "$0")")/lib.sh"
 usage="usage: $0 SERVER_NODEATTESTOR AGENT_NODEATTESTOR KM_AGENT COMPOSER HWID_CLI"
 server_na=$(readlink -f "${1:?$usage}")
 agent_na=$(readlink -f "${2:?$usage}")
@@ -33,68 +34,22 @@ km_agent=$(readlink -f "${3:?$usage}")
 composer=$(readlink -f "${4:?$usage}")
 hwid_cli=$(readlink -f "${5:?$usage}")
 
-skip_or_fail() {
-  if [[ ${CI:-} == true ]]; then echo "FAIL: $*" >&2; exit 1; fi
-  echo "SKIP: $*" >&2; exit 77
-}
 for tool in openssl python3 sha256sum swtpm; do
   command -v "$tool" >/dev/null 2>&1 || skip_or_fail "$tool not found"
 done
-bin=${HWID_SPIRE_BIN:-}
-if [[ -z $bin ]]; then
-  bin=$("$root/tests/spire/build-spire") || skip_or_fail "cannot build SPIRE v1.13.3"
-fi
-[[ -x $bin/spire-server && -x $bin/spire-agent ]] || { echo "FAIL: no SPIRE binaries in $bin" >&2; exit 1; }
+find_spire
 
 work=$(mktemp -d /tmp/hwid-binding-e2e.XXXXXX)
 server_pid="" agent1_pid="" agent2_pid=""
-cleanup() {
-  local rc=$?
-  [[ -n $agent2_pid ]] && kill "$agent2_pid" 2>/dev/null && wait "$agent2_pid" 2>/dev/null
-  [[ -n $agent1_pid ]] && kill "$agent1_pid" 2>/dev/null && wait "$agent1_pid" 2>/dev/null
-  [[ -n $server_pid ]] && kill "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null
-  "$root/swtpm-setup/swtpm-down" "$work/tpm1" >/dev/null 2>&1 || true
-  "$root/swtpm-setup/swtpm-down" "$work/tpm2" >/dev/null 2>&1 || true
-  if ((rc != 0)); then
-    local f
-    for f in server.log server.out agent1.log agent1.out agent2b.log agent2c.log agent2d.log agent2d.out; do
-      [[ -f $work/$f ]] || continue
-      echo "--- $f (tail) ---" >&2
-      tail -n 40 "$work/$f" >&2 || true
-    done
-  fi
-  if [[ -n ${HWID_KEEP_WORK:-} ]]; then echo "work dir kept: $work" >&2; else rm -rf "$work"; fi
-  exit "$rc"
-}
-trap cleanup EXIT
-fail() { echo "FAIL: $*" >&2; exit 1; }
-ok() { echo "ok: $*"; }
-wait_for() {  # wait_for SECONDS DESCRIPTION COMMAND...
-  local secs=$1 what=$2; shift 2
-  local end=$((SECONDS + secs))
-  until "$@" >/dev/null 2>&1; do
-    ((SECONDS < end)) || fail "timed out after ${secs}s waiting for: $what"
-    sleep 0.3
-  done
-}
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-# Public key identity: sha256 of the DER SubjectPublicKeyInfo.
-pub_of_cert() { openssl x509 -in "$1" -pubkey -noout | openssl pkey -pubin -outform DER | sha256sum | cut -c1-64; }
-keyfile_pub_pem() {  # keyfile_pub_pem KEY.tss2.pem OUT.pem: the public half hwid's CLI reads from the file
-  "$hwid_cli" key pub --key "$1" --out "$2" >/dev/null
-}
-pub_of_keyfile() {
-  keyfile_pub_pem "$1" "$work/tmp-pub.pem" &&
-    openssl pkey -pubin -in "$work/tmp-pub.pem" -outform DER | sha256sum | cut -c1-64
-}
+cleanup_pids=(agent2_pid agent1_pid server_pid) cleanup_tpms=(tpm1 tpm2) cleanup_show_tails=1
+cleanup_logs=(server.log server.out agent1.log agent1.out agent2b.log agent2c.log agent2d.log agent2d.out)
+trap spire_cleanup EXIT
 # record_name AGENT_ID KEY.tss2.pem: the hand-off record file name, computed here from its
 # definition (SHA-256 of agent ID || 0 || SPKI DER), not by hwid code.
 record_name() {
   keyfile_pub_pem "$2" "$work/tmp-rec.pem" || return 1
   { printf '%s\0' "$1"; openssl pkey -pubin -in "$work/tmp-rec.pem" -outform DER; } | sha256sum | cut -c1-64
 }
-lines_after() { tail -n "+$(($2 + 1))" "$1" 2>/dev/null || true; }
-nlines() { if [[ -f $1 ]]; then wc -l <"$1"; else echo 0; fi; }
 ek_agent_id() {  # ek_agent_id TCTI OUTDIR: the hwid_tpm agent ID from the ECC P-256 EK certificate
   mkdir -p "$2"
   "$hwid_cli" tpm ek --tcti "$1" --alg ecc-p256 --out-dir "$2" >/dev/null
@@ -120,36 +75,15 @@ handoff="$work/server-data/hwid-certified-keys"
 mkdir -p "$work/server-data"
 write_server_conf() {  # write_server_conf REQUIRE_TPM_AGENT_KEY
   cat >"$work/server.conf" <<CONF
-server {
-  bind_address = "127.0.0.1"
-  bind_port = "$port"
-  socket_path = "$sock"
-  trust_domain = "example.org"
-  data_dir = "$work/server-data"
-  log_level = "DEBUG"
-  log_file = "$work/server.log"
-  agent_ttl = "40s"
-}
+$(server_block "$work/server-data" 'agent_ttl = "40s"')
 plugins {
-  DataStore "sql" {
-    plugin_data {
-      database_type = "sqlite3"
-      connection_string = "$work/server-data/datastore.sqlite3"
-    }
-  }
+$(sql_datastore "$work/server-data")
   KeyManager "disk" {
     plugin_data {
       keys_path = "$work/server-data/keys.json"
     }
   }
-  NodeAttestor "hwid_tpm" {
-    plugin_cmd = "$server_na"
-    plugin_data {
-      ek_ca_bundle_paths = ["$ca1", "$ca2"]
-      pcrs = "sha256:0,1,2,3,4,5,6,7"
-      certified_keys_dir = "$handoff"
-    }
-  }
+$(hwid_tpm_server_plugin "$ca1 $ca2" "certified_keys_dir = \"$handoff\"")
   CredentialComposer "hwid_tpm" {
     plugin_cmd = "$composer"
     plugin_data {
@@ -160,12 +94,6 @@ plugins {
 }
 CONF
 }
-start_server() {
-  "$bin/spire-server" run -config "$work/server.conf" >>"$work/server.out" 2>&1 &
-  server_pid=$!
-  wait_for 60 "spire-server healthy" "$bin/spire-server" healthcheck -socketPath "$sock" -shallow
-}
-stop_server() { kill "$server_pid"; wait "$server_pid" 2>/dev/null || true; server_pid=""; }
 write_server_conf true
 start_server
 "$bin/spire-server" bundle show -socketPath "$sock" >"$work/bundle.pem"
@@ -179,26 +107,9 @@ write_agent_conf() {
   [[ -n $4 ]] && kmdir="keymanager_key_dir = \"$4\""
   mkdir -p "$work/$1-data"
   cat >"$work/$1.conf" <<CONF
-agent {
-  data_dir = "$work/$1-data"
-  log_level = "DEBUG"
-  log_file = "$work/$1.log"
-  server_address = "127.0.0.1"
-  server_port = "$port"
-  socket_path = "$work/$1-api.sock"
-  trust_bundle_path = "$work/bundle.pem"
-  trust_domain = "example.org"
-}
+$(agent_block "$1" "$work/$1-data")
 plugins {
-  NodeAttestor "hwid_tpm" {
-    plugin_cmd = "$agent_na"
-    plugin_data {
-      tcti = "$2"
-      ek = "auto"
-      ak_handle = "0x81000100"
-      $kmdir
-    }
-  }
+$(hwid_tpm_agent_plugin "$2" "$kmdir")
 $3
   WorkloadAttestor "unix" {
     plugin_data {}
@@ -224,16 +135,6 @@ agent_healthy() { "$bin/spire-agent" healthcheck -socketPath "$work/$1-api.sock"
 # (Pipelines end in `grep >/dev/null`, not `grep -q`: with pipefail, a writer killed by SIGPIPE
 # when grep -q exits early would turn a match into a failure.)
 listed() { "$bin/spire-server" agent list -socketPath "$sock" | grep -F "$1" >/dev/null; }
-# agent_svid_pub DATA_DIR: public key hash of the agent SVID SPIRE persisted (agent-data.json:
-# "svid" is a list of base64 PEM certificates, leaf first; pkg/agent/storage).
-agent_svid_pub() {
-  python3 - "$1/agent-data.json" >"$work/agent-svid.pem" <<'PY' || return 1
-import base64, json, sys
-d = json.load(open(sys.argv[1]))
-sys.stdout.write(base64.b64decode(d["svid"][0]).decode())
-PY
-  pub_of_cert "$work/agent-svid.pem"
-}
 # server_lines_for AGENT_ID MARK PATTERN: server log lines after MARK naming AGENT_ID and PATTERN.
 server_lines_for() { lines_after "$work/server.log" "$2" | grep -F -- "$1" | grep -- "$3" || true; }
 # check_record AGENT_ID KEYFILE: the hand-off holds a well-formed, unexpired record for the key.

@@ -11,51 +11,22 @@
 # usage: e2e_test.sh SERVER_PLUGIN AGENT_PLUGIN HWID_CLI
 # SPIRE binaries: $HWID_SPIRE_BIN, else built/cached by tests/spire/build-spire.
 # Needs swtpm (swtpm-setup/). Missing SPIRE fails when CI=true, else skips (exit 77).
+# HWID_KEEP_WORK=1 keeps the work directory.
 set -euo pipefail
 
-root=$(cd "$(dirname "$(readlink -f "$0")")/../.." && pwd)
-server_plugin=$(readlink -f "${1:?usage: $0 SERVER_PLUGIN AGENT_PLUGIN HWID_CLI}")
-agent_plugin=$(readlink -f "${2:?}")
+# shellcheck source=SCRIPTDIR/lib.sh
+source "$(dirname "$(readlink -f "$0")")/lib.sh"
+server_na=$(readlink -f "${1:?usage: $0 SERVER_PLUGIN AGENT_PLUGIN HWID_CLI}")
+agent_na=$(readlink -f "${2:?}")
 hwid_cli=$(readlink -f "${3:?}")
 
-bin=${HWID_SPIRE_BIN:-}
-if [[ -z $bin ]]; then
-  bin=$("$root/tests/spire/build-spire") || {
-    if [[ ${CI:-} == true ]]; then echo "FAIL: cannot build SPIRE v1.13.3" >&2; exit 1; fi
-    echo "SKIP: cannot build SPIRE v1.13.3" >&2; exit 77
-  }
-fi
-[[ -x $bin/spire-server && -x $bin/spire-agent ]] || { echo "FAIL: no SPIRE binaries in $bin" >&2; exit 1; }
+find_spire
 
 work=$(mktemp -d /tmp/hwid-spire-e2e.XXXXXX)
 server_pid="" agent_pid=""
-cleanup() {
-  local rc=$?
-  [[ -n $agent_pid ]] && kill "$agent_pid" 2>/dev/null && wait "$agent_pid" 2>/dev/null
-  [[ -n $server_pid ]] && kill "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null
-  "$root/swtpm-setup/swtpm-down" "$work/tpm1" >/dev/null 2>&1 || true
-  "$root/swtpm-setup/swtpm-down" "$work/tpm2" >/dev/null 2>&1 || true
-  if ((rc != 0)); then
-    for f in server.log agent.log agent2.log; do
-      echo "--- $f (tail) ---" >&2
-      tail -n 30 "$work/$f" 2>/dev/null >&2 || true
-    done
-  fi
-  rm -rf "$work"
-  exit "$rc"
-}
-trap cleanup EXIT
-fail() { echo "FAIL: $*" >&2; exit 1; }
-ok() { echo "ok: $*"; }
-wait_for() {  # wait_for SECONDS DESCRIPTION COMMAND...
-  local secs=$1 what=$2; shift 2
-  local end=$((SECONDS + secs))
-  until "$@" >/dev/null 2>&1; do
-    ((SECONDS < end)) || fail "timed out after ${secs}s waiting for: $what"
-    sleep 0.3
-  done
-}
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+cleanup_pids=(agent_pid server_pid) cleanup_tpms=(tpm1 tpm2)
+cleanup_logs=(server.log agent.log agent2.log) cleanup_tail=30
+trap spire_cleanup EXIT
 
 # ---- TPMs: tpm1 from the provisioned template (EK CA = the one the server trusts); tpm2
 # provisioned from scratch, so its EK certificates chain to a CA of its own.
@@ -70,62 +41,25 @@ port=$(free_port)
 sock="$work/server-api.sock"
 mkdir -p "$work/server-data"
 cat >"$work/server.conf" <<CONF
-server {
-  bind_address = "127.0.0.1"
-  bind_port = "$port"
-  socket_path = "$sock"
-  trust_domain = "example.org"
-  data_dir = "$work/server-data"
-  log_level = "DEBUG"
-  log_file = "$work/server.log"
-}
+$(server_block "$work/server-data")
 plugins {
-  DataStore "sql" {
-    plugin_data {
-      database_type = "sqlite3"
-      connection_string = "$work/server-data/datastore.sqlite3"
-    }
-  }
+$(sql_datastore "$work/server-data")
   KeyManager "memory" {
     plugin_data {}
   }
-  NodeAttestor "hwid_tpm" {
-    plugin_cmd = "$server_plugin"
-    plugin_data {
-      ek_ca_bundle_paths = ["$trusted_ca"]
-      pcrs = "sha256:0,1,2,3,4,5,6,7"
-    }
-  }
+$(hwid_tpm_server_plugin "$trusted_ca")
 }
 CONF
-"$bin/spire-server" run -config "$work/server.conf" >"$work/server.out" 2>&1 &
-server_pid=$!
-wait_for 60 "spire-server healthy" "$bin/spire-server" healthcheck -socketPath "$sock" -shallow
+start_server
 ok "spire-server $("$bin/spire-server" --version 2>&1) running with hwid_tpm (server plugin)"
 "$bin/spire-server" bundle show -socketPath "$sock" >"$work/bundle.pem"
 
 write_agent_conf() {  # write_agent_conf NAME TCTI
   mkdir -p "$work/$1-data"
   cat >"$work/$1.conf" <<CONF
-agent {
-  data_dir = "$work/$1-data"
-  log_level = "DEBUG"
-  log_file = "$work/$1.log"
-  server_address = "127.0.0.1"
-  server_port = "$port"
-  socket_path = "$work/$1-api.sock"
-  trust_bundle_path = "$work/bundle.pem"
-  trust_domain = "example.org"
-}
+$(agent_block "$1" "$work/$1-data")
 plugins {
-  NodeAttestor "hwid_tpm" {
-    plugin_cmd = "$agent_plugin"
-    plugin_data {
-      tcti = "$2"
-      ek = "auto"
-      ak_handle = "0x81000100"
-    }
-  }
+$(hwid_tpm_agent_plugin "$2")
   KeyManager "memory" {
     plugin_data {}
   }

@@ -18,7 +18,8 @@
 # when CI=true, else skip (exit 77).
 set -euo pipefail
 
-root=$(cd "$(dirname "$(readlink -f "$0")")/../.." && pwd)
+# shellcheck source=SCRIPTDIR/lib.sh
+source "$(dirname "$(readlink -f "$0")")/lib.sh"
 usage="usage: $0 SERVER_NODEATTESTOR AGENT_NODEATTESTOR KM_AGENT KM_SERVER HWID_CLI"
 server_na=$(readlink -f "${1:?$usage}")
 agent_na=$(readlink -f "${2:?$usage}")
@@ -26,59 +27,19 @@ km_agent=$(readlink -f "${3:?$usage}")
 km_server=$(readlink -f "${4:?$usage}")
 hwid_cli=$(readlink -f "${5:?$usage}")
 
-skip_or_fail() {
-  if [[ ${CI:-} == true ]]; then echo "FAIL: $*" >&2; exit 1; fi
-  echo "SKIP: $*" >&2; exit 77
-}
 softhsm_module=${HWID_SOFTHSM_MODULE:-/usr/lib/softhsm/libsofthsm2.so}
 for tool in softhsm2-util pkcs11-tool openssl python3; do
   command -v "$tool" >/dev/null 2>&1 || skip_or_fail "$tool not found (apt-get install softhsm2 opensc)"
 done
 [[ -f $softhsm_module ]] || skip_or_fail "no SoftHSM2 module at $softhsm_module"
 
-bin=${HWID_SPIRE_BIN:-}
-if [[ -z $bin ]]; then
-  bin=$("$root/tests/spire/build-spire") || skip_or_fail "cannot build SPIRE v1.13.3"
-fi
-[[ -x $bin/spire-server && -x $bin/spire-agent ]] || { echo "FAIL: no SPIRE binaries in $bin" >&2; exit 1; }
+find_spire
 
 work=$(mktemp -d /tmp/hwid-km-e2e.XXXXXX)
 server_pid="" agent_pid=""
-cleanup() {
-  local rc=$?
-  [[ -n $agent_pid ]] && kill "$agent_pid" 2>/dev/null && wait "$agent_pid" 2>/dev/null
-  [[ -n $server_pid ]] && kill "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null
-  "$root/swtpm-setup/swtpm-down" "$work/tpm1" >/dev/null 2>&1 || true
-  if ((rc != 0)); then
-    for f in server.log server.out agent.log agent.out; do
-      echo "--- $f (tail) ---" >&2
-      tail -n 40 "$work/$f" 2>/dev/null >&2 || true
-    done
-  fi
-  if [[ -n ${HWID_KEEP_WORK:-} ]]; then echo "work dir kept: $work" >&2; else rm -rf "$work"; fi
-  exit "$rc"
-}
-trap cleanup EXIT
-fail() { echo "FAIL: $*" >&2; exit 1; }
-ok() { echo "ok: $*"; }
-wait_for() {  # wait_for SECONDS DESCRIPTION COMMAND...
-  local secs=$1 what=$2; shift 2
-  local end=$((SECONDS + secs))
-  until "$@" >/dev/null 2>&1; do
-    ((SECONDS < end)) || fail "timed out after ${secs}s waiting for: $what"
-    sleep 0.3
-  done
-}
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-# Public key identity: sha256 of the DER SubjectPublicKeyInfo.
-pub_of_pem() { openssl pkey -pubin -in "$1" -outform DER | sha256sum | cut -c1-64; }
-pub_of_cert() { openssl x509 -in "$1" -pubkey -noout | openssl pkey -pubin -outform DER | sha256sum | cut -c1-64; }
-pub_of_keyfile() {  # the public half recorded in a TSS2 PRIVATE KEY file, read by hwid's CLI
-  "$hwid_cli" key pub --key "$1" --out "$work/tmp-pub.pem" >/dev/null && pub_of_pem "$work/tmp-pub.pem"
-}
-# lines_after FILE N: the lines of FILE after its first N lines.
-lines_after() { tail -n "+$(($2 + 1))" "$1" 2>/dev/null || true; }
-nlines() { if [[ -f $1 ]]; then wc -l <"$1"; else echo 0; fi; }
+cleanup_pids=(agent_pid server_pid) cleanup_tpms=(tpm1)
+cleanup_logs=(server.log server.out agent.log agent.out)
+trap spire_cleanup EXIT
 count() { grep -c -- "$1" 2>/dev/null || true; }  # count PATTERN < input: 0 when none
 
 # ---- devices: one swtpm (agent keys, AK/EK, and later the server's keys: the TPM is shared)
@@ -87,15 +48,7 @@ count() { grep -c -- "$1" 2>/dev/null || true; }  # count PATTERN < input: 0 whe
 # shellcheck disable=SC1091
 tcti=$(. "$work/tpm1/env"; echo "$HWID_TCTI")
 trusted_ca=$(. "$work/tpm1/env"; echo "$HWID_EK_CA")
-mkdir -p "$work/softhsm/tokens"
-cat >"$work/softhsm/softhsm2.conf" <<CONF
-directories.tokendir = $work/softhsm/tokens
-objectstore.backend = file
-log.level = ERROR
-slots.removable = false
-CONF
-export SOFTHSM2_CONF=$work/softhsm/softhsm2.conf
-softhsm2-util --init-token --free --label spire --pin 1234 --so-pin 0000 >/dev/null
+softhsm_token spire
 token_uri="pkcs11:token=spire?module-path=$softhsm_module&pin-value=1234"
 p11() { pkcs11-tool --module "$softhsm_module" --token-label spire --login --pin 1234 "$@" 2>/dev/null; }
 # token_pub LABEL: the public key object's hash, read independently of hwid with pkcs11-tool.
@@ -111,45 +64,19 @@ sock="$work/server-api.sock"
 write_server_conf() {
   mkdir -p "$1"
   cat >"$work/server.conf" <<CONF
-server {
-  bind_address = "127.0.0.1"
-  bind_port = "$port"
-  socket_path = "$sock"
-  trust_domain = "example.org"
-  data_dir = "$1"
-  log_level = "DEBUG"
-  log_file = "$work/server.log"
-  agent_ttl = "$2"
-}
+$(server_block "$1" "agent_ttl = \"$2\"")
 plugins {
-  DataStore "sql" {
-    plugin_data {
-      database_type = "sqlite3"
-      connection_string = "$1/datastore.sqlite3"
-    }
-  }
+$(sql_datastore "$1")
   KeyManager "hwid" {
     plugin_cmd = "$km_server"
     plugin_data {
 $3
     }
   }
-  NodeAttestor "hwid_tpm" {
-    plugin_cmd = "$server_na"
-    plugin_data {
-      ek_ca_bundle_paths = ["$trusted_ca"]
-      pcrs = "sha256:0,1,2,3,4,5,6,7"
-    }
-  }
+$(hwid_tpm_server_plugin "$trusted_ca")
 }
 CONF
 }
-start_server() {
-  "$bin/spire-server" run -config "$work/server.conf" >>"$work/server.out" 2>&1 &
-  server_pid=$!
-  wait_for 60 "spire-server healthy" "$bin/spire-server" healthcheck -socketPath "$sock" -shallow
-}
-stop_server() { kill "$server_pid"; wait "$server_pid" 2>/dev/null || true; server_pid=""; }
 # bundle_pub FILE: the bundle has exactly one X.509 authority; prints its public key hash.
 bundle_pub() {
   local n
@@ -162,25 +89,9 @@ bundle_pub() {
 write_agent_conf() {
   mkdir -p "$1"
   cat >"$work/agent.conf" <<CONF
-agent {
-  data_dir = "$1"
-  log_level = "DEBUG"
-  log_file = "$work/agent.log"
-  server_address = "127.0.0.1"
-  server_port = "$port"
-  socket_path = "$work/agent-api.sock"
-  trust_bundle_path = "$work/bundle.pem"
-  trust_domain = "example.org"
-}
+$(agent_block agent "$1")
 plugins {
-  NodeAttestor "hwid_tpm" {
-    plugin_cmd = "$agent_na"
-    plugin_data {
-      tcti = "$tcti"
-      ek = "auto"
-      ak_handle = "0x81000100"
-    }
-  }
+$(hwid_tpm_agent_plugin "$tcti")
   KeyManager "hwid" {
     plugin_cmd = "$km_agent"
     plugin_data {
@@ -201,16 +112,6 @@ start_agent() {
   wait_for "${1:-90}" "spire-agent healthy" "$bin/spire-agent" healthcheck -socketPath "$work/agent-api.sock"
 }
 stop_agent() { kill "${1:--TERM}" "$agent_pid" 2>/dev/null || true; wait "$agent_pid" 2>/dev/null || true; agent_pid=""; }
-# agent_svid_pub DATA_DIR: public key hash of the agent SVID SPIRE persisted (agent-data.json:
-# "svid" is a list of base64 PEM certificates, leaf first; pkg/agent/storage).
-agent_svid_pub() {
-  python3 - "$1/agent-data.json" >"$work/agent-svid.pem" <<'PY' || return 1
-import base64, json, sys
-d = json.load(open(sys.argv[1]))
-sys.stdout.write(base64.b64decode(d["svid"][0]).decode())
-PY
-  pub_of_cert "$work/agent-svid.pem"
-}
 svid_dir=$work/svid
 # fetch_svid ID: the workload API hands out an X509-SVID for ID; its file goes to $work/got.pem.
 fetch_svid() {
