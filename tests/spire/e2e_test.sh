@@ -24,7 +24,7 @@ find_spire
 
 work=$(mktemp -d /tmp/hwid-spire-e2e.XXXXXX)
 server_pid="" agent_pid=""
-cleanup_pids=(agent_pid server_pid) cleanup_tpms=(tpm1 tpm2)
+cleanup_pids=(agent_pid server_pid) cleanup_tpms=(tpm1 tpm2) cleanup_show_tails=1
 cleanup_logs=(server.log agent.log agent2.log) cleanup_tail=30
 trap spire_cleanup EXIT
 

@@ -37,7 +37,7 @@ find_spire
 
 work=$(mktemp -d /tmp/hwid-km-e2e.XXXXXX)
 server_pid="" agent_pid=""
-cleanup_pids=(agent_pid server_pid) cleanup_tpms=(tpm1)
+cleanup_pids=(agent_pid server_pid) cleanup_tpms=(tpm1) cleanup_show_tails=1
 cleanup_logs=(server.log server.out agent.log agent.out)
 trap spire_cleanup EXIT
 count() { grep -c -- "$1" 2>/dev/null || true; }  # count PATTERN < input: 0 when none
