@@ -560,54 +560,67 @@ absl::StatusOr<wire::TpmKeyFile> Tpm::CreateKey(wire::KeyAlg alg, ByteSpan auth)
   return key;
 }
 
-absl::StatusOr<LoadedKey> Tpm::LoadKeyLocked(const wire::TpmKeyFile& key, ByteSpan auth) {
-  ASSIGN_OR_RETURN(TPM2B_PUBLIC pub, wire::ParsePublic(key.pub));
-  ASSIGN_OR_RETURN(TPM2B_PRIVATE priv, wire::ParsePrivate(key.priv));
-  if (!key.empty_auth && auth.empty()) {
-    // Allowed: a key may have an empty password even if the file does not say so.
+absl::Status Tpm::SetAuthLocked(uint32_t tr, ByteSpan auth) {
+  if (auth.empty()) {
+    return absl::OkStatus();
   }
-  if (auth.size() > sizeof(TPMU_HA)) {
-    return absl::InvalidArgumentError("auth value too long");
-  }
+  TPM2B_AUTH a = {};
+  a.size = static_cast<UINT16>(auth.size());
+  std::memcpy(a.buffer, auth.data(), auth.size());
+  TSS2_RC rc = Esys_TR_SetAuth(impl_->esys, tr, &a);
+  OPENSSL_cleanse(&a, sizeof(a));
+  return TssError(rc, "Esys_TR_SetAuth", "signing key");
+}
+
+absl::StatusOr<LoadedKey> Tpm::LoadParentLocked(const wire::TpmKeyFile& key) {
   LoadedKey parent;
-  const std::string parent_label = FormatHandle(key.parent);
   if (key.parent == TPM2_RH_OWNER || key.parent == 0) {
-    if (key.rsa_parent) {
-      TPM2B_PUBLIC ppub = {};
-      ASSIGN_OR_RETURN(parent.object, CreatePrimaryLocked(ESYS_TR_RH_OWNER, wire::SrkTemplateRsa(),
-                                                          &ppub, "SRK (owner hierarchy, RSA-2048)"));
-      parent.pub = ppub;
-    } else {
-      ASSIGN_OR_RETURN(parent, LoadSrkLocked(true));
+    if (!key.rsa_parent) {
+      return LoadSrkLocked(true);
     }
-  } else if ((key.parent >> 24) == TPM2_HT_PERSISTENT) {
+    TPM2B_PUBLIC ppub = {};
+    ASSIGN_OR_RETURN(parent.object, CreatePrimaryLocked(ESYS_TR_RH_OWNER, wire::SrkTemplateRsa(),
+                                                        &ppub, "SRK (owner hierarchy, RSA-2048)"));
+    parent.pub = ppub;
+    return parent;
+  }
+  if ((key.parent >> 24) == TPM2_HT_PERSISTENT) {
     TPM2B_PUBLIC ppub = {};
     ASSIGN_OR_RETURN(parent.object, FromPersistentLocked(key.parent, &ppub));
     parent.pub = ppub;
-  } else {
-    return absl::UnimplementedError(absl::StrCat(
-        "key parent ", parent_label,
-        " is not supported (expected the owner hierarchy 0x40000001 or a persistent handle)"));
+    return parent;
+  }
+  return absl::UnimplementedError(absl::StrCat(
+      "key parent ", FormatHandle(key.parent),
+      " is not supported (expected the owner hierarchy 0x40000001 or a persistent handle)"));
+}
+
+absl::StatusOr<LoadedKey> Tpm::LoadKeyUnderLocked(const LoadedKey& parent,
+                                                  const wire::TpmKeyFile& key, ByteSpan auth) {
+  ASSIGN_OR_RETURN(TPM2B_PUBLIC pub, wire::ParsePublic(key.pub));
+  ASSIGN_OR_RETURN(TPM2B_PRIVATE priv, wire::ParsePrivate(key.priv));
+  // A key may have an empty password even if the file does not say so: `auth` may be empty.
+  if (auth.size() > sizeof(TPMU_HA)) {
+    return absl::InvalidArgumentError("auth value too long");
   }
   ESYS_TR handle = ESYS_TR_NONE;
   ++commands_;
   TSS2_RC rc = Esys_Load(impl_->esys, parent.object.tr(), ESYS_TR_PASSWORD, ESYS_TR_NONE,
                          ESYS_TR_NONE, &priv, &pub, &handle);
-  RETURN_IF_ERROR(TssError(rc, "TPM2_Load", absl::StrCat("key under parent ", parent_label)));
+  RETURN_IF_ERROR(
+      TssError(rc, "TPM2_Load", absl::StrCat("key under parent ", FormatHandle(key.parent))));
   LoadedKey out;
   out.object = TpmObject(this, handle, TpmObject::Kind::kTransient, "signing key");
   out.pub = pub;
   out.auth.assign(auth.begin(), auth.end());
   out.blob = key;
-  if (!auth.empty()) {
-    TPM2B_AUTH a = {};
-    a.size = static_cast<UINT16>(auth.size());
-    std::memcpy(a.buffer, auth.data(), auth.size());
-    rc = Esys_TR_SetAuth(impl_->esys, handle, &a);
-    OPENSSL_cleanse(&a, sizeof(a));
-    RETURN_IF_ERROR(TssError(rc, "Esys_TR_SetAuth", "signing key"));
-  }
+  RETURN_IF_ERROR(SetAuthLocked(handle, auth));
   return out;
+}
+
+absl::StatusOr<LoadedKey> Tpm::LoadKeyLocked(const wire::TpmKeyFile& key, ByteSpan auth) {
+  ASSIGN_OR_RETURN(LoadedKey parent, LoadParentLocked(key));
+  return LoadKeyUnderLocked(parent, key, auth);
 }
 
 absl::StatusOr<LoadedKey> Tpm::LoadKey(const wire::TpmKeyFile& key, ByteSpan auth) {
@@ -809,22 +822,6 @@ absl::StatusOr<Quote> Tpm::QuotePcrs(LoadedKey& ak, ByteSpan nonce,
       absl::StrCat("TPM2_Quote: the quote does not verify against the PCR values read: ", last.message()));
 }
 
-absl::StatusOr<LoadedKey> Tpm::LoadKeyUnderLocked(const LoadedKey& parent,
-                                                  const wire::TpmKeyFile& key) {
-  ASSIGN_OR_RETURN(TPM2B_PUBLIC pub, wire::ParsePublic(key.pub));
-  ASSIGN_OR_RETURN(TPM2B_PRIVATE priv, wire::ParsePrivate(key.priv));
-  ESYS_TR handle = ESYS_TR_NONE;
-  ++commands_;
-  TSS2_RC rc = Esys_Load(impl_->esys, parent.object.tr(), ESYS_TR_PASSWORD, ESYS_TR_NONE,
-                         ESYS_TR_NONE, &priv, &pub, &handle);
-  RETURN_IF_ERROR(TssError(rc, "TPM2_Load", "key under the SRK"));
-  LoadedKey out;
-  out.object = TpmObject(this, handle, TpmObject::Kind::kTransient, "signing key");
-  out.pub = pub;
-  out.blob = key;
-  return out;
-}
-
 absl::StatusOr<Certification> Tpm::CertifyLoadedLocked(LoadedKey& ak, LoadedKey& key,
                                                        const wire::TpmKeyFile& key_file,
                                                        ByteSpan qualifying) {
@@ -862,32 +859,28 @@ absl::StatusOr<Certification> Tpm::CertifyLoadedLocked(LoadedKey& ak, LoadedKey&
 
 absl::StatusOr<Certification> Tpm::Certify(LoadedKey& ak, const wire::TpmKeyFile& key_file,
                                            ByteSpan qualifying) {
-  std::lock_guard<std::recursive_mutex> lock(mu_);
-  ASSIGN_OR_RETURN(LoadedKey key, LoadKeyLocked(key_file, {}));
-  return CertifyLoadedLocked(ak, key, key_file, qualifying);
+  return std::move(CertifyAll(ak, {key_file}, qualifying).front());
 }
 
 std::vector<absl::StatusOr<Certification>> Tpm::CertifyAll(
     LoadedKey& ak, const std::vector<wire::TpmKeyFile>& key_files, ByteSpan qualifying) {
   std::lock_guard<std::recursive_mutex> lock(mu_);
   std::vector<absl::StatusOr<Certification>> out;
-  std::optional<absl::StatusOr<LoadedKey>> srk;  // the owner-hierarchy SRK, loaded on first use
+  std::optional<absl::StatusOr<LoadedKey>> srk;  // the owner-hierarchy SRK, loaded once
   for (const wire::TpmKeyFile& kf : key_files) {
     const bool under_srk = (kf.parent == TPM2_RH_OWNER || kf.parent == 0) && !kf.rsa_parent;
-    if (!under_srk) {
-      absl::StatusOr<LoadedKey> key = LoadKeyLocked(kf, {});
-      out.push_back(key.ok() ? CertifyLoadedLocked(ak, *key, kf, qualifying)
-                             : absl::StatusOr<Certification>(key.status()));
+    std::optional<absl::StatusOr<LoadedKey>> own_parent;
+    if (under_srk && !srk.has_value()) {
+      srk = LoadParentLocked(kf);
+    } else if (!under_srk) {
+      own_parent = LoadParentLocked(kf);
+    }
+    const absl::StatusOr<LoadedKey>& parent = under_srk ? *srk : *own_parent;
+    if (!parent.ok()) {
+      out.push_back(parent.status());
       continue;
     }
-    if (!srk.has_value()) {
-      srk = LoadSrkLocked(true);
-    }
-    if (!srk->ok()) {
-      out.push_back(srk->status());
-      continue;
-    }
-    absl::StatusOr<LoadedKey> key = LoadKeyUnderLocked(**srk, kf);
+    absl::StatusOr<LoadedKey> key = LoadKeyUnderLocked(*parent, kf, {});
     out.push_back(key.ok() ? CertifyLoadedLocked(ak, *key, kf, qualifying)
                            : absl::StatusOr<Certification>(key.status()));
   }
@@ -1023,14 +1016,7 @@ absl::StatusOr<TpmObject> Tpm::LoadSlotFreeLocked(SlotFreeKey& key, absl::Time d
       TSS2_RC rc = Esys_ContextLoad(impl_->esys, &*key.saved_context, &tr);
       if (rc == TSS2_RC_SUCCESS) {
         TpmObject obj(this, tr, TpmObject::Kind::kTransient, "signing key (saved context)");
-        if (!key.auth.empty()) {
-          TPM2B_AUTH a = {};
-          a.size = static_cast<UINT16>(key.auth.size());
-          std::memcpy(a.buffer, key.auth.data(), key.auth.size());
-          rc = Esys_TR_SetAuth(impl_->esys, tr, &a);
-          OPENSSL_cleanse(&a, sizeof(a));
-          RETURN_IF_ERROR(TssError(rc, "Esys_TR_SetAuth", "signing key"));
-        }
+        RETURN_IF_ERROR(SetAuthLocked(tr, AsSpan(key.auth)));
         return obj;
       }
       st = TssError(rc, "TPM2_ContextLoad", "signing key (saved context)");

@@ -237,9 +237,15 @@ class Tpm {
                             const std::string& label, TPM2B_PRIVATE* out_priv,
                             TPM2B_PUBLIC* out_pub);
   absl::StatusOr<LoadedKey> LoadKeyLocked(const wire::TpmKeyFile& key, ByteSpan auth);
-  // LoadKeyUnderLocked: TPM2_Load of `key` under an already loaded `parent` (emptyAuth keys).
+  // LoadParentLocked loads the storage parent a key file names (the ECC or RSA SRK of the owner
+  // hierarchy, or a persistent handle); LoadKeyUnderLocked runs TPM2_Load of `key` under it and
+  // sets `auth`. LoadKeyLocked is the two in a row.
+  absl::StatusOr<LoadedKey> LoadParentLocked(const wire::TpmKeyFile& key);
   absl::StatusOr<LoadedKey> LoadKeyUnderLocked(const LoadedKey& parent,
-                                               const wire::TpmKeyFile& key);
+                                               const wire::TpmKeyFile& key, ByteSpan auth);
+  // SetAuthLocked sets an object's authValue in ESAPI (nothing for an empty one); the copy is
+  // wiped.
+  absl::Status SetAuthLocked(uint32_t tr, ByteSpan auth);
   absl::StatusOr<Certification> CertifyLoadedLocked(LoadedKey& ak, LoadedKey& key,
                                                     const wire::TpmKeyFile& key_file,
                                                     ByteSpan qualifying);
