@@ -61,15 +61,23 @@ absl::StatusOr<KeyAlg> KeyAlgOf(const EVP_PKEY* key) {
   return absl::InvalidArgumentError("neither an EC nor an RSA key");
 }
 
-absl::StatusOr<SignScheme> SchemeFor(KeyAlg alg, const SignRequest& request) {
+absl::StatusOr<SignParams> SignParamsFor(absl::string_view id, KeyAlg alg, ByteSpan digest,
+                                         const SignRequest& request) {
   const bool ec = alg == KeyAlg::kEcP256 || alg == KeyAlg::kEcP384;
-  if (ec) {
-    if (request.pss) {
-      return absl::InvalidArgumentError("RSA-PSS options were given for an EC key");
-    }
-    return SignScheme::kEcdsa;
+  if (ec && request.pss) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("key \"", id, "\": RSA-PSS options were given for an EC key"));
   }
-  return request.pss ? SignScheme::kRsaPss : SignScheme::kRsaPkcs1;
+  SignParams params;
+  params.scheme = ec            ? SignScheme::kEcdsa
+                  : request.pss ? SignScheme::kRsaPss
+                                : SignScheme::kRsaPkcs1;
+  params.hash = request.hash;
+  absl::Status st = CheckSignRequest(ec ? KeyType::kEc : KeyType::kRsa, digest, params);
+  if (!st.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("key \"", id, "\": ", st.message()));
+  }
+  return params;
 }
 
 absl::Status DeviceError(const absl::Status& st, absl::string_view what) {

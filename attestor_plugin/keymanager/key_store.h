@@ -48,9 +48,12 @@ struct SignRequest {
   int go_pss_salt = 0;  // RSA-PSS only
 };
 
-// SchemeFor picks the signature scheme for a key of `alg` (see SignRequest); INVALID_ARGUMENT
-// for PSS options on an EC key.
-absl::StatusOr<SignScheme> SchemeFor(KeyAlg alg, const SignRequest& request);
+// SignParamsFor turns SPIRE's request for key `id` (of `alg`) into the signature parameters:
+// the scheme follows the key (see SignRequest) and the digest length must fit the hash
+// (CheckSignRequest). The PSS salt is left unset: each store knows what its device can do.
+// INVALID_ARGUMENT naming the key otherwise (e.g. PSS options for an EC key).
+absl::StatusOr<SignParams> SignParamsFor(absl::string_view id, KeyAlg alg, ByteSpan digest,
+                                         const SignRequest& request);
 
 class KeyStore {
  public:

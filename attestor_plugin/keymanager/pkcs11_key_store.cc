@@ -265,15 +265,8 @@ absl::StatusOr<Signature> Pkcs11KeyStore::Sign(const std::string& id, ByteSpan d
     return absl::InvalidArgumentError("key id is required");
   }
   ASSIGN_OR_RETURN(std::shared_ptr<Entry> e, Load(id));
-  absl::StatusOr<SignScheme> scheme = SchemeFor(e->info.alg, request);
-  if (!scheme.ok()) {
-    return absl::InvalidArgumentError(absl::StrCat("key \"", id, "\": ", scheme.status().message()));
-  }
-  SignParams params{*scheme, request.hash, PssSaltBytes(request, e->key->public_key())};
-  absl::Status st = CheckSignRequest(e->key->type(), digest, params);
-  if (!st.ok()) {
-    return absl::InvalidArgumentError(absl::StrCat("key \"", id, "\": ", st.message()));
-  }
+  ASSIGN_OR_RETURN(SignParams params, SignParamsFor(id, e->info.alg, digest, request));
+  params.pss_salt_len = PssSaltBytes(request, e->key->public_key());
   absl::StatusOr<Bytes> sig = e->key->Sign(digest, params);
   if (!sig.ok()) {
     if (absl::IsInvalidArgument(sig.status())) {

@@ -211,9 +211,9 @@ absl::StatusOr<std::shared_ptr<TpmKeyStore::Entry>> TpmKeyStore::Parse(const std
         absl::StrCat("key file ", KeyFileName(id), " is damaged: ", kf.status().message()));
   }
   ASSIGN_OR_RETURN(TPM2B_PUBLIC pub, wire::ParsePublic(kf->pub));
-  ASSIGN_OR_RETURN(OsslPtr<EVP_PKEY> evp, wire::PublicToEvp(pub.publicArea));
-  ASSIGN_OR_RETURN(e->info.alg, KeyAlgOf(evp.get()));
-  ASSIGN_OR_RETURN(e->info.pkix_der, PkixDer(evp.get()));
+  ASSIGN_OR_RETURN(e->public_key, wire::PublicToEvp(pub.publicArea));
+  ASSIGN_OR_RETURN(e->info.alg, KeyAlgOf(e->public_key.get()));
+  ASSIGN_OR_RETURN(e->info.pkix_der, PkixDer(e->public_key.get()));
   e->info.id = id;
   e->info.fingerprint = Fingerprint(e->info.pkix_der);
   e->key.blob = *std::move(kf);
@@ -326,32 +326,20 @@ absl::StatusOr<Signature> TpmKeyStore::Sign(const std::string& id, ByteSpan dige
   if (e == nullptr) {
     ASSIGN_OR_RETURN(e, Load(id));
   }
-  const KeyType type =
-      (e->info.alg == KeyAlg::kEcP256 || e->info.alg == KeyAlg::kEcP384) ? KeyType::kEc
-                                                                         : KeyType::kRsa;
-  absl::StatusOr<SignScheme> scheme = SchemeFor(e->info.alg, request);
-  if (!scheme.ok()) {
-    return absl::InvalidArgumentError(absl::StrCat("key \"", id, "\": ", scheme.status().message()));
-  }
-  SignParams params{*scheme, request.hash, std::nullopt};
-  absl::Status st = CheckSignRequest(type, digest, params);
-  if (!st.ok()) {
-    return absl::InvalidArgumentError(absl::StrCat("key \"", id, "\": ", st.message()));
-  }
+  ASSIGN_OR_RETURN(SignParams params, SignParamsFor(id, e->info.alg, digest, request));
   ASSIGN_OR_RETURN(TPMI_ALG_HASH hash, wire::TpmHashAlg(request.hash));
   ASSIGN_OR_RETURN(std::shared_ptr<tpm::Tpm> tpm, Device());
   absl::StatusOr<TPMT_SIGNATURE> sig;
   {
     std::lock_guard<std::mutex> key_lock(e->mu);
-    sig = tpm->SignSlotFree(e->key, digest, *scheme, hash, options_.slot_wait);
+    sig = tpm->SignSlotFree(e->key, digest, params.scheme, hash, options_.slot_wait);
   }
   if (!sig.ok()) {
     return Check(tpm, DeviceError(sig.status(), absl::StrCat("signing with key \"", id, "\"")));
   }
   ASSIGN_OR_RETURN(Bytes der, wire::SignatureToDer(*sig));
-  if (*scheme == SignScheme::kRsaPss && request.go_pss_salt != 0) {
-    ASSIGN_OR_RETURN(OsslPtr<EVP_PKEY> pub, wire::PublicToEvp(e->key.pub.publicArea));
-    RETURN_IF_ERROR(CheckPss(pub.get(), request.hash, request.go_pss_salt, digest, der));
+  if (params.scheme == SignScheme::kRsaPss && request.go_pss_salt != 0) {
+    RETURN_IF_ERROR(CheckPss(e->public_key.get(), request.hash, request.go_pss_salt, digest, der));
   }
   return Signature{std::move(der), e->info.fingerprint};
 }

@@ -16,6 +16,7 @@
 
 #include "absl/time/time.h"
 #include "attestor_plugin/keymanager/key_store.h"
+#include "common/ossl.h"
 #include "tpm/tpm.h"
 
 namespace hwid::keymanager {
@@ -56,6 +57,7 @@ class TpmKeyStore final : public KeyStore {
   struct Entry {
     PublicKeyInfo info;
     Bytes file;  // the key file as on disk (to notice a replaced file)
+    OsslPtr<EVP_PKEY> public_key;  // converted once (the RSA-PSS salt check verifies with it)
     std::mutex mu;  // one signature at a time per key (SlotFreeKey is mutable state)
     tpm::SlotFreeKey key;
   };
