@@ -1,5 +1,7 @@
 #include "common/bytes.h"
 
+#include <openssl/sha.h>
+
 #include <fcntl.h>
 #include <openssl/crypto.h>
 #include <sys/stat.h>
@@ -39,6 +41,12 @@ std::string HexEncode(ByteSpan data) {
     out.push_back(kDigits[b & 0xf]);
   }
   return out;
+}
+
+std::string Sha256Hex(ByteSpan data) {
+  uint8_t d[SHA256_DIGEST_LENGTH];
+  SHA256(data.data(), data.size(), d);
+  return HexEncode(ByteSpan(d, sizeof(d)));
 }
 
 namespace {

@@ -52,6 +52,8 @@ bool ConstantTimeEquals(ByteSpan a, ByteSpan b);
 
 // HexEncode returns lower-case hex.
 std::string HexEncode(ByteSpan data);
+// Sha256Hex returns the lower-case hex SHA-256 of `data`.
+std::string Sha256Hex(ByteSpan data);
 // HexDecode accepts upper or lower case, optional "0x" prefix; odd length or non-hex is an error.
 absl::StatusOr<Bytes> HexDecode(absl::string_view hex);
 

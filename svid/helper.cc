@@ -42,6 +42,7 @@
 #include "spiffe/workload/workload.grpc.pb.h"
 #include "spire/api/server/svid/v1/svid.grpc.pb.h"
 #include "tpm/tpm.h"
+#include "tpm/wire/crypto.h"
 #include "tpm/wire/keyfile.h"
 
 #ifndef HWID_BUILD_PROVIDER_DIR
@@ -93,15 +94,6 @@ std::string Pem(const std::vector<Bytes>& certs) {
     long n = BIO_get_mem_data(bio.get(), &data);
     out.append(data, static_cast<size_t>(n));
   }
-  return out;
-}
-
-absl::StatusOr<Bytes> SpkiDer(const EVP_PKEY* key) {
-  unsigned char* der = nullptr;
-  const int n = i2d_PUBKEY(key, &der);
-  if (n <= 0) return OpenSslError("encoding a public key");
-  Bytes out(der, der + n);
-  OPENSSL_free(der);
   return out;
 }
 
@@ -376,7 +368,7 @@ absl::Status CheckMinted(const Config& c, const std::vector<Bytes>& chain,
                          const std::vector<Bytes>& bundle, const Bytes& hardware_spki,
                          MintResult* out) {
   ASSIGN_OR_RETURN(OsslPtr<X509> leaf, ParseCert(chain[0]));
-  ASSIGN_OR_RETURN(Bytes leaf_spki, SpkiDer(X509_get0_pubkey(leaf.get())));
+  ASSIGN_OR_RETURN(Bytes leaf_spki, wire::PublicKeyDer(X509_get0_pubkey(leaf.get())));
   if (leaf_spki != hardware_spki) {
     return absl::InternalError("the minted SVID's public key is not the hardware key's");
   }
@@ -516,7 +508,7 @@ absl::StatusOr<MintResult> MintOnce(const Config& c) {
   RETURN_IF_ERROR(Step("loading the hardware key", key.status()));
   absl::StatusOr<Bytes> csr = MakeCsr(prov->libctx(), key->get(), c.spiffe_id);
   RETURN_IF_ERROR(Step(absl::StrCat("signing the CSR with ", hk->description), csr.status()));
-  ASSIGN_OR_RETURN(Bytes spki, SpkiDer(key->get()));
+  ASSIGN_OR_RETURN(Bytes spki, wire::PublicKeyDer(key->get()));
   // 4. The SVID from the SPIRE server.
   absl::StatusOr<std::unique_ptr<MintClient>> client = MintClient::New(c, *self);
   RETURN_IF_ERROR(Step("minting the SVID", client.status()));

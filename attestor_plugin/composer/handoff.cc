@@ -2,7 +2,6 @@
 
 #include <dirent.h>
 #include <fcntl.h>
-#include <openssl/sha.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -19,12 +18,6 @@
 
 namespace hwid::composer {
 namespace {
-
-std::string Sha256Hex(ByteSpan data) {
-  uint8_t d[SHA256_DIGEST_LENGTH];
-  SHA256(data.data(), data.size(), d);
-  return HexEncode(ByteSpan(d, sizeof(d)));
-}
 
 std::string RecordName(absl::string_view agent_id, ByteSpan pkix_der) {
   Bytes in(agent_id.begin(), agent_id.end());

@@ -2,30 +2,12 @@
 
 #include <openssl/core_names.h>
 #include <openssl/evp.h>
-#include <openssl/sha.h>
 #include <openssl/x509.h>
 
 #include "absl/strings/str_cat.h"
 #include "common/ossl.h"
 
 namespace hwid::keymanager {
-
-std::string Fingerprint(ByteSpan pkix_der) {
-  uint8_t d[SHA256_DIGEST_LENGTH];
-  SHA256(pkix_der.data(), pkix_der.size(), d);
-  return HexEncode(ByteSpan(d, sizeof(d)));
-}
-
-absl::StatusOr<Bytes> PkixDer(const EVP_PKEY* key) {
-  unsigned char* der = nullptr;
-  const int n = i2d_PUBKEY(key, &der);
-  if (n <= 0) {
-    return OpenSslError("encoding the public key as SubjectPublicKeyInfo");
-  }
-  Bytes out(der, der + n);
-  OPENSSL_free(der);
-  return out;
-}
 
 absl::StatusOr<KeyAlg> KeyAlgOf(const EVP_PKEY* key) {
   if (EVP_PKEY_is_a(key, "EC")) {

@@ -75,15 +75,9 @@ class KeyStore {
   virtual uint64_t CommandCount() = 0;
 };
 
-// Fingerprint is the lowercase hex SHA-256 of `pkix_der`.
-std::string Fingerprint(ByteSpan pkix_der);
-
 // KeyAlgOf returns the KeyAlg of a public key (P-256, P-384, RSA 2048/3072/4096), else
 // INVALID_ARGUMENT naming what it is.
 absl::StatusOr<KeyAlg> KeyAlgOf(const EVP_PKEY* key);
-
-// PkixDer returns the DER SubjectPublicKeyInfo of `key`.
-absl::StatusOr<Bytes> PkixDer(const EVP_PKEY* key);
 
 // DeviceError rewrites a device error into the contract above: NotFound (token or TPM
 // missing) and ResourceExhausted (no free slot) become UNAVAILABLE, PermissionDenied (wrong

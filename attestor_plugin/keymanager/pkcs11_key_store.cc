@@ -7,6 +7,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
+#include "tpm/wire/crypto.h"
 
 namespace hwid::keymanager {
 namespace {
@@ -134,9 +135,9 @@ absl::StatusOr<std::shared_ptr<Pkcs11KeyStore::Entry>> Pkcs11KeyStore::MakeEntry
     const std::string& id, std::shared_ptr<pkcs11::Key> key) {
   auto e = std::make_shared<Entry>();
   ASSIGN_OR_RETURN(e->info.alg, KeyAlgOf(key->public_key()));
-  ASSIGN_OR_RETURN(e->info.pkix_der, PkixDer(key->public_key()));
+  ASSIGN_OR_RETURN(e->info.pkix_der, wire::PublicKeyDer(key->public_key()));
   e->info.id = id;
-  e->info.fingerprint = Fingerprint(e->info.pkix_der);
+  e->info.fingerprint = Sha256Hex(e->info.pkix_der);  // SPIRE's convention
   e->key = std::move(key);
   return e;
 }

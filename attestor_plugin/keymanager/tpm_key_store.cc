@@ -213,9 +213,9 @@ absl::StatusOr<std::shared_ptr<TpmKeyStore::Entry>> TpmKeyStore::Parse(const std
   ASSIGN_OR_RETURN(TPM2B_PUBLIC pub, wire::ParsePublic(kf->pub));
   ASSIGN_OR_RETURN(e->public_key, wire::PublicToEvp(pub.publicArea));
   ASSIGN_OR_RETURN(e->info.alg, KeyAlgOf(e->public_key.get()));
-  ASSIGN_OR_RETURN(e->info.pkix_der, PkixDer(e->public_key.get()));
+  ASSIGN_OR_RETURN(e->info.pkix_der, wire::PublicKeyDer(e->public_key.get()));
   e->info.id = id;
-  e->info.fingerprint = Fingerprint(e->info.pkix_der);
+  e->info.fingerprint = Sha256Hex(e->info.pkix_der);  // SPIRE's convention
   e->key.blob = *std::move(kf);
   e->key.pub = pub;
   e->file = std::move(file);
