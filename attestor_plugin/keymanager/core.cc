@@ -16,11 +16,6 @@ absl::Status ConfigError(absl::string_view msg) {
   return absl::InvalidArgumentError(absl::StrCat("plugin_data: ", msg));
 }
 
-bool SameConfig(const Config& a, const Config& b) {
-  return a.backend == b.backend && a.tcti == b.tcti && a.key_dir == b.key_dir && a.uri == b.uri &&
-         a.key_prefix == b.key_prefix;
-}
-
 }  // namespace
 
 absl::StatusOr<Config> ParseConfig(const pluginmain::CoreConfig& core, absl::string_view hcl) {
@@ -29,15 +24,10 @@ absl::StatusOr<Config> ParseConfig(const pluginmain::CoreConfig& core, absl::str
     return ConfigError(obj.status().message());
   }
   Config c;
-  std::string tcti, key_dir, uri, key_prefix;
-  bool has_tcti = false, has_key_dir = false, has_uri = false, has_prefix = false;
-  for (const pluginmain::HclItem& item : *obj) {
-    has_tcti |= item.key == "tcti";
-    has_key_dir |= item.key == "key_dir";
-    has_uri |= item.key == "uri";
-    has_prefix |= item.key == "key_prefix";
-  }
   pluginmain::HclDecoder d(*obj);
+  // Which keys are present (not their values) decides the cross-backend checks below.
+  const bool has_tcti = d.Has("tcti"), has_key_dir = d.Has("key_dir"), has_uri = d.Has("uri"),
+             has_prefix = d.Has("key_prefix");
   d.Required("backend", &c.backend);
   d.Optional("tcti", &c.tcti);
   d.Optional("key_dir", &c.key_dir);
@@ -164,7 +154,7 @@ absl::Status Core::Configure(const pluginmain::CoreConfig& core, absl::string_vi
   ASSIGN_OR_RETURN(Config parsed, ParseConfig(core, hcl));
   {
     std::lock_guard<std::mutex> lock(mu_);
-    if (config_ != nullptr && SameConfig(*config_, parsed)) {
+    if (config_ != nullptr && *config_ == parsed) {
       return absl::OkStatus();  // same configuration (SIGUSR1 without a change): keep the store
     }
   }

@@ -28,6 +28,8 @@ struct Config {
   std::string key_dir;
   std::string uri;  // may hold a pin-value: never log it (use the store's Describe())
   std::string key_prefix;
+
+  bool operator==(const Config&) const = default;
 };
 
 // ParseConfig: strict; unknown keys and keys of the other backend are errors naming the key.
