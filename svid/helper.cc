@@ -43,6 +43,7 @@
 #include "spire/api/server/svid/v1/svid.grpc.pb.h"
 #include "tpm/tpm.h"
 #include "tpm/wire/crypto.h"
+#include "tpm/wire/ekcert.h"
 #include "tpm/wire/keyfile.h"
 
 #ifndef HWID_BUILD_PROVIDER_DIR
@@ -74,13 +75,6 @@ absl::StatusOr<std::vector<Bytes>> SplitDer(absl::string_view der, absl::string_
   }
   if (out.empty()) return absl::InvalidArgumentError(absl::StrCat(what, ": no certificate"));
   return out;
-}
-
-absl::StatusOr<OsslPtr<X509>> ParseCert(const Bytes& der) {
-  const unsigned char* p = der.data();
-  OsslPtr<X509> c(d2i_X509(nullptr, &p, static_cast<long>(der.size())));
-  if (c == nullptr) return OpenSslError("parsing a certificate", absl::StatusCode::kInvalidArgument);
-  return c;
 }
 
 std::string Pem(const std::vector<Bytes>& certs) {
@@ -367,7 +361,7 @@ class GrpcMintClient : public MintClient {
 absl::Status CheckMinted(const Config& c, const std::vector<Bytes>& chain,
                          const std::vector<Bytes>& bundle, const Bytes& hardware_spki,
                          MintResult* out) {
-  ASSIGN_OR_RETURN(OsslPtr<X509> leaf, ParseCert(chain[0]));
+  ASSIGN_OR_RETURN(OsslPtr<X509> leaf, wire::ParseCertificateDer(chain[0]));
   ASSIGN_OR_RETURN(Bytes leaf_spki, wire::PublicKeyDer(X509_get0_pubkey(leaf.get())));
   if (leaf_spki != hardware_spki) {
     return absl::InternalError("the minted SVID's public key is not the hardware key's");
@@ -390,12 +384,12 @@ absl::Status CheckMinted(const Config& c, const std::vector<Bytes>& chain,
   }
   OsslPtr<X509_STORE> store(X509_STORE_new());
   for (const Bytes& der : bundle) {
-    ASSIGN_OR_RETURN(OsslPtr<X509> ca, ParseCert(der));
+    ASSIGN_OR_RETURN(OsslPtr<X509> ca, wire::ParseCertificateDer(der));
     X509_STORE_add_cert(store.get(), ca.get());
   }
   OsslPtr<STACK_OF(X509)> untrusted(sk_X509_new_null());
   for (size_t i = 1; i < chain.size(); ++i) {
-    ASSIGN_OR_RETURN(OsslPtr<X509> ic, ParseCert(chain[i]));
+    ASSIGN_OR_RETURN(OsslPtr<X509> ic, wire::ParseCertificateDer(chain[i]));
     sk_X509_push(untrusted.get(), ic.release());
   }
   OsslPtr<X509_STORE_CTX> vctx(X509_STORE_CTX_new());
