@@ -150,7 +150,43 @@ absl::StatusOr<OsslPtr<EVP_PKEY>> RsaPublicKey(const Bytes& n, const Bytes& e, i
   return key;
 }
 
+// ReadProtection reads the protection attributes of object `o` (one C_GetAttributeValue).
+absl::StatusOr<KeyAttributes> ReadProtection(const Ck& ck, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o,
+                                             absl::string_view what) {
+  CK_BBOOL v[7] = {};
+  CK_ATTRIBUTE a[7] = {
+      {CKA_TOKEN, &v[0], 1},     {CKA_PRIVATE, &v[1], 1},
+      {CKA_SENSITIVE, &v[2], 1}, {CKA_EXTRACTABLE, &v[3], 1},
+      {CKA_ALWAYS_SENSITIVE, &v[4], 1}, {CKA_NEVER_EXTRACTABLE, &v[5], 1},
+      {CKA_SIGN, &v[6], 1},
+  };
+  RETURN_IF_ERROR(HWID_CK(ck, C_GetAttributeValue, s, o, a, 7).Status("protection attributes", what));
+  KeyAttributes out;
+  out.token = v[0] == CK_TRUE;
+  out.is_private = v[1] == CK_TRUE;
+  out.sensitive = v[2] == CK_TRUE;
+  out.extractable = v[3] == CK_TRUE;
+  out.always_sensitive = v[4] == CK_TRUE;
+  out.never_extractable = v[5] == CK_TRUE;
+  out.sign = v[6] == CK_TRUE;
+  return out;
+}
+
+// CopyTemplateRefused is true for the CK_RVs with which a token refuses the attributes hwid sets
+// on a copy (it may still copy with CKA_TOKEN alone; the copy's attributes are checked anyway).
+bool CopyTemplateRefused(CK_RV rv) {
+  return rv == CKR_ATTRIBUTE_READ_ONLY || rv == CKR_ATTRIBUTE_TYPE_INVALID ||
+         rv == CKR_ATTRIBUTE_VALUE_INVALID || rv == CKR_TEMPLATE_INCONSISTENT;
+}
+
 }  // namespace
+
+bool SessionCopyKeepsProtection(const KeyAttributes& source, const KeyAttributes& copy) {
+  return !copy.token && copy.sign && copy.sensitive && !copy.extractable &&
+         (copy.is_private || !source.is_private) &&
+         (copy.always_sensitive || !source.always_sensitive) &&
+         (copy.never_extractable || !source.never_extractable);
+}
 
 std::string IdHex(const Bytes& id) { return id.empty() ? "(none)" : HexEncode(id); }
 
@@ -184,7 +220,9 @@ absl::StatusOr<unsigned long> Token::FindPrivateKeyHandle(unsigned long session,
                                                           absl::string_view what) {
   const Ck ck = this->ck();
   CK_OBJECT_CLASS cls = CKO_PRIVATE_KEY;
-  std::vector<CK_ATTRIBUTE> tmpl = {{CKA_CLASS, &cls, sizeof(cls)}};
+  CK_BBOOL on_token = CK_TRUE;  // never a session copy (ours or another key's in this process)
+  std::vector<CK_ATTRIBUTE> tmpl = {{CKA_CLASS, &cls, sizeof(cls)},
+                                    {CKA_TOKEN, &on_token, sizeof(on_token)}};
   if (label.has_value()) {
     tmpl.push_back({CKA_LABEL, const_cast<char*>(label->data()), label->size()});
   }
@@ -314,12 +352,38 @@ absl::Status Token::DestroyKey(const Key& key) {
                                         key.id_, absl::StrCat("with id ", IdHex(key.id_))));
   ASSIGN_OR_RETURN(std::vector<unsigned long> pubs, FindPublicKeyHandles(s, key));
   RETURN_IF_ERROR(HWID_CK(ck, C_DestroyObject, s, privh).Status("private key", key.Describe()));
+  // The session copies this process signs with go too (copies in other processes die with their
+  // sessions; see docs/threat-model.md).
+  RETURN_IF_ERROR(DestroySessionCopies(s, key));
   for (unsigned long h : pubs) {
     const CkResult r = HWID_CK(ck, C_DestroyObject, s, h);
     if (!r.ok()) {
       const absl::Status st = r.Status("public key", key.Describe());
       return absl::Status(st.code(), absl::StrCat(st.message(), "; the private key is destroyed, "
                                                   "its public key object remains"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Token::DestroySessionCopies(unsigned long session, const Key& key) {
+  const Ck ck = this->ck();
+  CK_OBJECT_CLASS cls = CKO_PRIVATE_KEY;
+  CK_BBOOL on_token = CK_FALSE;
+  std::vector<CK_ATTRIBUTE> tmpl = {{CKA_CLASS, &cls, sizeof(cls)},
+                                    {CKA_TOKEN, &on_token, sizeof(on_token)},
+                                    {CKA_ID, const_cast<uint8_t*>(key.id_.data()), key.id_.size()}};
+  if (key.id_.empty()) {
+    tmpl.push_back({CKA_LABEL, const_cast<char*>(key.label_.data()), key.label_.size()});
+  }
+  const std::string what = absl::StrCat("the session copies of ", key.Describe());
+  ASSIGN_OR_RETURN(std::vector<CK_OBJECT_HANDLE> copies,
+                   FindObjects(ck, session, tmpl.data(), tmpl.size(), 0, what));
+  for (CK_OBJECT_HANDLE h : copies) {
+    const CkResult r = HWID_CK(ck, C_DestroyObject, session, h);
+    if (!r.ok() && r.rv() != CKR_OBJECT_HANDLE_INVALID) {
+      const absl::Status st = r.Status(what);
+      return absl::Status(st.code(), absl::StrCat(st.message(), "; the token object is destroyed"));
     }
   }
   return absl::OkStatus();
@@ -406,6 +470,111 @@ absl::StatusOr<unsigned long> Key::Handle(unsigned long session, bool refind) {
   return *h;
 }
 
+// ----------------------------------------------------------------------------------------------
+// The session copy (pkcs11.h file comment).
+
+absl::StatusOr<unsigned long> Key::SigningHandle(unsigned long session) {
+  if (copy_generation_.load(std::memory_order_acquire) == ForkGeneration()) {
+    const unsigned long copy = copy_.load(std::memory_order_relaxed);
+    return copy != CK_INVALID_HANDLE ? copy : Handle(session, false);
+  }
+  return MakeSessionCopy(session);
+}
+
+absl::StatusOr<unsigned long> Key::MakeSessionCopy(unsigned long session) {
+  const uint64_t gen = ForkGeneration();
+  ASSIGN_OR_RETURN(const unsigned long source, Handle(session, false));
+  std::lock_guard<std::mutex> lock(token_->mu_);
+  if (copy_generation_.load() == gen) {  // another thread decided meanwhile
+    const unsigned long copy = copy_.load();
+    return copy != CK_INVALID_HANDLE ? copy : source;
+  }
+  // A copy of another fork generation belongs to the parent's handle space: forget it, never
+  // destroy it (the handle may name another object here).
+  copy_.store(CK_INVALID_HANDLE);
+  const auto decide = [&](CK_OBJECT_HANDLE copy) {
+    copy_.store(copy, std::memory_order_relaxed);
+    copy_generation_.store(gen, std::memory_order_release);
+    return copy != CK_INVALID_HANDLE ? copy : source;
+  };
+  if (!token_->session_copies_ || token_->generation_.load() != gen) {
+    return decide(CK_INVALID_HANDLE);
+  }
+  // The copy belongs to the token's own session: it lives as long as the Token (or the login).
+  absl::StatusOr<unsigned long> own = token_->OwnSession();
+  if (!own.ok()) {
+    return decide(CK_INVALID_HANDLE);
+  }
+  const Ck ck = token_->ck();
+  CK_BBOOL yes = CK_TRUE;
+  CK_BBOOL no = CK_FALSE;
+  CK_ATTRIBUTE tmpl[] = {{CKA_TOKEN, &no, sizeof(no)},
+                         {CKA_SENSITIVE, &yes, sizeof(yes)},
+                         {CKA_EXTRACTABLE, &no, sizeof(no)}};
+  CK_OBJECT_HANDLE copy = CK_INVALID_HANDLE;
+  CkResult r = HWID_CK(ck, C_CopyObject, *own, source, tmpl, 3, &copy);
+  if (CopyTemplateRefused(r.rv())) {
+    // Some tokens refuse to set attributes in a copy; the copy is checked below either way.
+    r = HWID_CK(ck, C_CopyObject, *own, source, tmpl, 1, &copy);
+  }
+  if (!r.ok()) {
+    // Refused (CKA_COPYABLE false: CKR_ACTION_PROHIBITED; no C_CopyObject; out of memory ...):
+    // the token object signs, as it would without copies.
+    if (SessionBroken(r.rv())) {
+      token_->login_session_ = CK_INVALID_HANDLE;
+    }
+    return decide(CK_INVALID_HANDLE);
+  }
+  absl::StatusOr<KeyAttributes> src = ReadProtection(ck, *own, source, Describe());
+  absl::StatusOr<KeyAttributes> got = ReadProtection(ck, *own, copy, Describe());
+  if (!src.ok() || !got.ok() || !SessionCopyKeepsProtection(*src, *got)) {
+    (void)HWID_CK(ck, C_DestroyObject, *own, copy);
+    return decide(CK_INVALID_HANDLE);
+  }
+  return decide(copy);
+}
+
+void Key::ForgetSessionCopy(unsigned long handle) {
+  if (handle == CK_INVALID_HANDLE || copy_.load() != handle) {
+    return;
+  }
+  std::lock_guard<std::mutex> lock(token_->mu_);
+  if (copy_.load() == handle) {
+    copy_generation_.store(0, std::memory_order_release);
+    copy_.store(CK_INVALID_HANDLE);
+  }
+}
+
+bool Key::signs_with_session_copy() const {
+  return copy_generation_.load(std::memory_order_acquire) == ForkGeneration() &&
+         copy_.load(std::memory_order_relaxed) != CK_INVALID_HANDLE;
+}
+
+Key::~Key() {
+  const unsigned long copy = copy_.load();
+  if (copy == CK_INVALID_HANDLE || copy_generation_.load() != ForkGeneration() ||
+      !ModuleUsable()) {
+    return;  // no copy of ours, a parent's, or the process is exiting (the token drops it)
+  }
+  std::lock_guard<std::mutex> lock(token_->mu_);
+  const CK_SESSION_HANDLE own = token_->login_session_;
+  if (own == CK_INVALID_HANDLE || token_->generation_.load() != ForkGeneration()) {
+    return;
+  }
+  // Destroy only our copy: after a logout destroyed it, its handle may name another object.
+  const Ck ck = token_->ck();
+  CK_OBJECT_CLASS cls = 0;
+  CK_BBOOL on_token = CK_TRUE;
+  Bytes id(id_.size());
+  CK_ATTRIBUTE a[] = {{CKA_CLASS, &cls, sizeof(cls)},
+                      {CKA_TOKEN, &on_token, sizeof(on_token)},
+                      {CKA_ID, id.data(), id.size()}};
+  if (HWID_CK(ck, C_GetAttributeValue, own, copy, a, 3).ok() && cls == CKO_PRIVATE_KEY &&
+      on_token == CK_FALSE && a[2].ulValueLen == id_.size() && id == id_) {
+    (void)HWID_CK(ck, C_DestroyObject, own, copy);
+  }
+}
+
 absl::StatusOr<Bytes> Key::Sign(ByteSpan digest, const hwid::SignParams& params) {
   if (absl::Status st = CheckSignRequest(type_, digest, params); !st.ok()) {
     return absl::Status(st.code(), absl::StrCat("signing with ", Describe(), ": ", st.message()));
@@ -441,7 +610,7 @@ absl::StatusOr<Bytes> Key::Sign(ByteSpan digest, const hwid::SignParams& params)
   const Ck ck = token_->ck();
   ASSIGN_OR_RETURN(unsigned long s, token_->AcquireSession());
   Token::Lease lease(token_.get(), s);
-  ASSIGN_OR_RETURN(unsigned long h, Handle(s, false));
+  ASSIGN_OR_RETURN(unsigned long h, SigningHandle(s));
   Bytes sig(is_ec ? 2 * 66 : static_cast<size_t>((bits_ + 7) / 8));
   CK_ULONG sig_len = sig.size();
   CkResult r = lease.Check(HWID_CK(ck, C_SignInit, s, &mech, h));
@@ -449,11 +618,14 @@ absl::StatusOr<Bytes> Key::Sign(ByteSpan digest, const hwid::SignParams& params)
       r.rv() == CKR_USER_NOT_LOGGED_IN) {
     // Someone else using the module in this process may have logged it out (private objects
     // then vanish): log in again, once, with the key's PIN. The object may also have been
-    // re-created or the module re-initialised: look it up once more.
+    // re-created or the module re-initialised: look it up once more. A logout also destroyed the
+    // session copy (private session objects die with the login): make a new one.
+    ForgetSessionCopy(h);
     if (!UserLoggedIn(ck, s) && token_->HasPin()) {
       RETURN_IF_ERROR(token_->Relogin());
     }
     ASSIGN_OR_RETURN(h, Handle(s, true));
+    ASSIGN_OR_RETURN(h, SigningHandle(s));
     r = lease.Check(HWID_CK(ck, C_SignInit, s, &mech, h));
   }
   // Messages are built only on failure: this is the per-signature hot path.
@@ -483,24 +655,9 @@ absl::StatusOr<KeyAttributes> Key::ReadAttributes() {
   ASSIGN_OR_RETURN(unsigned long s, token_->AcquireSession());
   Token::Lease lease(token_.get(), s);
   ASSIGN_OR_RETURN(unsigned long h, Handle(s, false));
-  CK_BBOOL v[7] = {};
-  CK_ATTRIBUTE a[7] = {
-      {CKA_TOKEN, &v[0], 1},     {CKA_PRIVATE, &v[1], 1},
-      {CKA_SENSITIVE, &v[2], 1}, {CKA_EXTRACTABLE, &v[3], 1},
-      {CKA_ALWAYS_SENSITIVE, &v[4], 1}, {CKA_NEVER_EXTRACTABLE, &v[5], 1},
-      {CKA_SIGN, &v[6], 1},
-  };
-  RETURN_IF_ERROR(lease.Check(HWID_CK(token_->ck(), C_GetAttributeValue, s, h, a, 7))
-                      .Status("protection attributes", Describe()));
-  KeyAttributes out;
-  out.token = v[0] == CK_TRUE;
-  out.is_private = v[1] == CK_TRUE;
-  out.sensitive = v[2] == CK_TRUE;
-  out.extractable = v[3] == CK_TRUE;
-  out.always_sensitive = v[4] == CK_TRUE;
-  out.never_extractable = v[5] == CK_TRUE;
-  out.sign = v[6] == CK_TRUE;
-  return out;
+  absl::StatusOr<KeyAttributes> a = ReadProtection(token_->ck(), s, h, Describe());
+  RETURN_IF_ERROR(lease.CheckStatus(a.status()));
+  return a;
 }
 
 }  // namespace hwid::pkcs11

@@ -31,13 +31,7 @@ absl::Status Token::Login() {
   // pool: CheckFork calls this while re-initialising).
   // This session stays open for the Token's life: closing an application's last session on a
   // token logs it out (PKCS#11 C_CloseSession).
-  if (login_session_ == CK_INVALID_HANDLE) {
-    CK_SESSION_HANDLE ls = CK_INVALID_HANDLE;
-    RETURN_IF_ERROR(HWID_CK(ck, C_OpenSession, slot_id_, CKF_SERIAL_SESSION, nullptr, nullptr, &ls)
-                        .Status("login", Describe()));
-    login_session_ = ls;
-  }
-  const CK_SESSION_HANDLE s = login_session_;
+  ASSIGN_OR_RETURN(const CK_SESSION_HANDLE s, OwnSession());
   if (UserLoggedIn(ck, s)) {
     logged_in_ = true;  // already logged in in this process; the PIN is not checked again
     return absl::OkStatus();
@@ -79,7 +73,8 @@ absl::Status Token::CheckFork() {
   }
   ASSIGN_OR_RETURN(uint64_t mgen, module_->CheckFork());
   (void)mgen;
-  // The parent's session handles mean nothing here; forget them without C_CloseSession.
+  // The parent's session handles mean nothing here; forget them without C_CloseSession (the
+  // keys' session copies, held by login_session_, are forgotten by the keys: Key::SigningHandle).
   idle_.clear();
   login_session_ = CK_INVALID_HANDLE;
   if (logged_in_) {

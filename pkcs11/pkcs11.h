@@ -12,6 +12,15 @@
 // Fork safety: in a forked child the first call re-runs C_Initialize (with CKF_OS_LOCKING_OK),
 // logs in again with the cached PIN, forgets the parent's session handles and finds the key
 // objects again. PINs are kept only in zeroizing buffers and never appear in messages.
+//
+// Session copies: a Key signs with a session-object copy of its token object (C_CopyObject with
+// CKA_TOKEN false, CKA_SENSITIVE true, CKA_EXTRACTABLE false, checked on the copy), made on first
+// use inside the token and held by the Token's own session. Tokens such as SoftHSM2 sign faster
+// with session objects. The copy is never weaker than the token object (else it is destroyed and
+// the token object signs), is destroyed with the Key (or with the Token's session, or by the
+// token on logout and process exit), is made again after a logout or a fork, and a token that
+// refuses copies (CKA_COPYABLE false, CKR_ACTION_PROHIBITED, ...) signs with the token object.
+// HWID_PKCS11_SESSION_COPY=0 in the environment (read at Token::Open) turns copies off.
 #ifndef HWID_PKCS11_PKCS11_H_
 #define HWID_PKCS11_PKCS11_H_
 
@@ -54,6 +63,12 @@ struct KeyAttributes {
   bool never_extractable = false;  // CKA_NEVER_EXTRACTABLE
   bool sign = false;               // CKA_SIGN
 };
+
+// SessionCopyKeepsProtection is true when a session copy with attributes `copy` protects the key
+// at least as well as its token object with attributes `source`: the copy is a session object
+// (CKA_TOKEN false) that may sign, is CKA_SENSITIVE and not CKA_EXTRACTABLE, and is CKA_PRIVATE,
+// CKA_ALWAYS_SENSITIVE and CKA_NEVER_EXTRACTABLE wherever the source is.
+bool SessionCopyKeepsProtection(const KeyAttributes& source, const KeyAttributes& copy);
 
 // KeyInfo describes one private key in a listing.
 struct KeyInfo {
@@ -149,6 +164,9 @@ class Token : public std::enable_shared_from_this<Token> {
   uint64_t sessions_opened() const { return sessions_opened_.load(std::memory_order_relaxed); }
   // CloseIdleSessions closes the pooled sessions (they reopen on demand).
   void CloseIdleSessions();
+  // session_copies is whether keys found through this token sign with session copies (see the
+  // file comment; false when HWID_PKCS11_SESSION_COPY=0 was set at Open).
+  bool session_copies() const { return session_copies_; }
 
  private:
   friend class Key;
@@ -169,12 +187,17 @@ class Token : public std::enable_shared_from_this<Token> {
   absl::Status CheckFork();
   absl::StatusOr<unsigned long> AcquireSession();
   void ReleaseSession(unsigned long session, bool reusable);
+  // OwnSession returns login_session_, opening it first if needed. Callers hold mu_ or own the
+  // token exclusively (Open).
+  absl::StatusOr<unsigned long> OwnSession();
   absl::StatusOr<std::shared_ptr<Key>> MakeKey(unsigned long session, unsigned long handle);
   // OpenWriteSession opens a read/write session for a token-object change (key generation,
   // destruction, relabelling) after checking the fork state and the login; the caller closes it.
   absl::StatusOr<unsigned long> OpenWriteSession(absl::string_view operation);
   // CheckSameToken is InvalidArgument unless `key` was found through this slot of this module.
   absl::Status CheckSameToken(const Key& key, absl::string_view operation) const;
+  // DestroySessionCopies destroys the session copies of `key` in this process (any Key's).
+  absl::Status DestroySessionCopies(unsigned long session, const Key& key);
   // FindPublicKeyHandles finds the public key objects of `key` (see DestroyKey), at most 16.
   absl::StatusOr<std::vector<unsigned long>> FindPublicKeyHandles(unsigned long session,
                                                                   const Key& key);
@@ -192,7 +215,12 @@ class Token : public std::enable_shared_from_this<Token> {
   std::atomic<uint64_t> generation_;
   std::mutex mu_;  // guards idle_ and re-initialisation; never held across a C_Sign
   std::vector<unsigned long> idle_;
-  unsigned long login_session_ = 0;  // CK_INVALID_HANDLE; kept open while logged in (see Login)
+  // The token object's own session (CK_INVALID_HANDLE = 0 until opened): kept open for the
+  // Token's life, used only under mu_ (or while Open owns the token). Login runs on it (closing
+  // an application's last session logs it out) and it holds the keys' session copies (session
+  // objects die with the session that made them).
+  unsigned long login_session_ = 0;
+  bool session_copies_ = true;
   std::atomic<uint64_t> commands_{0};
   std::atomic<uint64_t> sessions_opened_{0};
 };
@@ -225,15 +253,32 @@ class Key : public hwid::SigningKey {
   // naming the mechanism and the key. Logs in again once if the process was logged out underneath.
   absl::StatusOr<Bytes> Sign(ByteSpan digest, const hwid::SignParams& params) override;
 
-  // ReadAttributes reads the protection attributes of the private key object.
+  // ReadAttributes reads the protection attributes of the private key object (the token object,
+  // never the session copy).
   absl::StatusOr<KeyAttributes> ReadAttributes();
+
+  // signs_with_session_copy is true when the last signature (in this process) used a session copy
+  // of the key rather than the token object.
+  bool signs_with_session_copy() const;
+
+  // ~Key destroys the key's session copy (if this process made one and can still reach it).
+  ~Key() override;
 
  private:
   friend class Token;
   Key(std::shared_ptr<Token> token, unsigned long handle, hwid::KeyType type, int bits,
       OsslPtr<EVP_PKEY> public_key, std::string label, Bytes id, std::string uri);
-  // Handle returns the object handle, finding the key again after a fork.
+  // Handle returns the token object's handle, finding the key again after a fork.
   absl::StatusOr<unsigned long> Handle(unsigned long session, bool refind);
+  // SigningHandle returns the handle to sign with: the session copy when there is one (making it
+  // on first use in this process), else the token object (Handle). Copy failures are not errors.
+  absl::StatusOr<unsigned long> SigningHandle(unsigned long session);
+  // MakeSessionCopy makes (under the Token's mutex) the session copy for this fork generation,
+  // or records that the token object signs; returns the handle to sign with.
+  absl::StatusOr<unsigned long> MakeSessionCopy(unsigned long session);
+  // ForgetSessionCopy drops the copy `handle` after the token reported it gone (logout, session
+  // loss); the next signature makes a new one. The handle is not destroyed (it may be reused).
+  void ForgetSessionCopy(unsigned long handle);
 
   std::shared_ptr<Token> token_;
   std::atomic<unsigned long> handle_;
@@ -244,6 +289,10 @@ class Key : public hwid::SigningKey {
   std::string label_;
   Bytes id_;
   std::string uri_;
+  // The session copy: copy_ is its handle (0: none, the token object signs), valid for the fork
+  // generation copy_generation_ (0: not decided yet). Written under token_->mu_.
+  std::atomic<unsigned long> copy_{0};
+  std::atomic<uint64_t> copy_generation_{0};
 };
 
 // LoadKey opens the token a URI names and finds the key it names (Token::Open + FindKey).

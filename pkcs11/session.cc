@@ -64,6 +64,16 @@ void Token::CloseIdleSessions() {
   }
 }
 
+absl::StatusOr<unsigned long> Token::OwnSession() {
+  if (login_session_ == CK_INVALID_HANDLE) {
+    CK_SESSION_HANDLE s = CK_INVALID_HANDLE;
+    RETURN_IF_ERROR(HWID_CK(ck(), C_OpenSession, slot_id_, CKF_SERIAL_SESSION, nullptr, nullptr, &s)
+                        .Status("the token's own session", Describe()));
+    login_session_ = s;
+  }
+  return login_session_;
+}
+
 absl::StatusOr<unsigned long> Token::OpenWriteSession(absl::string_view operation) {
   RETURN_IF_ERROR(CheckFork());
   if (!logged_in_) {

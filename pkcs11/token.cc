@@ -137,6 +137,9 @@ absl::StatusOr<std::shared_ptr<Token>> Token::Open(const Pkcs11Uri& uri,
   auto& m = matches.front();
   std::shared_ptr<Token> token(
       new Token(module, m.first, m.second.first, std::move(m.second.second), std::move(pin)));
+  if (const char* env = std::getenv("HWID_PKCS11_SESSION_COPY"); env != nullptr && *env != 0) {
+    token->session_copies_ = std::string_view(env) != "0";
+  }
   if (!have_pin && options.ask_pin) {
     // Ask only when a login is needed and nobody in this process has logged in yet.
     CK_TOKEN_INFO ti;
@@ -167,9 +170,10 @@ absl::StatusOr<std::vector<KeyInfo>> Token::ListKeys() {
   ASSIGN_OR_RETURN(unsigned long s, AcquireSession());
   Lease lease(this, s);
   CK_OBJECT_CLASS cls = CKO_PRIVATE_KEY;
-  CK_ATTRIBUTE tmpl{CKA_CLASS, &cls, sizeof(cls)};
+  CK_BBOOL on_token = CK_TRUE;  // not the session copies keys of this process sign with
+  CK_ATTRIBUTE tmpl[] = {{CKA_CLASS, &cls, sizeof(cls)}, {CKA_TOKEN, &on_token, sizeof(on_token)}};
   absl::StatusOr<std::vector<CK_OBJECT_HANDLE>> handles =
-      FindObjects(ck, s, &tmpl, 1, 0, absl::StrCat("private keys on ", Describe()));
+      FindObjects(ck, s, tmpl, 2, 0, absl::StrCat("private keys on ", Describe()));
   RETURN_IF_ERROR(lease.CheckStatus(handles.status()));
   std::vector<KeyInfo> out;
   for (CK_OBJECT_HANDLE h : *handles) {

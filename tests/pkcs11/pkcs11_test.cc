@@ -12,11 +12,15 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <csignal>
 #include <cstdlib>
+#include <filesystem>
 #include <thread>
 
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "common/bytes.h"
 #include "common/ossl.h"
 #include "gmock/gmock.h"
@@ -653,6 +657,8 @@ TEST_F(Pkcs11Test, ForkedChildReinitialisesAndSigns) {
         rc = 2;
       }
     }
+    // The parent's copy handle means nothing here: the child made its own.
+    if (rc == 0 && !key->signs_with_session_copy()) rc = 3;
     _exit(rc);
   }
   int status = 0;
@@ -663,6 +669,420 @@ TEST_F(Pkcs11Test, ForkedChildReinitialisesAndSigns) {
   absl::StatusOr<Bytes> sig = key->Sign(digest, {SignScheme::kEcdsa, HashAlg::kSha256, {}});
   ASSERT_TRUE(sig.ok()) << sig.status();
   EXPECT_TRUE(OracleVerify(key->public_key(), "SHA256", digest, *sig, SignScheme::kEcdsa));
+}
+
+// ----------------------------------------------------------------------------------------------
+// Session copies (pkcs11.h): keys sign with a C_CopyObject(CKA_TOKEN false) copy of the token
+// object. The oracle is the module itself, asked through a session of the test's own.
+
+// RawSession is a read/write session of the test's own on the SoftHSM2 module this process has
+// loaded (test-side PKCS#11 calls, not through hwid::pkcs11). Session objects are visible to
+// every session of the process, and so is the login.
+class RawSession {
+ public:
+  RawSession() {
+    dl_ = dlopen(SoftHsm::kModule, RTLD_NOW | RTLD_NOLOAD);
+    auto get = dl_ != nullptr
+                   ? reinterpret_cast<CK_C_GetFunctionList>(dlsym(dl_, "C_GetFunctionList"))
+                   : nullptr;
+    CK_SLOT_ID slots[8];
+    CK_ULONG n = 8;
+    if (get == nullptr || get(&fl_) != CKR_OK || fl_->C_GetSlotList(CK_TRUE, slots, &n) != CKR_OK) {
+      return;
+    }
+    for (CK_ULONG i = 0; i < n && s_ == CK_INVALID_HANDLE; ++i) {
+      CK_TOKEN_INFO ti;
+      if (fl_->C_GetTokenInfo(slots[i], &ti) == CKR_OK &&
+          std::string(reinterpret_cast<const char*>(ti.label), 10) == "hwid-test ") {
+        (void)fl_->C_OpenSession(slots[i], CKF_SERIAL_SESSION | CKF_RW_SESSION, nullptr, nullptr,
+                                 &s_);
+      }
+    }
+  }
+  ~RawSession() {
+    if (s_ != CK_INVALID_HANDLE) fl_->C_CloseSession(s_);
+    if (dl_ != nullptr) dlclose(dl_);
+  }
+  RawSession(const RawSession&) = delete;
+  RawSession& operator=(const RawSession&) = delete;
+
+  bool ok() const { return s_ != CK_INVALID_HANDLE; }
+  CK_FUNCTION_LIST* fl() const { return fl_; }
+  CK_SESSION_HANDLE s() const { return s_; }
+
+  std::vector<CK_OBJECT_HANDLE> Find(std::vector<CK_ATTRIBUTE> t) const {
+    std::vector<CK_OBJECT_HANDLE> out(64);
+    CK_ULONG n = 0;
+    if (fl_->C_FindObjectsInit(s_, t.data(), t.size()) != CKR_OK) return {};
+    if (fl_->C_FindObjects(s_, out.data(), out.size(), &n) != CKR_OK) n = 0;
+    fl_->C_FindObjectsFinal(s_);
+    out.resize(n);
+    return out;
+  }
+  // Copies finds the private key objects with `id` that are session objects (CKA_TOKEN false).
+  std::vector<CK_OBJECT_HANDLE> Copies(const Bytes& id) const {
+    CK_OBJECT_CLASS cls = CKO_PRIVATE_KEY;
+    CK_BBOOL no = CK_FALSE;
+    return Find({{CKA_CLASS, &cls, sizeof(cls)},
+                 {CKA_TOKEN, &no, sizeof(no)},
+                 {CKA_ID, const_cast<uint8_t*>(id.data()), id.size()}});
+  }
+  CK_BBOOL Bool(CK_OBJECT_HANDLE o, CK_ATTRIBUTE_TYPE type) const {
+    CK_BBOOL v = 0xff;
+    CK_ATTRIBUTE a{type, &v, sizeof(v)};
+    return fl_->C_GetAttributeValue(s_, o, &a, 1) == CKR_OK ? v : 0xff;
+  }
+  // Secret asks for the private value itself (CKA_VALUE for EC, CKA_PRIVATE_EXPONENT for RSA).
+  CK_RV Secret(CK_OBJECT_HANDLE o, bool ec) const {
+    uint8_t buf[1024];
+    CK_ATTRIBUTE a{ec ? CKA_VALUE : CKA_PRIVATE_EXPONENT, buf, sizeof(buf)};
+    return fl_->C_GetAttributeValue(s_, o, &a, 1);
+  }
+
+ private:
+  void* dl_ = nullptr;
+  CK_FUNCTION_LIST* fl_ = nullptr;
+  CK_SESSION_HANDLE s_ = CK_INVALID_HANDLE;
+};
+
+bool SignsAndVerifies(Key& key, absl::string_view msg) {
+  const bool ec = key.type() == KeyType::kEc;
+  const SignScheme scheme = ec ? SignScheme::kEcdsa : SignScheme::kRsaPkcs1;
+  Bytes digest = Sha("SHA256", msg);
+  absl::StatusOr<Bytes> sig = key.Sign(digest, {scheme, HashAlg::kSha256, std::nullopt});
+  EXPECT_TRUE(sig.ok()) << sig.status();
+  return sig.ok() && OracleVerify(key.public_key(), "SHA256", digest, *sig, scheme);
+}
+
+TEST(SessionCopyCheck, CopyMayNeverBeWeakerThanTheTokenObject) {
+  KeyAttributes strong;
+  strong.token = true;
+  strong.is_private = true;
+  strong.sensitive = true;
+  strong.extractable = false;
+  strong.always_sensitive = true;
+  strong.never_extractable = true;
+  strong.sign = true;
+  KeyAttributes copy = strong;
+  copy.token = false;
+  EXPECT_TRUE(SessionCopyKeepsProtection(strong, copy));
+  struct Row {
+    const char* what;
+    void (*weaken)(KeyAttributes&);
+  };
+  const Row rows[] = {
+      {"token object, not a session object", [](KeyAttributes& a) { a.token = true; }},
+      {"not sensitive", [](KeyAttributes& a) { a.sensitive = false; }},
+      {"extractable", [](KeyAttributes& a) { a.extractable = true; }},
+      {"not private", [](KeyAttributes& a) { a.is_private = false; }},
+      {"not always sensitive", [](KeyAttributes& a) { a.always_sensitive = false; }},
+      {"not never extractable", [](KeyAttributes& a) { a.never_extractable = false; }},
+      {"cannot sign", [](KeyAttributes& a) { a.sign = false; }},
+  };
+  for (const Row& r : rows) {
+    KeyAttributes weak = copy;
+    r.weaken(weak);
+    EXPECT_FALSE(SessionCopyKeepsProtection(strong, weak)) << r.what;
+  }
+  // A source made elsewhere without the history flags or login: a copy as strong as it is
+  // enough, but sensitive and non-extractable are always required.
+  KeyAttributes plain = strong;
+  plain.is_private = plain.always_sensitive = plain.never_extractable = false;
+  plain.sensitive = false;
+  plain.extractable = true;
+  KeyAttributes plain_copy = plain;
+  plain_copy.token = false;
+  EXPECT_FALSE(SessionCopyKeepsProtection(plain, plain_copy));
+  plain_copy.sensitive = true;
+  plain_copy.extractable = false;
+  EXPECT_TRUE(SessionCopyKeepsProtection(plain, plain_copy));
+}
+
+TEST_F(Pkcs11Test, SessionCopyIsSensitiveNonExtractableAndSigns) {
+  for (KeyAlg alg : {KeyAlg::kEcP256, KeyAlg::kRsa2048}) {
+    SCOPED_TRACE(KeyAlgName(alg));
+    std::shared_ptr<Key> key = Generate(alg, absl::StrCat("copy-", KeyAlgName(alg)));
+    ASSERT_NE(key, nullptr);
+    RawSession raw;
+    ASSERT_TRUE(raw.ok());
+    EXPECT_FALSE(key->signs_with_session_copy());
+    EXPECT_TRUE(raw.Copies(key->id()).empty());  // made on first use, not at load
+    for (int i = 0; i < 5; ++i) {
+      EXPECT_TRUE(SignsAndVerifies(*key, absl::StrCat("copy ", i)));
+    }
+    EXPECT_TRUE(key->signs_with_session_copy());
+    const std::vector<CK_OBJECT_HANDLE> copies = raw.Copies(key->id());
+    ASSERT_EQ(copies.size(), 1u);
+    const CK_OBJECT_HANDLE c = copies[0];
+    EXPECT_EQ(raw.Bool(c, CKA_TOKEN), CK_FALSE);
+    EXPECT_EQ(raw.Bool(c, CKA_SENSITIVE), CK_TRUE);
+    EXPECT_EQ(raw.Bool(c, CKA_EXTRACTABLE), CK_FALSE);
+    EXPECT_EQ(raw.Bool(c, CKA_PRIVATE), CK_TRUE);
+    EXPECT_EQ(raw.Bool(c, CKA_ALWAYS_SENSITIVE), CK_TRUE);
+    EXPECT_EQ(raw.Bool(c, CKA_NEVER_EXTRACTABLE), CK_TRUE);
+    EXPECT_EQ(raw.Secret(c, alg == KeyAlg::kEcP256), CKR_ATTRIBUTE_SENSITIVE);
+    // The key's own attributes are still the token object's.
+    absl::StatusOr<KeyAttributes> attrs = key->ReadAttributes();
+    ASSERT_TRUE(attrs.ok()) << attrs.status();
+    EXPECT_TRUE(attrs->token);
+    // Listing and finding see only the token object.
+    absl::StatusOr<std::shared_ptr<Key>> again = key->token()->FindKey(key->uri());
+    ASSERT_TRUE(again.ok()) << again.status();
+    absl::StatusOr<std::vector<KeyInfo>> keys = key->token()->ListKeys();
+    ASSERT_TRUE(keys.ok()) << keys.status();
+    EXPECT_EQ(std::count_if(keys->begin(), keys->end(),
+                            [&](const KeyInfo& k) { return k.id == key->id(); }),
+              1);
+  }
+}
+
+// A key that was not sensitive at all still signs only with a sensitive, non-extractable copy:
+// hwid sets the attributes on the copy and reads them back.
+TEST_F(Pkcs11Test, SessionCopyOfAnUnprotectedKeyIsProtected) {
+  std::shared_ptr<Token> t = OpenToken();  // logged in while it lives (its session stays open)
+  ASSERT_NE(t, nullptr);
+  RawSession raw;
+  ASSERT_TRUE(raw.ok());
+  CK_BBOOL yes = CK_TRUE;
+  CK_BBOOL no = CK_FALSE;
+  uint8_t p256[] = {0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07};
+  uint8_t id[] = {0x5e, 0x4c, 0x01};
+  const std::string label = "unprotected";
+  CK_ATTRIBUTE pub[] = {{CKA_TOKEN, &yes, 1}, {CKA_EC_PARAMS, p256, sizeof(p256)},
+                        {CKA_ID, id, sizeof(id)}, {CKA_LABEL, const_cast<char*>(label.data()), label.size()}};
+  CK_ATTRIBUTE priv[] = {{CKA_TOKEN, &yes, 1},       {CKA_PRIVATE, &yes, 1},
+                         {CKA_SIGN, &yes, 1},        {CKA_SENSITIVE, &no, 1},
+                         {CKA_EXTRACTABLE, &yes, 1}, {CKA_ID, id, sizeof(id)},
+                         {CKA_LABEL, const_cast<char*>(label.data()), label.size()}};
+  CK_MECHANISM mech{CKM_EC_KEY_PAIR_GEN, nullptr, 0};
+  CK_OBJECT_HANDLE ph = 0, kh = 0;
+  ASSERT_EQ(raw.fl()->C_GenerateKeyPair(raw.s(), &mech, pub, 4, priv, 7, &ph, &kh), CKR_OK);
+  absl::StatusOr<std::shared_ptr<Key>> key = t->FindKey("pkcs11:object=unprotected");
+  ASSERT_TRUE(key.ok()) << key.status();
+  EXPECT_TRUE(SignsAndVerifies(**key, "unprotected"));
+  ASSERT_TRUE((*key)->signs_with_session_copy());
+  const std::vector<CK_OBJECT_HANDLE> copies = raw.Copies((*key)->id());
+  ASSERT_EQ(copies.size(), 1u);
+  EXPECT_EQ(raw.Bool(copies[0], CKA_SENSITIVE), CK_TRUE);
+  EXPECT_EQ(raw.Bool(copies[0], CKA_EXTRACTABLE), CK_FALSE);
+  EXPECT_EQ(raw.Secret(copies[0], true), CKR_ATTRIBUTE_SENSITIVE);
+  EXPECT_EQ(raw.Bool(kh, CKA_SENSITIVE), CK_FALSE);  // the token object is left as it was
+}
+
+// CKA_MODIFIABLE false on an unprotected key: SoftHSM2 refuses every attribute in the copy's
+// template (CKR_ATTRIBUTE_READ_ONLY), the protected one and CKA_TOKEN alone; hwid tries both and
+// signs with the token object. (SoftHSM2 never hands out a copy weaker than asked for; the check
+// that would refuse one is SessionCopyKeepsProtection, tested above.)
+TEST_F(Pkcs11Test, UnmodifiableKeyIsNotCopiedAndTheTokenObjectSigns) {
+  std::shared_ptr<Token> t = OpenToken();
+  ASSERT_NE(t, nullptr);
+  RawSession raw;
+  ASSERT_TRUE(raw.ok());
+  CK_BBOOL yes = CK_TRUE;
+  CK_BBOOL no = CK_FALSE;
+  uint8_t p256[] = {0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07};
+  uint8_t id[] = {0x3a, 0x77, 0x10};
+  const std::string label = "weak-fixed";
+  CK_ATTRIBUTE pub[] = {{CKA_TOKEN, &yes, 1}, {CKA_EC_PARAMS, p256, sizeof(p256)},
+                        {CKA_ID, id, sizeof(id)}, {CKA_LABEL, const_cast<char*>(label.data()), label.size()}};
+  CK_ATTRIBUTE priv[] = {{CKA_TOKEN, &yes, 1},       {CKA_PRIVATE, &yes, 1},
+                         {CKA_SIGN, &yes, 1},        {CKA_SENSITIVE, &no, 1},
+                         {CKA_EXTRACTABLE, &yes, 1}, {CKA_MODIFIABLE, &no, 1},
+                         {CKA_ID, id, sizeof(id)},   {CKA_LABEL, const_cast<char*>(label.data()), label.size()}};
+  CK_MECHANISM mech{CKM_EC_KEY_PAIR_GEN, nullptr, 0};
+  CK_OBJECT_HANDLE ph = 0, kh = 0;
+  ASSERT_EQ(raw.fl()->C_GenerateKeyPair(raw.s(), &mech, pub, 4, priv, 8, &ph, &kh), CKR_OK);
+  // What the token does with both templates hwid tries.
+  CK_ATTRIBUTE strong[] = {{CKA_TOKEN, &no, 1}, {CKA_SENSITIVE, &yes, 1}, {CKA_EXTRACTABLE, &no, 1}};
+  CK_OBJECT_HANDLE probe = 0;
+  ASSERT_EQ(raw.fl()->C_CopyObject(raw.s(), kh, strong, 3, &probe), CKR_ATTRIBUTE_READ_ONLY);
+  ASSERT_EQ(raw.fl()->C_CopyObject(raw.s(), kh, strong, 1, &probe), CKR_ATTRIBUTE_READ_ONLY);
+
+  absl::StatusOr<std::shared_ptr<Key>> key = t->FindKey("pkcs11:object=weak-fixed");
+  ASSERT_TRUE(key.ok()) << key.status();
+  EXPECT_TRUE(SignsAndVerifies(**key, "weak"));
+  EXPECT_FALSE((*key)->signs_with_session_copy());
+  EXPECT_TRUE(raw.Copies((*key)->id()).empty());
+}
+
+// CKA_COPYABLE false: SoftHSM2 refuses C_CopyObject (CKR_ACTION_PROHIBITED); the key signs with
+// its token object, without an error.
+TEST_F(Pkcs11Test, TokenThatRefusesTheCopySignsWithTheTokenObject) {
+  std::shared_ptr<Token> t = OpenToken();  // logged in while it lives (its session stays open)
+  ASSERT_NE(t, nullptr);
+  RawSession raw;
+  ASSERT_TRUE(raw.ok());
+  CK_BBOOL yes = CK_TRUE;
+  CK_BBOOL no = CK_FALSE;
+  uint8_t p256[] = {0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07};
+  uint8_t id[] = {0xc0, 0x9b, 0x1e};
+  const std::string label = "not-copyable";
+  CK_ATTRIBUTE pub[] = {{CKA_TOKEN, &yes, 1}, {CKA_EC_PARAMS, p256, sizeof(p256)},
+                        {CKA_ID, id, sizeof(id)}, {CKA_LABEL, const_cast<char*>(label.data()), label.size()}};
+  CK_ATTRIBUTE priv[] = {{CKA_TOKEN, &yes, 1},      {CKA_PRIVATE, &yes, 1},
+                         {CKA_SIGN, &yes, 1},       {CKA_SENSITIVE, &yes, 1},
+                         {CKA_EXTRACTABLE, &no, 1}, {CKA_COPYABLE, &no, 1},
+                         {CKA_ID, id, sizeof(id)},  {CKA_LABEL, const_cast<char*>(label.data()), label.size()}};
+  CK_MECHANISM mech{CKM_EC_KEY_PAIR_GEN, nullptr, 0};
+  CK_OBJECT_HANDLE ph = 0, kh = 0;
+  ASSERT_EQ(raw.fl()->C_GenerateKeyPair(raw.s(), &mech, pub, 4, priv, 8, &ph, &kh), CKR_OK);
+  CK_OBJECT_HANDLE probe = 0;
+  CK_ATTRIBUTE session_tmpl{CKA_TOKEN, &no, 1};
+  ASSERT_EQ(raw.fl()->C_CopyObject(raw.s(), kh, &session_tmpl, 1, &probe), CKR_ACTION_PROHIBITED);
+
+  absl::StatusOr<std::shared_ptr<Key>> key = t->FindKey("pkcs11:object=not-copyable");
+  ASSERT_TRUE(key.ok()) << key.status();
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_TRUE(SignsAndVerifies(**key, absl::StrCat("refused ", i)));
+  }
+  EXPECT_FALSE((*key)->signs_with_session_copy());
+  EXPECT_TRUE(raw.Copies((*key)->id()).empty());
+  // The refusal is remembered: a warm signature is C_SignInit + C_Sign, no copy attempt.
+  const uint64_t before = t->command_count();
+  EXPECT_TRUE(SignsAndVerifies(**key, "warm"));
+  EXPECT_EQ(t->command_count() - before, 2u);
+}
+
+TEST_F(Pkcs11Test, SessionCopiesCanBeTurnedOff) {
+  std::shared_ptr<Key> made = Generate(KeyAlg::kEcP256, "copy-off");
+  ASSERT_NE(made, nullptr);
+  setenv("HWID_PKCS11_SESSION_COPY", "0", 1);
+  absl::StatusOr<std::shared_ptr<Key>> key =
+      LoadKey(absl::StrCat(made->uri(), "?module-path=", SoftHsm::kModule, "&pin-value=", kPin));
+  unsetenv("HWID_PKCS11_SESSION_COPY");
+  ASSERT_TRUE(key.ok()) << key.status();
+  EXPECT_FALSE((*key)->token()->session_copies());
+  EXPECT_TRUE(SignsAndVerifies(**key, "off"));
+  EXPECT_FALSE((*key)->signs_with_session_copy());
+  RawSession raw;
+  ASSERT_TRUE(raw.ok());
+  EXPECT_TRUE(raw.Copies((*key)->id()).empty());
+}
+
+// One copy per Key, shared by every thread; releasing the Key destroys it; each Key (here: two
+// loads of the same key through two Token objects) has its own.
+TEST_F(Pkcs11Test, SessionCopyIsSharedByThreadsAndDestroyedWithTheKey) {
+  std::shared_ptr<Key> key = Generate(KeyAlg::kEcP256, "copy-life");
+  ASSERT_NE(key, nullptr);
+  const Bytes id = key->id();
+  RawSession raw;
+  ASSERT_TRUE(raw.ok());
+  std::atomic<int> bad{0};
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 4; ++i) {
+    threads.emplace_back([&, i] {
+      for (int j = 0; j < 50; ++j) {
+        if (!SignsAndVerifies(*key, absl::StrCat("t", i, " ", j))) ++bad;
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(bad.load(), 0);
+  EXPECT_EQ(raw.Copies(id).size(), 1u);
+
+  absl::StatusOr<std::shared_ptr<Key>> second =
+      LoadKey(absl::StrCat(key->uri(), "?module-path=", SoftHsm::kModule, "&pin-value=", kPin));
+  ASSERT_TRUE(second.ok()) << second.status();
+  EXPECT_TRUE(SignsAndVerifies(**second, "second"));
+  EXPECT_EQ(raw.Copies(id).size(), 2u);
+  key.reset();
+  EXPECT_EQ(raw.Copies(id).size(), 1u);
+  EXPECT_TRUE(SignsAndVerifies(**second, "still"));
+  second = absl::UnknownError("released");
+  EXPECT_TRUE(raw.Copies(id).empty());
+  // The token object is untouched.
+  EXPECT_EQ(CountObjects(CKO_PRIVATE_KEY, "copy-life"), 1);
+}
+
+// A logout destroys private session objects: the next signature logs in again and makes a new
+// copy. DestroyKey destroys the copies with the token object: the Key cannot sign any more.
+TEST_F(Pkcs11Test, SessionCopyIsMadeAgainAfterLogoutAndDiesWithTheKey) {
+  std::shared_ptr<Key> key = Generate(KeyAlg::kEcP256, "copy-logout");
+  ASSERT_NE(key, nullptr);
+  RawSession raw;
+  ASSERT_TRUE(raw.ok());
+  ASSERT_TRUE(SignsAndVerifies(*key, "before"));
+  ASSERT_EQ(raw.Copies(key->id()).size(), 1u);
+  ASSERT_TRUE(Hsm()->LogOutThisProcess().ok());
+  EXPECT_TRUE(raw.Copies(key->id()).empty());
+  EXPECT_TRUE(SignsAndVerifies(*key, "after"));
+  EXPECT_TRUE(key->signs_with_session_copy());
+  EXPECT_EQ(raw.Copies(key->id()).size(), 1u);
+
+  ASSERT_TRUE(key->token()->DestroyKey(*key).ok());
+  EXPECT_TRUE(raw.Copies(key->id()).empty());
+  absl::Status st =
+      key->Sign(Sha("SHA256", "gone"), {SignScheme::kEcdsa, HashAlg::kSha256, {}}).status();
+  EXPECT_EQ(st.code(), absl::StatusCode::kNotFound) << st;
+}
+
+// CountTokenFiles counts the files of the token's file object store (one per token object).
+int CountTokenFiles() {
+  int n = 0;
+  for (const auto& e : std::filesystem::recursive_directory_iterator(Hsm()->dir() + "/tokens")) {
+    if (e.is_regular_file()) ++n;
+  }
+  return n;
+}
+
+// Helper for NothingPersistsAfterTheProcessExits, run in a new process: logs in and writes the
+// number of private and public key objects labelled $HWID_TEST_COUNT_LABEL to $HWID_TEST_COUNT_OUT.
+TEST(Pkcs11Helper, DISABLED_CountObjectsInANewProcess) {
+  const char* uri = std::getenv("HWID_TEST_COUNT_URI");
+  const char* label = std::getenv("HWID_TEST_COUNT_LABEL");
+  const char* out = std::getenv("HWID_TEST_COUNT_OUT");
+  ASSERT_TRUE(uri != nullptr && label != nullptr && out != nullptr);
+  absl::StatusOr<std::shared_ptr<Token>> t = Token::Open(uri);
+  ASSERT_TRUE(t.ok()) << t.status();
+  const std::string counts = absl::StrCat(CountObjects(CKO_PRIVATE_KEY, label), " ",
+                                          CountObjects(CKO_PUBLIC_KEY, label));
+  ASSERT_TRUE(WriteFile(out, AsSpan(counts), 0600).ok());
+}
+
+// A process killed while it signs with session copies leaves nothing on the token: a new process
+// sees exactly the key's two token objects, and the token's object store has no new file.
+TEST_F(Pkcs11Test, NothingPersistsAfterTheProcessExits) {
+  std::shared_ptr<Key> key = Generate(KeyAlg::kEcP256, "copy-exit");
+  ASSERT_NE(key, nullptr);
+  const int files_before = CountTokenFiles();
+  const std::string uri =
+      absl::StrCat(key->uri(), "?module-path=", SoftHsm::kModule, "&pin-value=", kPin);
+  const pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    absl::StatusOr<std::shared_ptr<Key>> k = LoadKey(uri);
+    if (!k.ok()) _exit(10);
+    for (int i = 0; i < 20; ++i) {
+      if (!(*k)->Sign(Sha("SHA256", absl::StrCat(i)), {SignScheme::kEcdsa, HashAlg::kSha256, {}})
+               .ok()) {
+        _exit(11);
+      }
+    }
+    if (!(*k)->signs_with_session_copy() || RawSession().Copies((*k)->id()).size() != 1) _exit(12);
+    raise(SIGKILL);  // killed while holding the copy
+    _exit(13);
+  }
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFSIGNALED(status)) << "child exit code " << WEXITSTATUS(status);
+  EXPECT_EQ(CountTokenFiles(), files_before);
+
+  char self[4096];
+  const ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+  ASSERT_GT(n, 0);
+  self[n] = 0;
+  const std::string out = Hsm()->dir() + "/counts.txt";
+  setenv("HWID_TEST_COUNT_URI", Hsm()->uri().c_str(), 1);
+  setenv("HWID_TEST_COUNT_LABEL", "copy-exit", 1);
+  setenv("HWID_TEST_COUNT_OUT", out.c_str(), 1);
+  const int rc = std::system(absl::StrCat("'", self, "' --gtest_also_run_disabled_tests "
+                                          "--gtest_filter=Pkcs11Helper.* >/dev/null 2>&1").c_str());
+  EXPECT_EQ(rc, 0);
+  absl::StatusOr<Bytes> counts = ReadFile(out);
+  ASSERT_TRUE(counts.ok()) << counts.status();
+  EXPECT_EQ(std::string(counts->begin(), counts->end()), "1 1");
+  // This process's key still signs with its token object's copy of its own.
+  EXPECT_TRUE(SignsAndVerifies(*key, "parent"));
 }
 
 TEST_F(Pkcs11Test, ModuleFinalisedMidRunGivesClearError) {
