@@ -1,19 +1,26 @@
 // pkcs11_bench: on one SoftHSM2 token, in one run:
-//  * signatures/s through the hwid provider (EVP_PKEY_sign on a key loaded from its pkcs11: URI in
-//    a library context with default + hwid), through hwid's pkcs11/ library directly, through the
-//    libp11 ENGINE (Debian's libengine-pkcs11-openssl, MODULE_PATH = SoftHSM) and raw
-//    C_SignInit+C_Sign on the same module (the limit); ECDSA P-256 and RSA-2048 (PKCS#1 v1.5; the
-//    SHA-256 digest is computed once, outside the timed loop, for every path); 1 and 2 threads;
+//  * signatures/s on the same key through: raw C_SignInit+C_Sign on the token object and raw on a
+//    session copy of it (C_CopyObject, CKA_TOKEN false: the two limits; SoftHSM2 signs faster with
+//    session objects), hwid's pkcs11/ library (which signs with a session copy) and the same with
+//    copies off (HWID_PKCS11_SESSION_COPY=0: the token object), the hwid provider (EVP_PKEY_sign
+//    on a key loaded from its pkcs11: URI in a library context with default + hwid), the libp11
+//    ENGINE (Debian's libengine-pkcs11-openssl, MODULE_PATH = SoftHSM, token object) and
+//    latchset's pkcs11-provider when $HWID_BENCH_PKCS11_PROVIDER names its pkcs11.so (not in
+//    Debian 12; never built by this project; "not installed" otherwise); ECDSA P-256 and RSA-2048
+//    (PKCS#1 v1.5; the SHA-256 digest is computed once, outside the timed loop, for every path);
+//    1, 2 and 8 threads;
 //  * TLS 1.3 handshakes/s with the server key on the token (through hwid) vs a software key of the
 //    same type (in-process, BIO pair, client verifying with the default provider only), 1 and 2
 //    threads, and PKCS#11 calls per handshake (hwid's "hwid-pkcs11-calls" counter).
 // Prints ratios; no assertions.
 //
-// usage: pkcs11_bench [--seconds S] [--module-dir DIR]
+// usage: pkcs11_bench [--seconds S] [--module-dir DIR] [--no-tls]
 //        (makes its own token in a temporary SOFTHSM2_CONF)
+// env:   HWID_BENCH_PKCS11_PROVIDER=/path/to/pkcs11.so adds pkcs11-provider to the signing table.
 #define OPENSSL_SUPPRESS_DEPRECATED  // the libp11 ENGINE is an OpenSSL 1.x-style engine
 #include <dlfcn.h>
 #include <openssl/engine.h>
+#include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/provider.h>
 #include <openssl/rsa.h>
@@ -48,11 +55,14 @@ constexpr char kPin[] = "1234";
 
 [[noreturn]] void Die(const std::string& what) {
   std::fprintf(stderr, "pkcs11_bench: %s\n", what.c_str());
+  ERR_print_errors_fp(stderr);
   std::exit(1);
 }
 
 // Run calls op(thread) from `threads` threads for `seconds`; returns operations per second.
-double Run(int threads, double seconds, const std::function<bool(int)>& op) {
+// `what` names the path in the message when an operation fails.
+double Run(int threads, double seconds, const std::function<bool(int)>& op,
+           const char* what = "an operation") {
   std::atomic<bool> stop{false};
   std::atomic<uint64_t> total{0};
   std::atomic<bool> failed{false};
@@ -75,7 +85,7 @@ double Run(int threads, double seconds, const std::function<bool(int)>& op) {
   stop = true;
   for (auto& t : ts) t.join();
   const double elapsed = std::chrono::duration<double>(Clock::now() - start).count();
-  if (failed) Die("an operation failed during the run");
+  if (failed) Die(absl::StrCat(what, " failed during the run (", threads, " threads)"));
   return static_cast<double>(total.load()) / elapsed;
 }
 
@@ -87,10 +97,21 @@ const uint8_t kSha256Prefix[] = {0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86,
 int main(int argc, char** argv) {
   double seconds = 2.0;
   std::string module_dir = HWID_PROVIDER_DIR;
-  for (int i = 1; i + 1 < argc; i += 2) {
-    if (std::string(argv[i]) == "--seconds") seconds = std::atof(argv[i + 1]);
-    if (std::string(argv[i]) == "--module-dir") module_dir = argv[i + 1];
+  bool tls = true;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--no-tls") {
+      tls = false;
+    } else if (a == "--seconds" && i + 1 < argc) {
+      seconds = std::atof(argv[++i]);
+    } else if (a == "--module-dir" && i + 1 < argc) {
+      module_dir = argv[++i];
+    } else {
+      Die(absl::StrCat("unknown argument '", a, "' (see the file comment)"));
+    }
   }
+  constexpr int kThreadCounts[] = {1, 2, 8};
+  constexpr int kMaxThreads = 8;
   if (access(kModule, R_OK) != 0) Die("SoftHSM2 is not installed (apt-get install softhsm2)");
   // A private token.
   char tmpl[] = "/tmp/hwid-p11bench-XXXXXX";
@@ -152,18 +173,30 @@ int main(int argc, char** argv) {
     CK_OBJECT_HANDLE ec;
     CK_OBJECT_HANDLE rsa;
   };
-  std::vector<RawCtx> raw(2);
+  std::vector<RawCtx> raw(kMaxThreads);
   for (auto& r : raw) {
     if (fl->C_OpenSession(slot, CKF_SERIAL_SESSION, nullptr, nullptr, &r.s) != CKR_OK) Die("raw session");
     r.ec = raw_find(r.s, "eckey");
     r.rsa = raw_find(r.s, "rsakey");
   }
-  auto raw_sign = [&](int t, bool is_ec) {
+  // One session copy per key (what pkcs11-provider and hwid sign with), made on the first raw
+  // session and visible to all of them: session objects belong to the application.
+  auto raw_copy = [&](CK_OBJECT_HANDLE source) {
+    CK_BBOOL no = CK_FALSE;
+    CK_ATTRIBUTE t{CKA_TOKEN, &no, sizeof(no)};
+    CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
+    if (fl->C_CopyObject(raw[0].s, source, &t, 1, &h) != CKR_OK) Die("raw: C_CopyObject");
+    return h;
+  };
+  const CK_OBJECT_HANDLE copy_ec = raw_copy(raw[0].ec);
+  const CK_OBJECT_HANDLE copy_rsa = raw_copy(raw[0].rsa);
+  auto raw_sign = [&](int t, bool is_ec, bool copy) {
     CK_MECHANISM m{is_ec ? CKM_ECDSA : CKM_RSA_PKCS, nullptr, 0};
     uint8_t sig[512];
     CK_ULONG len = sizeof(sig);
     const hwid::Bytes& in = is_ec ? digest : digest_info;
-    return fl->C_SignInit(raw[t].s, &m, is_ec ? raw[t].ec : raw[t].rsa) == CKR_OK &&
+    const CK_OBJECT_HANDLE k = copy ? (is_ec ? copy_ec : copy_rsa) : (is_ec ? raw[t].ec : raw[t].rsa);
+    return fl->C_SignInit(raw[t].s, &m, k) == CKR_OK &&
            fl->C_Sign(raw[t].s, const_cast<uint8_t*>(in.data()), in.size(), sig, &len) == CKR_OK;
   };
 
@@ -196,10 +229,19 @@ int main(int argc, char** argv) {
   };
   auto engine_sign = [&](bool is_ec) { return evp_sign(nullptr, is_ec ? eng_ec : eng_rsa, is_ec); };
 
-  auto lib_sign = [&](bool is_ec) {
+  // hwid's library on a second token object opened with session copies off: the token object.
+  setenv("HWID_PKCS11_SESSION_COPY", "0", 1);
+  auto token_nocopy = hwid::pkcs11::Token::Open(token_uri);
+  unsetenv("HWID_PKCS11_SESSION_COPY");
+  if (!token_nocopy.ok()) Die(std::string(token_nocopy.status().message()));
+  auto ec_nocopy = (*token_nocopy)->FindKey("pkcs11:object=eckey");
+  auto rsa_nocopy = (*token_nocopy)->FindKey("pkcs11:object=rsakey");
+  if (!ec_nocopy.ok() || !rsa_nocopy.ok()) Die("finding the keys with copies off");
+  auto lib_sign = [&](bool is_ec, bool copy) {
     hwid::SignParams o;
     o.scheme = is_ec ? hwid::SignScheme::kEcdsa : hwid::SignScheme::kRsaPkcs1;
-    return (is_ec ? *ec : *rsa)->Sign(digest, o).ok();
+    const auto& k = copy ? (is_ec ? *ec : *rsa) : (is_ec ? *ec_nocopy : *rsa_nocopy);
+    return k->Sign(digest, o).ok();
   };
 
   // The hwid provider: default + hwid in a private library context; keys from pkcs11: URIs.
@@ -230,27 +272,103 @@ int main(int argc, char** argv) {
   EVP_PKEY* prov_rsa = prov_key("rsakey");
   auto prov_sign = [&](bool is_ec) { return evp_sign(pctx, is_ec ? prov_ec : prov_rsa, is_ec); };
 
-  std::printf("PKCS#11 signing on SoftHSM2 %s, %u cores, %.1f s per cell\n", "2.6.1",
-              std::thread::hardware_concurrency(), seconds);
-  std::printf("%-14s %-8s %12s %12s %12s %12s %10s %10s %10s\n", "key", "threads", "raw C_Sign/s",
-              "engine/s", "pkcs11 lib/s", "provider/s", "lib/raw", "prov/raw", "prov/eng");
-  // The three paths run interleaved in short slices (kRounds x seconds/kRounds each), so load
-  // from other processes on a shared machine hits them alike.
+  // latchset's pkcs11-provider, when the environment names its module: default + pkcs11 in a
+  // library context of its own, the module from PKCS11_PROVIDER_MODULE, keys from pkcs11: URIs
+  // with pin-value (the provider's own URI parser).
+  OSSL_LIB_CTX* p11ctx = nullptr;
+  OSSL_PROVIDER* p11def = nullptr;
+  OSSL_PROVIDER* p11prov = nullptr;
+  EVP_PKEY* p11_ec = nullptr;
+  EVP_PKEY* p11_rsa = nullptr;
+  std::string p11_note = "not installed (set HWID_BENCH_PKCS11_PROVIDER=/path/to/pkcs11.so)";
+  if (const char* path = std::getenv("HWID_BENCH_PKCS11_PROVIDER"); path != nullptr && *path != 0) {
+    setenv("PKCS11_PROVIDER_MODULE", kModule, 1);
+    p11ctx = OSSL_LIB_CTX_new();
+    p11def = OSSL_PROVIDER_load(p11ctx, "default");
+    p11prov = OSSL_PROVIDER_load(p11ctx, path);
+    if (p11def == nullptr || p11prov == nullptr) {
+      p11_note = absl::StrCat("cannot load ", path);
+    } else {
+      auto load = [&](const char* label) {
+        const std::string u =
+            absl::StrCat("pkcs11:token=bench;object=", label, ";type=private?pin-value=", kPin);
+        OSSL_STORE_CTX* sc = OSSL_STORE_open_ex(u.c_str(), p11ctx, nullptr, nullptr, nullptr,
+                                                nullptr, nullptr, nullptr);
+        EVP_PKEY* k = nullptr;
+        while (sc != nullptr && k == nullptr && !OSSL_STORE_eof(sc)) {
+          OSSL_STORE_INFO* info = OSSL_STORE_load(sc);
+          if (info != nullptr && OSSL_STORE_INFO_get_type(info) == OSSL_STORE_INFO_PKEY) {
+            k = OSSL_STORE_INFO_get1_PKEY(info);
+          }
+          OSSL_STORE_INFO_free(info);
+        }
+        OSSL_STORE_close(sc);
+        return k;
+      };
+      p11_ec = load("eckey");
+      p11_rsa = load("rsakey");
+      p11_note = p11_ec != nullptr && p11_rsa != nullptr
+                     ? absl::StrCat("pkcs11-provider ", path)
+                     : absl::StrCat("pkcs11-provider ", path, " loaded but found no key");
+    }
+    ERR_clear_error();
+  }
+  const bool have_p11 = p11_ec != nullptr && p11_rsa != nullptr;
+  // pkcs11-provider 1.2.0 fails a few signatures with more threads than cores (OpenSSL reports
+  // "asn1_item_embed_d2i: too small"): an operation is one *successful* signature, the failed
+  // attempts are counted and shown next to the rate.
+  std::atomic<uint64_t> p11_failed{0};
+  auto p11_sign = [&](bool is_ec) {
+    for (int attempt = 0; attempt < 10; ++attempt) {
+      if (evp_sign(p11ctx, is_ec ? p11_ec : p11_rsa, is_ec)) return true;
+      ERR_clear_error();
+      p11_failed.fetch_add(1, std::memory_order_relaxed);
+    }
+    return false;
+  };
+
+  std::printf("PKCS#11 signing on SoftHSM2 %s, %u cores, %.1f s per cell; pkcs11-provider: %s\n",
+              "2.6.1", std::thread::hardware_concurrency(), seconds, p11_note.c_str());
+  std::printf("columns: raw C_SignInit+C_Sign on the token object | raw on a session copy | libp11 "
+              "engine | hwid pkcs11/ with copies off (token object) | hwid pkcs11/ | hwid provider "
+              "| pkcs11-provider; sig/s\n");
+  std::printf("%-14s %-3s %9s %9s %9s %9s %9s %9s %9s %9s %9s %9s %9s\n", "key", "thr", "raw tok",
+              "raw copy", "engine", "lib tok", "lib", "provider", "p11prov", "lib/rtok",
+              "lib/rcopy", "prov/rcpy", "prov/p11p");
+  // The paths run interleaved in short slices (kRounds x seconds/kRounds each), so load from
+  // other processes on a shared machine hits them alike.
   constexpr int kRounds = 8;
   for (bool is_ec : {true, false}) {
-    for (int threads : {1, 2}) {
-      double r = 0, g = 0, h = 0, p = 0;
+    for (int threads : kThreadCounts) {
+      double rt = 0, rc = 0, g = 0, ht = 0, h = 0, p = 0, q = 0;
+      p11_failed = 0;
       for (int round = 0; round < kRounds; ++round) {
         const double slice = seconds / kRounds;
-        r += Run(threads, slice, [&](int t) { return raw_sign(t, is_ec); }) / kRounds;
-        g += Run(threads, slice, [&](int) { return engine_sign(is_ec); }) / kRounds;
-        h += Run(threads, slice, [&](int) { return lib_sign(is_ec); }) / kRounds;
-        p += Run(threads, slice, [&](int) { return prov_sign(is_ec); }) / kRounds;
+        rt += Run(threads, slice, [&](int t) { return raw_sign(t, is_ec, false); }, "raw token") / kRounds;
+        rc += Run(threads, slice, [&](int t) { return raw_sign(t, is_ec, true); }, "raw copy") / kRounds;
+        g += Run(threads, slice, [&](int) { return engine_sign(is_ec); }, "engine") / kRounds;
+        ht += Run(threads, slice, [&](int) { return lib_sign(is_ec, false); }, "lib tok") / kRounds;
+        h += Run(threads, slice, [&](int) { return lib_sign(is_ec, true); }, "lib") / kRounds;
+        p += Run(threads, slice, [&](int) { return prov_sign(is_ec); }, "provider") / kRounds;
+        if (have_p11) {
+          q += Run(threads, slice, [&](int) { return p11_sign(is_ec); }, "pkcs11-provider") / kRounds;
+        }
       }
-      std::printf("%-14s %-8d %12.0f %12.0f %12.0f %12.0f %10.3f %10.3f %10.3f\n",
-                  is_ec ? "ECDSA P-256" : "RSA-2048 v1.5", threads, r, g, h, p, h / r, p / r, p / g);
+      const std::string p11 = have_p11 ? absl::StrFormat("%9.0f", q) : absl::StrFormat("%9s", "-");
+      const std::string p11r =
+          have_p11 ? absl::StrFormat("%9.3f", p / q) : absl::StrFormat("%9s", "-");
+      const std::string p11f =
+          p11_failed.load() == 0 ? "" : absl::StrCat("  (pkcs11-provider: ", p11_failed.load(),
+                                                     " failed signatures retried)");
+      std::printf("%-14s %-3d %9.0f %9.0f %9.0f %9.0f %9.0f %9.0f %s %9.3f %9.3f %9.3f %s%s\n",
+                  is_ec ? "ECDSA P-256" : "RSA-2048 v1.5", threads, rt, rc, g, ht, h, p,
+                  p11.c_str(), h / rt, h / rc, p / rc, p11r.c_str(), p11f.c_str());
       std::fflush(stdout);
     }
+  }
+  if (!tls) {
+    std::filesystem::remove_all(dir);
+    return 0;
   }
 
   // TLS 1.3 handshakes: token key (through hwid) vs software key, same library context.
@@ -315,6 +433,11 @@ int main(int argc, char** argv) {
   OSSL_PROVIDER_unload(phwid);
   OSSL_PROVIDER_unload(pdef);
   OSSL_LIB_CTX_free(pctx);
+  EVP_PKEY_free(p11_ec);
+  EVP_PKEY_free(p11_rsa);
+  OSSL_PROVIDER_unload(p11prov);
+  OSSL_PROVIDER_unload(p11def);
+  OSSL_LIB_CTX_free(p11ctx);
   for (auto& r : raw) fl->C_CloseSession(r.s);
   EVP_PKEY_free(eng_ec);
   EVP_PKEY_free(eng_rsa);
