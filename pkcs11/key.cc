@@ -520,9 +520,6 @@ absl::StatusOr<unsigned long> Key::MakeSessionCopy(unsigned long session) {
   if (!r.ok()) {
     // Refused (CKA_COPYABLE false: CKR_ACTION_PROHIBITED; no C_CopyObject; out of memory ...):
     // the token object signs, as it would without copies.
-    if (SessionBroken(r.rv())) {
-      token_->login_session_ = CK_INVALID_HANDLE;
-    }
     return decide(CK_INVALID_HANDLE);
   }
   absl::StatusOr<KeyAttributes> src = ReadProtection(ck, *own, source, Describe());
@@ -535,11 +532,15 @@ absl::StatusOr<unsigned long> Key::MakeSessionCopy(unsigned long session) {
 }
 
 void Key::ForgetSessionCopy(unsigned long handle) {
-  if (handle == CK_INVALID_HANDLE || copy_.load() != handle) {
+  // `handle` failed: if it was the copy, the copy is gone; if the token object signed (no copy),
+  // the reason there was none (e.g. not logged in) may be gone too. Either way decide again,
+  // unless another thread already made a new copy.
+  const unsigned long copy = copy_.load();
+  if (copy != handle && copy != CK_INVALID_HANDLE) {
     return;
   }
   std::lock_guard<std::mutex> lock(token_->mu_);
-  if (copy_.load() == handle) {
+  if (copy_.load() == copy) {
     copy_generation_.store(0, std::memory_order_release);
     copy_.store(CK_INVALID_HANDLE);
   }

@@ -65,6 +65,10 @@ void Token::CloseIdleSessions() {
 }
 
 absl::StatusOr<unsigned long> Token::OwnSession() {
+  if (CK_SESSION_INFO si; login_session_ != CK_INVALID_HANDLE &&
+                          SessionBroken(HWID_CK(ck(), C_GetSessionInfo, login_session_, &si).rv())) {
+    login_session_ = CK_INVALID_HANDLE;  // closed underneath us (C_CloseAllSessions, ...)
+  }
   if (login_session_ == CK_INVALID_HANDLE) {
     CK_SESSION_HANDLE s = CK_INVALID_HANDLE;
     RETURN_IF_ERROR(HWID_CK(ck(), C_OpenSession, slot_id_, CKF_SERIAL_SESSION, nullptr, nullptr, &s)
