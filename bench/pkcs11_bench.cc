@@ -91,6 +91,22 @@ double Run(int threads, double seconds, const std::function<bool(int)>& op,
   return static_cast<double>(total.load()) / elapsed;
 }
 
+// StoreKey loads the first private key OSSL_STORE finds at `uri` in `libctx` (null if none).
+EVP_PKEY* StoreKey(OSSL_LIB_CTX* libctx, const std::string& uri) {
+  OSSL_STORE_CTX* sc = OSSL_STORE_open_ex(uri.c_str(), libctx, nullptr, nullptr, nullptr, nullptr,
+                                          nullptr, nullptr);
+  EVP_PKEY* k = nullptr;
+  while (sc != nullptr && k == nullptr && !OSSL_STORE_eof(sc)) {
+    OSSL_STORE_INFO* info = OSSL_STORE_load(sc);
+    if (info != nullptr && OSSL_STORE_INFO_get_type(info) == OSSL_STORE_INFO_PKEY) {
+      k = OSSL_STORE_INFO_get1_PKEY(info);
+    }
+    OSSL_STORE_INFO_free(info);
+  }
+  OSSL_STORE_close(sc);
+  return k;
+}
+
 const uint8_t kSha256Prefix[] = {0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01,
                                  0x65, 0x03, 0x04, 0x02, 0x01, 0x05, 0x00, 0x04, 0x20};
 
@@ -256,17 +272,7 @@ int main(int argc, char** argv) {
   if (pdef == nullptr || phwid == nullptr) Die(absl::StrCat("cannot load hwid.so from ", module_dir));
   auto prov_key = [&](const char* label) {
     const std::string u = absl::StrCat("pkcs11:token=bench;object=", label);
-    OSSL_STORE_CTX* sc = OSSL_STORE_open_ex(u.c_str(), pctx, nullptr, nullptr, nullptr, nullptr,
-                                            nullptr, nullptr);
-    EVP_PKEY* k = nullptr;
-    while (sc != nullptr && k == nullptr && !OSSL_STORE_eof(sc)) {
-      OSSL_STORE_INFO* info = OSSL_STORE_load(sc);
-      if (info != nullptr && OSSL_STORE_INFO_get_type(info) == OSSL_STORE_INFO_PKEY) {
-        k = OSSL_STORE_INFO_get1_PKEY(info);
-      }
-      OSSL_STORE_INFO_free(info);
-    }
-    OSSL_STORE_close(sc);
+    EVP_PKEY* k = StoreKey(pctx, u);
     if (k == nullptr) Die(absl::StrCat("provider: load ", u));
     return k;
   };
@@ -292,20 +298,8 @@ int main(int argc, char** argv) {
       p11_note = absl::StrCat("cannot load ", path);
     } else {
       auto load = [&](const char* label) {
-        const std::string u =
-            absl::StrCat("pkcs11:token=bench;object=", label, ";type=private?pin-value=", kPin);
-        OSSL_STORE_CTX* sc = OSSL_STORE_open_ex(u.c_str(), p11ctx, nullptr, nullptr, nullptr,
-                                                nullptr, nullptr, nullptr);
-        EVP_PKEY* k = nullptr;
-        while (sc != nullptr && k == nullptr && !OSSL_STORE_eof(sc)) {
-          OSSL_STORE_INFO* info = OSSL_STORE_load(sc);
-          if (info != nullptr && OSSL_STORE_INFO_get_type(info) == OSSL_STORE_INFO_PKEY) {
-            k = OSSL_STORE_INFO_get1_PKEY(info);
-          }
-          OSSL_STORE_INFO_free(info);
-        }
-        OSSL_STORE_close(sc);
-        return k;
+        return StoreKey(p11ctx, absl::StrCat("pkcs11:token=bench;object=", label,
+                                             ";type=private?pin-value=", kPin));
       };
       p11_ec = load("eckey");
       p11_rsa = load("rsakey");

@@ -732,6 +732,31 @@ class RawSession {
     CK_ATTRIBUTE a{type, &v, sizeof(v)};
     return fl_->C_GetAttributeValue(s_, o, &a, 1) == CKR_OK ? v : 0xff;
   }
+  // GenerateEc makes an EC P-256 key pair on the token, CKA_LABEL and CKA_ID = `label`, whose
+  // private key has CKA_TOKEN, CKA_PRIVATE, CKA_SIGN true plus the boolean attributes `flags`.
+  // Returns the private key's handle (CK_INVALID_HANDLE on failure).
+  CK_OBJECT_HANDLE GenerateEc(const std::string& label,
+                              const std::vector<std::pair<CK_ATTRIBUTE_TYPE, CK_BBOOL>>& flags) const {
+    static CK_BBOOL yes = CK_TRUE;
+    static uint8_t p256[] = {0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07};
+    char* l = const_cast<char*>(label.data());
+    CK_ATTRIBUTE pub[] = {{CKA_TOKEN, &yes, 1}, {CKA_EC_PARAMS, p256, sizeof(p256)},
+                          {CKA_ID, l, label.size()}, {CKA_LABEL, l, label.size()}};
+    std::vector<CK_BBOOL> values;
+    values.reserve(flags.size());
+    std::vector<CK_ATTRIBUTE> priv = {{CKA_TOKEN, &yes, 1}, {CKA_PRIVATE, &yes, 1},
+                                      {CKA_SIGN, &yes, 1},  {CKA_ID, l, label.size()},
+                                      {CKA_LABEL, l, label.size()}};
+    for (const auto& [type, value] : flags) {
+      values.push_back(value);
+      priv.push_back({type, &values.back(), 1});
+    }
+    CK_MECHANISM mech{CKM_EC_KEY_PAIR_GEN, nullptr, 0};
+    CK_OBJECT_HANDLE ph = CK_INVALID_HANDLE, kh = CK_INVALID_HANDLE;
+    return fl_->C_GenerateKeyPair(s_, &mech, pub, 4, priv.data(), priv.size(), &ph, &kh) == CKR_OK
+               ? kh
+               : CK_INVALID_HANDLE;
+  }
   // Secret asks for the private value itself (CKA_VALUE for EC, CKA_PRIVATE_EXPONENT for RSA).
   CK_RV Secret(CK_OBJECT_HANDLE o, bool ec) const {
     uint8_t buf[1024];
@@ -843,20 +868,9 @@ TEST_F(Pkcs11Test, SessionCopyOfAnUnprotectedKeyIsProtected) {
   ASSERT_NE(t, nullptr);
   RawSession raw;
   ASSERT_TRUE(raw.ok());
-  CK_BBOOL yes = CK_TRUE;
-  CK_BBOOL no = CK_FALSE;
-  uint8_t p256[] = {0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07};
-  uint8_t id[] = {0x5e, 0x4c, 0x01};
-  const std::string label = "unprotected";
-  CK_ATTRIBUTE pub[] = {{CKA_TOKEN, &yes, 1}, {CKA_EC_PARAMS, p256, sizeof(p256)},
-                        {CKA_ID, id, sizeof(id)}, {CKA_LABEL, const_cast<char*>(label.data()), label.size()}};
-  CK_ATTRIBUTE priv[] = {{CKA_TOKEN, &yes, 1},       {CKA_PRIVATE, &yes, 1},
-                         {CKA_SIGN, &yes, 1},        {CKA_SENSITIVE, &no, 1},
-                         {CKA_EXTRACTABLE, &yes, 1}, {CKA_ID, id, sizeof(id)},
-                         {CKA_LABEL, const_cast<char*>(label.data()), label.size()}};
-  CK_MECHANISM mech{CKM_EC_KEY_PAIR_GEN, nullptr, 0};
-  CK_OBJECT_HANDLE ph = 0, kh = 0;
-  ASSERT_EQ(raw.fl()->C_GenerateKeyPair(raw.s(), &mech, pub, 4, priv, 7, &ph, &kh), CKR_OK);
+  const CK_OBJECT_HANDLE kh =
+      raw.GenerateEc("unprotected", {{CKA_SENSITIVE, CK_FALSE}, {CKA_EXTRACTABLE, CK_TRUE}});
+  ASSERT_NE(kh, CK_INVALID_HANDLE);
   absl::StatusOr<std::shared_ptr<Key>> key = t->FindKey("pkcs11:object=unprotected");
   ASSERT_TRUE(key.ok()) << key.status();
   EXPECT_TRUE(SignsAndVerifies(**key, "unprotected"));
@@ -878,20 +892,12 @@ TEST_F(Pkcs11Test, UnmodifiableKeyIsNotCopiedAndTheTokenObjectSigns) {
   ASSERT_NE(t, nullptr);
   RawSession raw;
   ASSERT_TRUE(raw.ok());
+  const CK_OBJECT_HANDLE kh = raw.GenerateEc(
+      "weak-fixed",
+      {{CKA_SENSITIVE, CK_FALSE}, {CKA_EXTRACTABLE, CK_TRUE}, {CKA_MODIFIABLE, CK_FALSE}});
+  ASSERT_NE(kh, CK_INVALID_HANDLE);
   CK_BBOOL yes = CK_TRUE;
   CK_BBOOL no = CK_FALSE;
-  uint8_t p256[] = {0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07};
-  uint8_t id[] = {0x3a, 0x77, 0x10};
-  const std::string label = "weak-fixed";
-  CK_ATTRIBUTE pub[] = {{CKA_TOKEN, &yes, 1}, {CKA_EC_PARAMS, p256, sizeof(p256)},
-                        {CKA_ID, id, sizeof(id)}, {CKA_LABEL, const_cast<char*>(label.data()), label.size()}};
-  CK_ATTRIBUTE priv[] = {{CKA_TOKEN, &yes, 1},       {CKA_PRIVATE, &yes, 1},
-                         {CKA_SIGN, &yes, 1},        {CKA_SENSITIVE, &no, 1},
-                         {CKA_EXTRACTABLE, &yes, 1}, {CKA_MODIFIABLE, &no, 1},
-                         {CKA_ID, id, sizeof(id)},   {CKA_LABEL, const_cast<char*>(label.data()), label.size()}};
-  CK_MECHANISM mech{CKM_EC_KEY_PAIR_GEN, nullptr, 0};
-  CK_OBJECT_HANDLE ph = 0, kh = 0;
-  ASSERT_EQ(raw.fl()->C_GenerateKeyPair(raw.s(), &mech, pub, 4, priv, 8, &ph, &kh), CKR_OK);
   // What the token does with both templates hwid tries.
   CK_ATTRIBUTE strong[] = {{CKA_TOKEN, &no, 1}, {CKA_SENSITIVE, &yes, 1}, {CKA_EXTRACTABLE, &no, 1}};
   CK_OBJECT_HANDLE probe = 0;
@@ -912,20 +918,11 @@ TEST_F(Pkcs11Test, TokenThatRefusesTheCopySignsWithTheTokenObject) {
   ASSERT_NE(t, nullptr);
   RawSession raw;
   ASSERT_TRUE(raw.ok());
-  CK_BBOOL yes = CK_TRUE;
+  const CK_OBJECT_HANDLE kh = raw.GenerateEc(
+      "not-copyable",
+      {{CKA_SENSITIVE, CK_TRUE}, {CKA_EXTRACTABLE, CK_FALSE}, {CKA_COPYABLE, CK_FALSE}});
+  ASSERT_NE(kh, CK_INVALID_HANDLE);
   CK_BBOOL no = CK_FALSE;
-  uint8_t p256[] = {0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07};
-  uint8_t id[] = {0xc0, 0x9b, 0x1e};
-  const std::string label = "not-copyable";
-  CK_ATTRIBUTE pub[] = {{CKA_TOKEN, &yes, 1}, {CKA_EC_PARAMS, p256, sizeof(p256)},
-                        {CKA_ID, id, sizeof(id)}, {CKA_LABEL, const_cast<char*>(label.data()), label.size()}};
-  CK_ATTRIBUTE priv[] = {{CKA_TOKEN, &yes, 1},      {CKA_PRIVATE, &yes, 1},
-                         {CKA_SIGN, &yes, 1},       {CKA_SENSITIVE, &yes, 1},
-                         {CKA_EXTRACTABLE, &no, 1}, {CKA_COPYABLE, &no, 1},
-                         {CKA_ID, id, sizeof(id)},  {CKA_LABEL, const_cast<char*>(label.data()), label.size()}};
-  CK_MECHANISM mech{CKM_EC_KEY_PAIR_GEN, nullptr, 0};
-  CK_OBJECT_HANDLE ph = 0, kh = 0;
-  ASSERT_EQ(raw.fl()->C_GenerateKeyPair(raw.s(), &mech, pub, 4, priv, 8, &ph, &kh), CKR_OK);
   CK_OBJECT_HANDLE probe = 0;
   CK_ATTRIBUTE session_tmpl{CKA_TOKEN, &no, 1};
   ASSERT_EQ(raw.fl()->C_CopyObject(raw.s(), kh, &session_tmpl, 1, &probe), CKR_ACTION_PROHIBITED);
