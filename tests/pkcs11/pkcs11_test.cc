@@ -1006,11 +1006,20 @@ TEST_F(Pkcs11Test, SessionCopyIsMadeAgainAfterLogoutAndDiesWithTheKey) {
   EXPECT_TRUE(key->signs_with_session_copy());
   EXPECT_EQ(raw.Copies(key->id()).size(), 1u);
 
+  // A second Key for the same key (another Token object) has a copy of its own; DestroyKey
+  // destroys every copy of the key in this process, so neither Key can sign any more.
+  absl::StatusOr<std::shared_ptr<Key>> second =
+      LoadKey(absl::StrCat(key->uri(), "?module-path=", SoftHsm::kModule, "&pin-value=", kPin));
+  ASSERT_TRUE(second.ok()) << second.status();
+  ASSERT_TRUE(SignsAndVerifies(**second, "second"));
+  ASSERT_EQ(raw.Copies(key->id()).size(), 2u);
   ASSERT_TRUE(key->token()->DestroyKey(*key).ok());
   EXPECT_TRUE(raw.Copies(key->id()).empty());
-  absl::Status st =
-      key->Sign(Sha("SHA256", "gone"), {SignScheme::kEcdsa, HashAlg::kSha256, {}}).status();
-  EXPECT_EQ(st.code(), absl::StatusCode::kNotFound) << st;
+  for (const std::shared_ptr<Key>& k : {key, *second}) {
+    absl::Status st =
+        k->Sign(Sha("SHA256", "gone"), {SignScheme::kEcdsa, HashAlg::kSha256, {}}).status();
+    EXPECT_EQ(st.code(), absl::StatusCode::kNotFound) << st;
+  }
 }
 
 // CountTokenFiles counts the files of the token's file object store (one per token object).
