@@ -213,7 +213,8 @@ int main(int argc, char** argv) {
     uint8_t sig[512];
     CK_ULONG len = sizeof(sig);
     const hwid::Bytes& in = is_ec ? digest : digest_info;
-    const CK_OBJECT_HANDLE k = copy ? (is_ec ? copy_ec : copy_rsa) : (is_ec ? raw[t].ec : raw[t].rsa);
+    const CK_OBJECT_HANDLE k =
+        copy ? (is_ec ? copy_ec : copy_rsa) : (is_ec ? raw[t].ec : raw[t].rsa);
     return fl->C_SignInit(raw[t].s, &m, k) == CKR_OK &&
            fl->C_Sign(raw[t].s, const_cast<uint8_t*>(in.data()), in.size(), sig, &len) == CKR_OK;
   };
@@ -342,8 +343,10 @@ int main(int argc, char** argv) {
       p11_failed = 0;
       for (int round = 0; round < kRounds; ++round) {
         const double slice = seconds / kRounds;
-        rt += Run(threads, slice, [&](int t) { return raw_sign(t, is_ec, false); }, "raw token") / kRounds;
-        rc += Run(threads, slice, [&](int t) { return raw_sign(t, is_ec, true); }, "raw copy") / kRounds;
+        rt += Run(threads, slice, [&](int t) { return raw_sign(t, is_ec, false); },
+                  "raw token") / kRounds;
+        rc += Run(threads, slice, [&](int t) { return raw_sign(t, is_ec, true); },
+                  "raw copy") / kRounds;
         g += Run(threads, slice, [&](int) { return engine_sign(is_ec); }, "engine") / kRounds;
         ht += Run(threads, slice, [&](int) { return lib_sign(is_ec, false); }, "lib tok") / kRounds;
         h += Run(threads, slice, [&](int) { return lib_sign(is_ec, true); }, "lib") / kRounds;

@@ -160,7 +160,8 @@ absl::StatusOr<KeyAttributes> ReadProtection(const Ck& ck, CK_SESSION_HANDLE s, 
       {CKA_ALWAYS_SENSITIVE, &v[4], 1}, {CKA_NEVER_EXTRACTABLE, &v[5], 1},
       {CKA_SIGN, &v[6], 1},
   };
-  RETURN_IF_ERROR(HWID_CK(ck, C_GetAttributeValue, s, o, a, 7).Status("protection attributes", what));
+  RETURN_IF_ERROR(
+      HWID_CK(ck, C_GetAttributeValue, s, o, a, 7).Status("protection attributes", what));
   KeyAttributes out;
   out.token = v[0] == CK_TRUE;
   out.is_private = v[1] == CK_TRUE;

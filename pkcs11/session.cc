@@ -65,8 +65,9 @@ void Token::CloseIdleSessions() {
 }
 
 absl::StatusOr<unsigned long> Token::OwnSession() {
-  if (CK_SESSION_INFO si; login_session_ != CK_INVALID_HANDLE &&
-                          SessionBroken(HWID_CK(ck(), C_GetSessionInfo, login_session_, &si).rv())) {
+  CK_SESSION_INFO si;
+  if (login_session_ != CK_INVALID_HANDLE &&
+      SessionBroken(HWID_CK(ck(), C_GetSessionInfo, login_session_, &si).rv())) {
     login_session_ = CK_INVALID_HANDLE;  // closed underneath us (C_CloseAllSessions, ...)
   }
   if (login_session_ == CK_INVALID_HANDLE) {

@@ -735,8 +735,9 @@ class RawSession {
   // GenerateEc makes an EC P-256 key pair on the token, CKA_LABEL and CKA_ID = `label`, whose
   // private key has CKA_TOKEN, CKA_PRIVATE, CKA_SIGN true plus the boolean attributes `flags`.
   // Returns the private key's handle (CK_INVALID_HANDLE on failure).
-  CK_OBJECT_HANDLE GenerateEc(const std::string& label,
-                              const std::vector<std::pair<CK_ATTRIBUTE_TYPE, CK_BBOOL>>& flags) const {
+  CK_OBJECT_HANDLE GenerateEc(
+      const std::string& label,
+      const std::vector<std::pair<CK_ATTRIBUTE_TYPE, CK_BBOOL>>& flags) const {
     static CK_BBOOL yes = CK_TRUE;
     static uint8_t p256[] = {0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07};
     char* l = const_cast<char*>(label.data());
@@ -899,7 +900,8 @@ TEST_F(Pkcs11Test, UnmodifiableKeyIsNotCopiedAndTheTokenObjectSigns) {
   CK_BBOOL yes = CK_TRUE;
   CK_BBOOL no = CK_FALSE;
   // What the token does with both templates hwid tries.
-  CK_ATTRIBUTE strong[] = {{CKA_TOKEN, &no, 1}, {CKA_SENSITIVE, &yes, 1}, {CKA_EXTRACTABLE, &no, 1}};
+  CK_ATTRIBUTE strong[] = {
+      {CKA_TOKEN, &no, 1}, {CKA_SENSITIVE, &yes, 1}, {CKA_EXTRACTABLE, &no, 1}};
   CK_OBJECT_HANDLE probe = 0;
   ASSERT_EQ(raw.fl()->C_CopyObject(raw.s(), kh, strong, 3, &probe), CKR_ATTRIBUTE_READ_ONLY);
   ASSERT_EQ(raw.fl()->C_CopyObject(raw.s(), kh, strong, 1, &probe), CKR_ATTRIBUTE_READ_ONLY);
