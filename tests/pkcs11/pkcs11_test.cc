@@ -1085,6 +1085,9 @@ TEST_F(Pkcs11Test, NothingPersistsAfterTheProcessExits) {
   setenv("HWID_TEST_COUNT_OUT", out.c_str(), 1);
   const int rc = std::system(absl::StrCat("'", self, "' --gtest_also_run_disabled_tests "
                                           "--gtest_filter=Pkcs11Helper.* >/dev/null 2>&1").c_str());
+  unsetenv("HWID_TEST_COUNT_URI");
+  unsetenv("HWID_TEST_COUNT_LABEL");
+  unsetenv("HWID_TEST_COUNT_OUT");
   EXPECT_EQ(rc, 0);
   absl::StatusOr<Bytes> counts = ReadFile(out);
   ASSERT_TRUE(counts.ok()) << counts.status();
