@@ -79,7 +79,7 @@ int KeyImport(void* keydata, int selection, const OSSL_PARAM params[]) {
     if (HasPrivateParam(params)) {
       RaiseError(k->prov, kReasonUnsupported,
                  "hwid does not import software private keys; create the key in the TPM "
-                 "(openssl genpkey -provider hwid) or import it with tpm2_import");
+                 "(openssl genpkey -propquery provider=hwid) or import it with tpm2_import");
       return 0;
     }
     if ((selection & OSSL_KEYMGMT_SELECT_PUBLIC_KEY) == 0) {
