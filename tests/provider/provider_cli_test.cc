@@ -208,6 +208,7 @@ struct NginxCase {
   const char* name;
   const char* alg;
   int workers;
+  testing::ProviderOrder order;  // in openssl.cnf
 };
 
 class NginxTest : public CliTest, public ::testing::WithParamInterface<NginxCase> {};
@@ -221,7 +222,7 @@ TEST_P(NginxTest, ServesWithTpmKeyAndCurlVerifies) {
   const NginxCase& nc = GetParam();
   MakeCa("EC");
   MakeCert("server", nc.alg, "IP:127.0.0.1");
-  const std::string cnf = WriteOpensslCnf("openssl.cnf");
+  const std::string cnf = WriteOpensslCnf("openssl.cnf", "", nc.order);
   const int port = FreePort();
   MustRun("mkdir -p logs tmp");
   const std::string conf =
@@ -249,8 +250,17 @@ TEST_P(NginxTest, ServesWithTpmKeyAndCurlVerifies) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Keys, NginxTest,
-                         ::testing::Values(NginxCase{"EcTwoWorkers", "EC", 2},
-                                           NginxCase{"RsaOneWorker", "RSA2048", 1}),
+                         ::testing::Values(
+                             NginxCase{"EcTwoWorkers", "EC", 2,
+                                       testing::ProviderOrder::kDefaultFirst},
+                             NginxCase{"RsaOneWorker", "RSA2048", 1,
+                                       testing::ProviderOrder::kDefaultFirst},
+                             // TLS 1.2 ECDHE-ECDSA needs libssl's NIST groups: see "Provider
+                             // order" in docs/provider.md.
+                             NginxCase{"EcTwoWorkersHwidFirst", "EC", 2,
+                                       testing::ProviderOrder::kHwidFirst},
+                             NginxCase{"RsaOneWorkerHwidFirst", "RSA2048", 1,
+                                       testing::ProviderOrder::kHwidFirst}),
                          [](const auto& tp) { return std::string(tp.param.name); });
 
 }  // namespace
