@@ -86,6 +86,16 @@ class OrderTest : public testing::ProviderCliTest,
     return absl::StrCat(r.output, "\n--- server ---\n", server.Log());
   }
 
+  // ServerCert writes server.crt for `key`.pem (CN server, IP 127.0.0.1) through a CSR, issued by
+  // ca.pem / ca.crt under the openssl.cnf of `env`, and checks the CSR and the chain.
+  void ServerCert(const std::string& env, const std::string& key) {
+    MustRun(absl::StrCat(env, "openssl req -new -key ", key, ".pem -subj /CN=server "
+                         "-addext subjectAltName=IP:127.0.0.1 -out server.csr && openssl req "
+                         "-verify -noout -in server.csr && openssl x509 -req -in server.csr "
+                         "-CA ca.crt -CAkey ca.pem -CAcreateserial -copy_extensions copy -days 1 "
+                         "-out server.crt && openssl verify -CAfile ca.crt server.crt"));
+  }
+
   // SoftwareOnly runs key generation, CSRs, certificates and TLS 1.2/1.3 with software keys
   // only, under the openssl.cnf of `env`, and returns everything the programs printed.
   std::string SoftwareOnly(const std::string& env) {
@@ -105,21 +115,14 @@ class OrderTest : public testing::ProviderCliTest,
     for (const char* k : {"ca.pem", "rsa-ca.pem", "ec.pem", "rsa.pem"}) {
       EXPECT_THAT(Text(k), HasSubstr("BEGIN PRIVATE KEY")) << k;
     }
-    // The server certificate: a CSR signed by the software CA.
-    must("openssl req -new -key ec.pem -subj /CN=server -addext subjectAltName=IP:127.0.0.1 "
-         "-out server.csr && openssl req -verify -noout -in server.csr");
-    must("openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.pem -CAcreateserial "
-         "-copy_extensions copy -days 1 -out server.crt && openssl verify -CAfile ca.crt "
-         "server.crt");
+    ServerCert(env, "ec");
     // ECDHE on a NIST curve makes libssl generate a P-256 ephemeral key with an unqualified
     // fetch: with hwid first and no default_properties it would be hwid's key management.
     absl::StrAppend(&out, Tls(env, "ec", absl::StrCat(kTls12Ecdsa, " -groups P-256:P-384"),
                               "Signature type: ECDSA"));
     absl::StrAppend(&out, Tls(env, "ec", "-tls1_3 -groups P-256", "Signature type: ECDSA"));
     absl::StrAppend(&out, Tls(env, "ec", "-tls1_3", "Signature type: ECDSA"));
-    must("openssl req -new -key rsa.pem -subj /CN=server -addext subjectAltName=IP:127.0.0.1 "
-         "-out rsa.csr && openssl x509 -req -in rsa.csr -CA ca.crt -CAkey ca.pem "
-         "-CAcreateserial -copy_extensions copy -days 1 -out server.crt");
+    ServerCert(env, "rsa");
     absl::StrAppend(&out, Tls(env, "rsa", absl::StrCat(kTls12Rsa, " -groups P-384"),
                               "Signature type: RSA"));
     absl::StrAppend(&out, Tls(env, "rsa", "-tls1_3", "Signature type: RSA-PSS"));
@@ -159,10 +162,7 @@ TEST_P(OrderTest, HwidKeysServeTls12AndTls13) {
     MustRun(absl::StrCat(env, "openssl genpkey -propquery provider=hwid ", c.gen,
                          " -out tpm.pem"), 120);
     ASSERT_THAT(Text("tpm.pem"), HasSubstr("BEGIN TSS2 PRIVATE KEY"));
-    MustRun(env + "openssl req -new -key tpm.pem -subj /CN=server "
-                  "-addext subjectAltName=IP:127.0.0.1 -out server.csr && openssl x509 -req "
-                  "-in server.csr -CA ca.crt -CAkey ca.pem -CAcreateserial -copy_extensions copy "
-                  "-days 1 -out server.crt");
+    ServerCert(env, "tpm");
     for (const std::string& flags :
          {absl::StrCat(c.tls12, " -groups P-256"), std::string(c.tls12),
           std::string("-tls1_3"), std::string("-tls1_3 -groups P-384")}) {
