@@ -214,6 +214,10 @@ TEST_P(OrderTest, ExplicitKeyGenerationInTheTpm) {
   EXPECT_EQ(r.exit_code, 0) << r.output;
   EXPECT_THAT(Text("s.pem"), HasSubstr("BEGIN PRIVATE KEY"));
   ExpectNoTpmCommand(r.output);
+  // The TPM key as a CA key for the software key's CSR; the chain checked without hwid.
+  MustRun(env + "openssl req -new -key s.pem -subj /CN=leaf -out s.csr && openssl x509 -req "
+                "-in s.csr -CA k.crt -CAkey k.pem -CAcreateserial -days 1 -out leaf.crt");
+  MustRun("openssl verify -CAfile k.crt leaf.crt");
 }
 
 INSTANTIATE_TEST_SUITE_P(Orders, OrderTest,
