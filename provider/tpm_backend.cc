@@ -355,6 +355,7 @@ class TpmKey final : public Key {
       last_use_ = ++Reg().clock;
       absl::StatusOr<TPMT_SIGNATURE> sig = tpm->SignSlotFree(
           *slot_key_, digest, scheme, hash, kSlotWait, [this] { return OnBusyLocked(); });
+      busy_since_ = absl::InfiniteFuture();
       if (!sig.ok()) {
         return absl::Status(sig.status().code(),
                             absl::StrCat("signing with ", description_, ": ", sig.status().message()));
@@ -459,6 +460,7 @@ class TpmKey final : public Key {
               ? tpm->LoadSlotFree(*slot_key_, kSlotWait, [this] { return OnBusyLocked(); })
           : file_.has_value() ? tpm->LoadKey(*file_, AsSpan(auth_))
                               : tpm->LoadPersistentKey(handle_, AsSpan(auth_));
+      busy_since_ = absl::InfiniteFuture();
       if (k.ok()) {
         loaded_ = std::move(*k);
         loaded_gen_ = gen;
@@ -486,15 +488,22 @@ class TpmKey final : public Key {
   }
 
   // OnBusyLocked runs when the shared TPM has no free object slot: give back this process' own
-  // slots and retry (true); when it holds none, other processes do: tell them (they give theirs
-  // back at their next signature) and wait (false).
+  // slots and retry (true); when it holds none, other processes do: wait (false), and when the
+  // slots stay taken for kSignalAfter (longer than another process needs to load a key), tell
+  // them: they give theirs back at their next signature.
   bool OnBusyLocked() {
     if (UnloadAllExceptLocked(this)) {
       return true;
     }
-    device_->SignalBusy();
+    const absl::Time now = absl::Now();
+    if (busy_since_ == absl::InfiniteFuture() || now - busy_since_ > kSlotWait) {
+      busy_since_ = now;  // the first refusal of this wait
+    } else if (now - busy_since_ >= kSignalAfter) {
+      device_->SignalBusy();
+    }
     return false;
   }
+  static constexpr absl::Duration kSignalAfter = absl::Milliseconds(20);
 
   void DropLocked() {
     if (!loaded_.has_value()) {
@@ -520,6 +529,7 @@ class TpmKey final : public Key {
   // per use, and when it was last used (for IdleReaper).
   std::optional<tpm::SlotFreeKey> slot_key_;
   absl::Time idle_since_ = absl::InfinitePast();
+  absl::Time busy_since_ = absl::InfiniteFuture();  // when the current wait for a slot began
   uint64_t last_use_ = 0;
   uint64_t last_gen_ = 0;
   bool activated_ = false;
