@@ -962,6 +962,33 @@ absl::StatusOr<SecureBytes> Tpm::ActivateCredential(LoadedKey& ak, Ek& ek, ByteS
   return out;
 }
 
+absl::Status Tpm::AuthFailureLocked(TSS2_RC rc, absl::string_view operation,
+                                     absl::string_view object) {
+  absl::Status st = TssError(rc, operation, object);
+  if (TpmRcBase(rc) != TPM2_RC_LOCKOUT) {
+    return st;
+  }
+  absl::StatusOr<TpmInfo> info = GetInfo();
+  if (!info.ok()) {
+    return absl::FailedPreconditionError(st.message());
+  }
+  std::string when;
+  if (info->lockout_interval == 0) {
+    when = "the TPM forgives no failure by itself (lockout interval 0): only a reset with "
+           "lockout authorization ends it";
+  } else {
+    when = absl::StrFormat(
+        "one failure is forgiven every %u s, so the key can be tried again in about %u s (after "
+        "more wrong tries, longer)",
+        info->lockout_interval, info->lockout_interval);
+  }
+  return absl::FailedPreconditionError(absl::StrFormat(
+      "%s; the TPM is in dictionary-attack lockout: %u failed authorizations of %u allowed; %s; "
+      "or reset the counter now with lockout authorization (`tpm2_dictionarylockout -c`); "
+      "then check the key's authorization value (a wrong one caused the lockout)",
+      st.message(), info->lockout_counter, info->max_auth_fail, when));
+}
+
 TSS2_RC Tpm::SignLocked(uint32_t tr, ByteSpan digest, SignScheme scheme, TPMI_ALG_HASH hash,
                         TPMT_SIGNATURE* out) {
   TPM2B_DIGEST d = {};
@@ -1026,7 +1053,7 @@ absl::StatusOr<TPMT_SIGNATURE> Tpm::Sign(LoadedKey& key, ByteSpan digest, SignSc
       key.object = std::move(fresh.object);
       continue;
     }
-    return TssError(rc, "TPM2_Sign", key.object.label());
+    return AuthFailureLocked(rc, "TPM2_Sign", key.object.label());
   }
   return absl::InternalError("TPM2_Sign: unreachable");
 }
@@ -1117,7 +1144,7 @@ absl::StatusOr<TPMT_SIGNATURE> Tpm::SignSlotFree(SlotFreeKey& key, ByteSpan dige
       key.saved_context.reset();  // flushed underneath us between load and sign: reload once
       continue;
     }
-    return TssError(rc, "TPM2_Sign", "signing key");
+    return AuthFailureLocked(rc, "TPM2_Sign", "signing key");
   }
   return absl::InternalError("TPM2_Sign: unreachable");
 }

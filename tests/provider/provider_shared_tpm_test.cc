@@ -229,5 +229,37 @@ TEST_F(SharedTpmTest, KeyFileNamingAPersistentKey) {
   MustRun(absl::StrCat("tpm2_evictcontrol -c ", kHandle, " >/dev/null"));
 }
 
+// A key whose authorization value is guessed wrong until the TPM locks out (dictionary-attack
+// protection, here 2 tries and 30 s per forgiven failure): the first failures say "wrong
+// authorization value", then the error says lockout, the counter, and when to retry.
+TEST_F(SharedTpmTest, DictionaryAttackLockoutSaysWhenToRetry) {
+  constexpr char kHandle[] = "0x81000321";
+  Run(absl::StrCat("tpm2_evictcontrol -c ", kHandle, " >/dev/null 2>&1"));  // leftovers
+  // A DA-protected signing key (no noDA attribute) with the auth value "right", persisted.
+  MustRun(absl::StrCat(
+      "tpm2_createprimary -Q -C o -G ecc -c prim.ctx && tpm2_flushcontext -t && "
+      "tpm2_create -Q -C prim.ctx -G ecc -p right -u da.pub -r da.priv "
+      "-a \"fixedtpm|fixedparent|sensitivedataorigin|userwithauth|sign\" && "
+      "tpm2_flushcontext -t && tpm2_load -Q -C prim.ctx -u da.pub -r da.priv -c da.ctx && "
+      "tpm2_flushcontext -t && tpm2_evictcontrol -Q -c da.ctx ", kHandle,
+      " && tpm2_flushcontext -t"));
+  MustRun("tpm2_dictionarylockout -Q -c && tpm2_dictionarylockout -Q -s -n 2 -t 30 -l 30");
+  const std::string sign = absl::StrCat("openssl pkeyutl ", kP, " -sign -inkey \"handle:",
+                                        kHandle, "?pass\" -in dgst -out dasig -passin pass:");
+  MustRun(sign + "right");
+  for (int i = 0; i < 2; ++i) {
+    const std::string out = MustFail(sign + "wrong");
+    EXPECT_THAT(out, HasSubstr("wrong authorization value")) << i;
+  }
+  const std::string out = MustFail(sign + "right");
+  EXPECT_THAT(out, HasSubstr("dictionary-attack lockout"));
+  EXPECT_THAT(out, HasSubstr("2 failed authorizations of 2 allowed"));
+  EXPECT_THAT(out, HasSubstr("again in about 30 s"));
+  EXPECT_THAT(out, HasSubstr(kHandle));
+  MustRun("tpm2_dictionarylockout -Q -c && tpm2_dictionarylockout -Q -s -n 1000 -t 1 -l 1");
+  MustRun(sign + "right");
+  MustRun(absl::StrCat("tpm2_evictcontrol -Q -c ", kHandle));
+}
+
 }  // namespace
 }  // namespace hwid
