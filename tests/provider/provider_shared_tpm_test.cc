@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <cstdlib>
@@ -259,6 +260,29 @@ TEST_F(SharedTpmTest, DictionaryAttackLockoutSaysWhenToRetry) {
   MustRun("tpm2_dictionarylockout -Q -c && tpm2_dictionarylockout -Q -s -n 1000 -t 1 -l 1");
   MustRun(sign + "right");
   MustRun(absl::StrCat("tpm2_evictcontrol -Q -c ", kHandle));
+}
+
+// A process whose uid may not open the TPM device (here a root-only stand-in for /dev/tpm0, used
+// by user nobody, as an nginx worker would): the error names the uid, the device, its owner,
+// group and mode, and what to change.
+TEST_F(SharedTpmTest, UidThatCannotOpenTheTpmDeviceIsNamed) {
+  HWID_REQUIRE_TOOL("runuser");
+  if (geteuid() != 0) {
+    GTEST_SKIP() << "needs root to run a command as user nobody";
+  }
+  MustRun("touch tpm0 && chmod 600 tpm0 && chmod 755 . && chmod 644 key.pem dgst");
+  const std::string out = MustFail(absl::StrCat(
+      "runuser -u nobody -- env HWID_TCTI=device:", dir_, "/tpm0 openssl pkeyutl ", kP,
+      " -sign -inkey key.pem -in dgst -out /dev/null"));
+  EXPECT_THAT(out, HasSubstr("uid 65534 (nobody) may not read and write"));
+  EXPECT_THAT(out, HasSubstr(absl::StrCat(dir_, "/tpm0 (owner root, group root, mode 0600)")));
+  EXPECT_THAT(out, HasSubstr("usermod -aG root"));
+  // The same device readable and writable: access is not the problem, so no such hint.
+  MustRun("chmod 666 tpm0");
+  const std::string out2 = MustFail(absl::StrCat(
+      "runuser -u nobody -- env HWID_TCTI=device:", dir_, "/tpm0 openssl pkeyutl ", kP,
+      " -sign -inkey key.pem -in dgst -out /dev/null"));
+  EXPECT_THAT(out2, ::testing::Not(HasSubstr("may not read and write")));
 }
 
 }  // namespace
