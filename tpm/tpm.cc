@@ -4,8 +4,6 @@
 #include <tss2/tss2_esys.h>
 #include <tss2/tss2_tctildr.h>
 
-#include <grp.h>
-#include <pwd.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -23,6 +21,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/strip.h"
 #include "absl/time/clock.h"
+#include "common/access.h"
 #include "common/status_macros.h"
 #include "tpm/error.h"
 #include "tpm/wire/attest.h"
@@ -103,33 +102,20 @@ std::string DeviceAccessHint(absl::string_view tcti) {
   if (!absl::ConsumePrefix(&path, "device:")) {
     return "";
   }
-  if (path.empty()) {
-    path = "/dev/tpmrm0";
-  }
-  const std::string p(path);
+  const std::string p = path.empty() ? "/dev/tpmrm0" : std::string(path);
   struct stat st;
   if (stat(p.c_str(), &st) != 0) {
     return absl::StrCat("; ", p, " does not exist (", std::strerror(errno),
                         "): is the TPM driver loaded (tpm_tis, tpm_crb)?");
   }
-  if (access(p.c_str(), R_OK | W_OK) == 0) {
+  const std::string problem = AccessProblem(p, R_OK | W_OK, "read and write");
+  if (problem.empty()) {
     return "";
   }
-  // getpwuid/getgrgid return static buffers: copy each name before the next call.
-  auto user_name = [](uid_t u) {
-    const struct passwd* pw = getpwuid(u);
-    return pw != nullptr ? std::string(pw->pw_name) : std::to_string(u);
-  };
-  const uid_t uid = geteuid();
-  const std::string me = user_name(uid);
-  const std::string owner = user_name(st.st_uid);
-  const struct group* grp = getgrgid(st.st_gid);
-  const std::string gname = grp != nullptr ? std::string(grp->gr_name) : std::to_string(st.st_gid);
-  return absl::StrFormat(
-      "; uid %u (%s) may not read and write %s (owner %s, group %s, mode %04o): run the "
-      "program as a member of group %s (`usermod -aG %s USER`, or the service's "
-      "SupplementaryGroups=%s), or give the device to its user with a udev rule",
-      uid, me, p, owner, gname, st.st_mode & 07777, gname, gname, gname);
+  const std::string g = FileGroupName(p);
+  return absl::StrCat("; ", problem, ": run the program as a member of group ", g,
+                      " (`usermod -aG ", g, " USER`, or the service's SupplementaryGroups=", g,
+                      "), or give the device to its user with a udev rule");
 }
 
 }  // namespace
