@@ -162,6 +162,12 @@ TEST_F(SharedTpmTest, KilledHoldersLeakSlotsFlushTransientRecovers) {
   EXPECT_THAT(out, HasSubstr("0x902"));
   EXPECT_THAT(out, HasSubstr("hwid tpm flush-transient"));
   EXPECT_THAT(out, HasSubstr("key.pem"));
+  // s_server reads its -key the same way (the file: STORE): it names the cause too.
+  const std::string srv = MustFail(absl::StrCat("openssl s_server ", kP, " -accept 127.0.0.1:",
+                                                FreePort(), " -cert cert.pem -key key.pem "
+                                                "-naccept 1"));
+  EXPECT_THAT(srv, HasSubstr("0x902"));
+  EXPECT_THAT(srv, HasSubstr("hwid tpm flush-transient"));
   auto [rc, flushed] = Run(absl::StrCat(cli, " tpm flush-transient"));
   EXPECT_EQ(rc, 0) << flushed;
   EXPECT_THAT(flushed, HasSubstr("Flushed 2 transient object(s)"));
