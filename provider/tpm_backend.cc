@@ -116,7 +116,7 @@ class TpmDevice {
     if (fd < 0) {
       return;
     }
-    (void)fchmod(fd, 0666);  // owner only; others' umask must not lock out the next process
+    (void)fchmod(fd, 0666);  // works for the creator only: its umask must not lock others out
     (void)futimens(fd, nullptr);
     close(fd);
   }
