@@ -7,6 +7,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <condition_variable>
 #include <cstdlib>
 #include <mutex>
@@ -112,7 +113,12 @@ class TpmDevice {
   // user can make the processes release slots (3 TPM commands per signature instead of 1), not
   // make anything fail. Best effort: without /tmp access the keys just keep the default policy.
   void SignalBusy() {
-    const int fd = open(busy_path_.c_str(), O_WRONLY | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0666);
+    // Open an existing file without O_CREAT first: with fs.protected_regular (systemd's default)
+    // an O_CREAT open of another user's file in sticky /tmp fails even when its mode allows it.
+    int fd = open(busy_path_.c_str(), O_WRONLY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0 && errno == ENOENT) {
+      fd = open(busy_path_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0666);
+    }
     if (fd < 0) {
       return;
     }
