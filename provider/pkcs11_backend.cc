@@ -1,11 +1,20 @@
 #include "provider/pkcs11_backend.h"
 
+#include <dirent.h>
 #include <openssl/x509.h>
+#include <unistd.h>
 
+#include <cstdlib>
+#include <fstream>
+#include <string>
 #include <utility>
+#include <vector>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
+#include "absl/strings/strip.h"
 #include "absl/strings/str_cat.h"
+#include "common/access.h"
 #include "common/ossl.h"
 #include "common/status_macros.h"
 #include "pkcs11/pkcs11.h"
@@ -77,6 +86,56 @@ class Pkcs11Key final : public Key {
 
 }  // namespace
 
+namespace {
+
+// SoftHsmAccessHint: SoftHSM2 answers a token directory it may not use with CKR_GENERAL_ERROR
+// (at C_Initialize, C_GetTokenInfo), which points nowhere. When the SoftHSM2 configuration
+// ($SOFTHSM2_CONF, else /etc/softhsm/softhsm2.conf) or its directories.tokendir (or a token in
+// it) is not usable by this uid, say so ("" otherwise, and for other modules' errors this says
+// nothing as long as SoftHSM2's files are fine).
+std::string SoftHsmAccessHint() {
+  const char* env = std::getenv("SOFTHSM2_CONF");
+  const std::string conf = env != nullptr && env[0] != '\0' ? env : "/etc/softhsm/softhsm2.conf";
+  if (std::string p = AccessProblem(conf, R_OK, "read"); !p.empty()) {
+    return absl::StrCat("; ", p, ", the SoftHSM2 configuration: make it readable for this user");
+  }
+  std::ifstream in(conf);
+  std::string line;
+  std::string tokendir;
+  while (std::getline(in, line)) {
+    absl::string_view l = absl::StripAsciiWhitespace(line);
+    if (absl::ConsumePrefix(&l, "directories.tokendir")) {
+      l = absl::StripAsciiWhitespace(l);
+      if (absl::ConsumePrefix(&l, "=")) {
+        tokendir = std::string(absl::StripAsciiWhitespace(l));
+      }
+    }
+  }
+  if (tokendir.empty()) {
+    return "";
+  }
+  std::vector<std::string> paths = {tokendir};
+  if (DIR* d = opendir(tokendir.c_str()); d != nullptr) {
+    while (const dirent* e = readdir(d)) {
+      if (e->d_name[0] != '.') {
+        paths.push_back(absl::StrCat(tokendir, "/", e->d_name));
+      }
+    }
+    closedir(d);
+  }
+  for (const std::string& p : paths) {
+    if (std::string problem = AccessProblem(p, R_OK | W_OK | X_OK, "use (read, write, search)");
+        !problem.empty()) {
+      return absl::StrCat("; ", problem, ", in the SoftHSM2 token directory (directories.tokendir "
+                          "of ", conf, "): give this user access to the token directory and its "
+                          "token subdirectories (chown/chgrp -R, or run the program as their owner)");
+    }
+  }
+  return "";
+}
+
+}  // namespace
+
 Pkcs11Backend::Pkcs11Backend(OSSL_LIB_CTX* libctx, Pkcs11Config config)
     : libctx_(libctx), config_(std::move(config)) {}
 
@@ -104,7 +163,12 @@ absl::StatusOr<std::shared_ptr<Key>> Pkcs11Backend::LoadUri(absl::string_view ur
   options.module_path = config_.module_path;
   options.pin_source = config_.pin_source;
   options.ask_pin = ask;
-  ASSIGN_OR_RETURN(std::shared_ptr<pkcs11::Token> token, pkcs11::Token::Open(parsed, options));
+  absl::StatusOr<std::shared_ptr<pkcs11::Token>> opened = pkcs11::Token::Open(parsed, options);
+  if (!opened.ok()) {
+    return absl::Status(opened.status().code(),
+                        absl::StrCat(opened.status().message(), SoftHsmAccessHint()));
+  }
+  std::shared_ptr<pkcs11::Token> token = std::move(*opened);
   ASSIGN_OR_RETURN(std::shared_ptr<pkcs11::Key> key, token->FindKey(parsed));
   ASSIGN_OR_RETURN(OsslPtr<EVP_PKEY> pub, PublicInLibctx(libctx_, key->public_key()));
   std::shared_ptr<Key> out = std::make_shared<Pkcs11Key>(std::move(key), std::move(pub));

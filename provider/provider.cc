@@ -14,6 +14,7 @@
 
 #include <unistd.h>
 
+#include "absl/strings/str_cat.h"
 #include "provider/tpm_backend.h"
 #ifdef HWID_WITH_PKCS11
 #include "provider/pkcs11_backend.h"
@@ -240,8 +241,13 @@ void RaiseStatus(const ProvCtx* prov, int fallback, const char* what, const absl
         break;
     }
   }
-  const std::string msg(s.message());
-  RaiseError(prov, reason, "%s: %s", what, msg.c_str());
+  // OpenSSL 3.0 drops an error's whole text when it exceeds ERR_MAX_DATA_SIZE (1024): keep the
+  // start (operation, object, code) and the end (the hint) of a long message.
+  std::string msg = absl::StrCat(what, ": ", s.message());
+  if (msg.size() > 1000) {
+    msg = absl::StrCat(msg.substr(0, 330), " [...] ", msg.substr(msg.size() - 660));
+  }
+  RaiseError(prov, reason, "%s", msg.c_str());
 }
 
 void NoteSignature(ProvCtx* prov) {

@@ -2,6 +2,10 @@
 //
 // Key lifecycle (no resource manager needed): a key is loaded into the TPM when it is decoded
 // (which proves it belongs to this TPM) and stays loaded, so a signature is exactly one TPM2_Sign.
+// On a TPM without a resource manager (every TCTI but /dev/tpmrm* and tabrmd) a key file's key
+// stays loaded only while in use: released after HWID_TPM_IDLE_RELEASE_MS (50 ms) idle, and
+// signed per use from its saved context (tpm::SlotFreeKey) while any process recently found the
+// slots full (docs/provider.md, "Many processes on a TPM without a resource manager").
 // Every live key is registered process-wide; provider teardown, OPENSSL_cleanup and a static
 // destructor that runs at exit()/dlclose flush every loaded key, so a process that exits without
 // freeing its EVP_PKEY leaves no transient object behind. (A process killed by a signal cannot run
@@ -22,6 +26,7 @@
 
 #include "absl/status/statusor.h"
 #include "provider/backend.h"
+#include "tpm/wire/keyfile.h"
 
 namespace hwid::provider {
 
@@ -49,6 +54,7 @@ class TpmBackend : public Backend {
 
  private:
   TpmBackend(OSSL_LIB_CTX* libctx, std::shared_ptr<TpmDevice> device);
+  absl::StatusOr<std::shared_ptr<Key>> LoadPersistentKeyFile(wire::TpmKeyFile file, ByteSpan auth);
   OSSL_LIB_CTX* libctx_;
   std::shared_ptr<TpmDevice> device_;
 };

@@ -4,6 +4,10 @@
 #include <tss2/tss2_esys.h>
 #include <tss2/tss2_tctildr.h>
 
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
 #include <cstdlib>
 #include <algorithm>
 #include <cstring>
@@ -15,7 +19,9 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/strip.h"
 #include "absl/time/clock.h"
+#include "common/access.h"
 #include "common/status_macros.h"
 #include "tpm/error.h"
 #include "tpm/wire/attest.h"
@@ -88,6 +94,29 @@ bool SameKeyAlg(const TPMT_PUBLIC& a, const TPMT_PUBLIC& b) {
 }
 
 constexpr uint32_t kSrkHandle = 0x81000001;
+
+// DeviceAccessHint: for a "device:PATH" TCTI this process may not open, says who is asking, the
+// device's owner, group and mode, and what to change ("" when access is not the problem).
+std::string DeviceAccessHint(absl::string_view tcti) {
+  absl::string_view path = tcti;
+  if (!absl::ConsumePrefix(&path, "device:")) {
+    return "";
+  }
+  const std::string p = path.empty() ? "/dev/tpmrm0" : std::string(path);
+  struct stat st;
+  if (stat(p.c_str(), &st) != 0) {
+    return absl::StrCat("; ", p, " does not exist (", std::strerror(errno),
+                        "): is the TPM driver loaded (tpm_tis, tpm_crb)?");
+  }
+  const std::string problem = AccessProblem(p, R_OK | W_OK, "read and write");
+  if (problem.empty()) {
+    return "";
+  }
+  const std::string g = FileGroupName(p);
+  return absl::StrCat("; ", problem, ": run the program as a member of group ", g,
+                      " (`usermod -aG ", g, " USER`, or the service's SupplementaryGroups=", g,
+                      "), or give the device to its user with a udev rule");
+}
 
 }  // namespace
 
@@ -202,6 +231,7 @@ absl::StatusOr<std::unique_ptr<Tpm>> Tpm::Open(const std::string& tcti_in) {
   if (rc != TSS2_RC_SUCCESS) {
     return absl::UnavailableError(absl::StrCat(
         "cannot open TPM connection '", tcti, "': ", TssError(rc, "Tss2_TctiLdr_Initialize").message(),
+        DeviceAccessHint(tcti),
         "; check HWID_TCTI / tcti= (device:/dev/tpmrm0, tabrmd:, swtpm:host=H,port=P)"));
   }
   rc = Esys_Initialize(&impl->esys, impl->tcti, nullptr);
@@ -618,7 +648,32 @@ absl::StatusOr<LoadedKey> Tpm::LoadKeyUnderLocked(const LoadedKey& parent,
   return out;
 }
 
+absl::Status CheckPersistentKeyFile(const wire::TpmKeyFile& file, const TPM2B_PUBLIC& actual) {
+  const uint32_t h = file.persistent_handle.value_or(0);
+  ASSIGN_OR_RETURN(TPM2B_PUBLIC want, wire::ParsePublic(file.pub));
+  auto a = wire::MarshalTpmtPublic(actual.publicArea);
+  auto w = wire::MarshalTpmtPublic(want.publicArea);
+  if (!a.ok() || !w.ok() || *a != *w) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "the persistent handle ", FormatHandle(h), " holds another key than the key file names "
+        "(public areas differ): the handle was evicted and reused; write the key file again "
+        "(`hwid key file --persistent ", FormatHandle(h), "`) or use the right handle"));
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<LoadedKey> Tpm::LoadKeyLocked(const wire::TpmKeyFile& key, ByteSpan auth) {
+  if (key.persistent_handle.has_value()) {
+    const uint32_t h = *key.persistent_handle;
+    TPM2B_PUBLIC pub = {};
+    ASSIGN_OR_RETURN(TpmObject obj, FromPersistentLocked(h, &pub));
+    RETURN_IF_ERROR(CheckPersistentKeyFile(key, pub));
+    if (auth.size() > sizeof(TPMU_HA)) {
+      return absl::InvalidArgumentError("auth value too long");
+    }
+    RETURN_IF_ERROR(SetAuthLocked(obj.tr(), auth));
+    return LoadedKey{std::move(obj), pub, h, SecureBytes(auth.begin(), auth.end()), std::nullopt};
+  }
   ASSIGN_OR_RETURN(LoadedKey parent, LoadParentLocked(key));
   return LoadKeyUnderLocked(parent, key, auth);
 }
@@ -937,6 +992,33 @@ absl::StatusOr<SecureBytes> Tpm::ActivateCredential(LoadedKey& ak, Ek& ek, ByteS
   return out;
 }
 
+absl::Status Tpm::AuthFailureLocked(TSS2_RC rc, absl::string_view operation,
+                                     absl::string_view object) {
+  absl::Status st = TssError(rc, operation, object);
+  if (TpmRcBase(rc) != TPM2_RC_LOCKOUT) {
+    return st;
+  }
+  absl::StatusOr<TpmInfo> info = GetInfo();
+  if (!info.ok()) {
+    return absl::FailedPreconditionError(st.message());
+  }
+  std::string when;
+  if (info->lockout_interval == 0) {
+    when = "the TPM forgives no failure by itself (lockout interval 0): only a reset with "
+           "lockout authorization ends it";
+  } else {
+    when = absl::StrFormat(
+        "one failure is forgiven every %u s, so the key can be tried again in about %u s (after "
+        "more wrong tries, longer)",
+        info->lockout_interval, info->lockout_interval);
+  }
+  return absl::FailedPreconditionError(absl::StrFormat(
+      "%s; the TPM is in dictionary-attack lockout: %u failed authorizations of %u allowed; %s; "
+      "or reset the counter now with lockout authorization (`tpm2_dictionarylockout -c`); "
+      "then check the key's authorization value (a wrong one caused the lockout)",
+      st.message(), info->lockout_counter, info->max_auth_fail, when));
+}
+
 TSS2_RC Tpm::SignLocked(uint32_t tr, ByteSpan digest, SignScheme scheme, TPMI_ALG_HASH hash,
                         TPMT_SIGNATURE* out) {
   TPM2B_DIGEST d = {};
@@ -1001,13 +1083,14 @@ absl::StatusOr<TPMT_SIGNATURE> Tpm::Sign(LoadedKey& key, ByteSpan digest, SignSc
       key.object = std::move(fresh.object);
       continue;
     }
-    return TssError(rc, "TPM2_Sign", key.object.label());
+    return AuthFailureLocked(rc, "TPM2_Sign", key.object.label());
   }
   return absl::InternalError("TPM2_Sign: unreachable");
 }
 
-absl::StatusOr<TpmObject> Tpm::LoadSlotFreeLocked(SlotFreeKey& key, absl::Time deadline) {
-  absl::Duration backoff = absl::Milliseconds(2);
+absl::StatusOr<TpmObject> Tpm::LoadSlotFreeLocked(SlotFreeKey& key, absl::Time deadline,
+                                                  const std::function<bool()>& on_busy) {
+  absl::Duration backoff = absl::Milliseconds(1);
   while (true) {
     absl::Status st;
     if (key.saved_context.has_value()) {
@@ -1041,31 +1124,46 @@ absl::StatusOr<TpmObject> Tpm::LoadSlotFreeLocked(SlotFreeKey& key, absl::Time d
       }
       st = loaded.status();
     }
+    if (absl::IsResourceExhausted(st) && on_busy && on_busy()) {
+      continue;  // the caller freed objects of its own: retry at once
+    }
     if (!absl::IsResourceExhausted(st) || absl::Now() + backoff > deadline) {
       if (absl::IsResourceExhausted(st)) {
-        return absl::ResourceExhaustedError(
-            absl::StrCat(st.message(), " (other processes kept every TPM object slot busy "
-                         "while this signature waited; use a resource manager, /dev/tpmrm0 or "
-                         "tpm2-abrmd, when several processes share this TPM)"));
+        return absl::ResourceExhaustedError(absl::StrCat(
+            st.message(), " (every TPM object slot stayed busy while this signature waited; "
+            "other processes hold them, or processes killed while holding them leaked them: "
+            "`hwid tpm info` shows the slots in use, `hwid tpm flush-transient` frees leaked "
+            "ones when no other TPM user runs; a resource manager, /dev/tpmrm0 or tpm2-abrmd, "
+            "avoids both)"));
       }
       return st;
     }
-    // Someone else holds the slots for the moment: wait briefly and try again.
+    // Someone else holds the slots for the moment: wait briefly (with jitter, so waiting
+    // processes do not retry in lockstep) and try again.
     mu_.unlock();
-    absl::SleepFor(backoff);
+    absl::SleepFor(backoff + absl::Microseconds(absl::ToInt64Microseconds(backoff) *
+                                                 (static_cast<int64_t>(commands_ % 7)) / 7));
     mu_.lock();
-    backoff = std::min(backoff * 2, absl::Milliseconds(100));
+    backoff = std::min(backoff * 2, absl::Milliseconds(20));
   }
+}
+
+absl::StatusOr<LoadedKey> Tpm::LoadSlotFree(SlotFreeKey& key, absl::Duration slot_wait,
+                                            const std::function<bool()>& on_busy) {
+  std::lock_guard<std::recursive_mutex> lock(mu_);
+  ASSIGN_OR_RETURN(TpmObject obj, LoadSlotFreeLocked(key, absl::Now() + slot_wait, on_busy));
+  return LoadedKey{std::move(obj), key.pub, 0, key.auth, key.blob};
 }
 
 absl::StatusOr<TPMT_SIGNATURE> Tpm::SignSlotFree(SlotFreeKey& key, ByteSpan digest,
                                                  SignScheme scheme, TPMI_ALG_HASH hash,
-                                                 absl::Duration slot_wait) {
+                                                 absl::Duration slot_wait,
+                                                 const std::function<bool()>& on_busy) {
   std::lock_guard<std::recursive_mutex> lock(mu_);
   RETURN_IF_ERROR(CheckDigestSize(digest));
   const absl::Time deadline = absl::Now() + slot_wait;
   for (int attempt = 0; attempt < 2; ++attempt) {
-    ASSIGN_OR_RETURN(TpmObject obj, LoadSlotFreeLocked(key, deadline));
+    ASSIGN_OR_RETURN(TpmObject obj, LoadSlotFreeLocked(key, deadline, on_busy));
     TPMT_SIGNATURE sig = {};
     TSS2_RC rc = SignLocked(obj.tr(), digest, scheme, hash, &sig);
     obj.Reset();  // flush now: the slot is free again before we return
@@ -1076,7 +1174,7 @@ absl::StatusOr<TPMT_SIGNATURE> Tpm::SignSlotFree(SlotFreeKey& key, ByteSpan dige
       key.saved_context.reset();  // flushed underneath us between load and sign: reload once
       continue;
     }
-    return TssError(rc, "TPM2_Sign", "signing key");
+    return AuthFailureLocked(rc, "TPM2_Sign", "signing key");
   }
   return absl::InternalError("TPM2_Sign: unreachable");
 }
@@ -1115,6 +1213,28 @@ absl::StatusOr<std::vector<uint32_t>> Tpm::TransientHandles() {
     out.push_back(data->data.handles.handle[i]);
   }
   return out;
+}
+
+absl::StatusOr<std::vector<uint32_t>> Tpm::FlushTransientObjects() {
+  std::lock_guard<std::recursive_mutex> lock(mu_);
+  ASSIGN_OR_RETURN(std::vector<uint32_t> handles, TransientHandles());
+  std::vector<uint32_t> flushed;
+  for (uint32_t h : handles) {
+    ESYS_TR tr = ESYS_TR_NONE;
+    ++commands_;
+    TSS2_RC rc = Esys_TR_FromTPMPublic(impl_->esys, h, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, &tr);
+    if (rc != TSS2_RC_SUCCESS) {
+      continue;  // gone meanwhile
+    }
+    ++commands_;
+    rc = Esys_FlushContext(impl_->esys, tr);
+    if (rc != TSS2_RC_SUCCESS) {
+      Esys_TR_Close(impl_->esys, &tr);
+      RETURN_IF_ERROR(TssError(rc, "TPM2_FlushContext", absl::StrCat("transient object ", FormatHandle(h))));
+    }
+    flushed.push_back(h);
+  }
+  return flushed;
 }
 
 }  // namespace hwid::tpm

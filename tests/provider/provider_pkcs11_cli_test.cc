@@ -7,6 +7,7 @@
 // and stops itself, bounded in time.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <unistd.h>
 #include <signal.h>
 
 #include <algorithm>
@@ -674,6 +675,34 @@ TEST_F(P11CliTest, UnknownTokenObjectOrModuleFailCleanly) {
                               Passin(), " -pubout"));
   EXPECT_THAT(out, HasSubstr("PKCS#11"));
   EXPECT_THAT(out, HasSubstr("C_GetFunctionList"));
+}
+
+// A process whose uid may not use the SoftHSM2 token directory (an nginx worker running as
+// nobody against a root-only token store): SoftHSM2 answers CKR_GENERAL_ERROR, the error names
+// the uid, the directory, its owner and mode, and what to change.
+TEST_F(P11CliTest, UidThatCannotUseTheTokenStoreIsNamed) {
+  HWID_REQUIRE_TOOL("runuser");
+  if (geteuid() != 0) {
+    GTEST_SKIP() << "needs root to run a command as user nobody";
+  }
+  const std::string hsm = g_hsm->dir();
+  // The configuration is readable by everyone, the token directory stays root-only.
+  MustRun(absl::StrCat("chmod 755 ", hsm, " && chmod 644 ", hsm, "/softhsm2.conf && chmod 700 ",
+                       hsm, "/tokens && chmod 755 ."));
+  const std::string cmd = absl::StrCat("runuser -u nobody -- openssl pkey ", kP, " -in ",
+                                       Uri("ec256"), " ", Passin(), " -pubout");
+  const std::string out = MustFail(cmd);
+  EXPECT_THAT(out, HasSubstr(absl::StrCat("uid 65534 (nobody) may not use (read, write, search) ",
+                                          hsm, "/tokens (owner root, group root, mode 0700)")));
+  EXPECT_THAT(out, HasSubstr("SoftHSM2 token directory"));
+  // A configuration nobody cannot read is named the same way.
+  MustRun(absl::StrCat("chmod 600 ", hsm, "/softhsm2.conf"));
+  EXPECT_THAT(MustFail(cmd), HasSubstr(absl::StrCat("uid 65534 (nobody) may not read ", hsm,
+                                                    "/softhsm2.conf")));
+  MustRun(absl::StrCat("chmod 700 ", hsm));
+  // Root, with access: no such hint, the key loads.
+  MustRun(absl::StrCat("openssl pkey ", kP, " -in ", Uri("ec256"), " ", Passin(),
+                       " -pubout -out ec256.access.pub"));
 }
 
 TEST_F(P11CliTest, BrokenUriKeyFilesAreRefused) {
