@@ -31,6 +31,7 @@
 #include "absl/strings/strip.h"
 #include "tests/pkcs11/softhsm.h"
 #include "tests/provider/cli_support.h"
+#include "tests/testing/swtpm.h"
 
 namespace hwid {
 namespace {
@@ -211,9 +212,11 @@ class ServersTest : public testing::ProviderCliTest {
   // HaproxyConf: master-worker, nbthread 2, no session cache nor tickets, one TLS frontend with
   // `crt` dir_/server.bundle.pem (certificate + key file), answering "kReply pid=%pid
   // client=<subject>"; `mutual` requires a client certificate from ca.crt.
-  std::string HaproxyConf(int port, bool mutual) {
+  // `global_extra` adds lines to the global section.
+  std::string HaproxyConf(int port, bool mutual, const std::string& global_extra = "") {
     return absl::StrCat(
-        "global\n  master-worker\n  nbthread 2\n  pidfile ", dir_, "/haproxy.pid\n",
+        "global\n  master-worker\n", global_extra, "  nbthread 2\n  pidfile ", dir_,
+        "/haproxy.pid\n",
         "  tune.ssl.cachesize 0\n",
         "defaults\n  mode http\n  timeout connect 10s\n  timeout client 60s\n",
         "  timeout server 60s\n",
@@ -224,9 +227,11 @@ class ServersTest : public testing::ProviderCliTest {
         " pid=%pid client=%[ssl_c_s_dn]\\n\"\n");
   }
 
-  std::unique_ptr<Background> StartHaproxy(const std::string& cnf, int port) {
+  // StartHaproxy starts HAProxy with `env` ("OPENSSL_CONF=..." or other variables) and waits
+  // for its port.
+  std::unique_ptr<Background> StartHaproxy(const std::string& env, int port) {
     auto h = std::make_unique<Background>(
-        absl::StrCat("env OPENSSL_CONF=", cnf, " haproxy -W -db -f ", dir_, "/haproxy.cfg"),
+        absl::StrCat("env ", env, " haproxy -W -db -f ", dir_, "/haproxy.cfg"),
         dir_ + "/haproxy.out");
     EXPECT_TRUE(h->WaitForPort(port)) << h->Log();
     return h;
@@ -539,7 +544,7 @@ TEST_P(HaproxyTest, LoadZeroFailures) {
   const std::string cnf = Cnf(c.store);
   const int port = FreePort();
   Write("haproxy.cfg", HaproxyConf(port, false));
-  std::unique_ptr<Background> h = StartHaproxy(cnf, port);
+  std::unique_ptr<Background> h = StartHaproxy("OPENSSL_CONF=" + cnf, port);
   ASSERT_FALSE(HasFailure());
   RunLoad(LoadScript(port, c.rsa, "", ""));
   StopHaproxy(*h);
@@ -556,7 +561,7 @@ TEST_P(HaproxyTest, ReloadUnderLoadZeroFailures) {
   const std::string cnf = Cnf(c.store);
   const int port = FreePort();
   Write("haproxy.cfg", HaproxyConf(port, false));
-  std::unique_ptr<Background> h = StartHaproxy(cnf, port);
+  std::unique_ptr<Background> h = StartHaproxy("OPENSSL_CONF=" + cnf, port);
   ASSERT_FALSE(HasFailure());
   const std::string master = Pid("haproxy.pid");
   const std::vector<std::string> before = Children(master);
@@ -601,7 +606,7 @@ TEST_P(HaproxyTest, MutualTlsClientKeyThroughProvider) {
   const std::string cnf = Cnf(c.store);
   const int port = FreePort();
   Write("haproxy.cfg", HaproxyConf(port, true));
-  std::unique_ptr<Background> h = StartHaproxy(cnf, port);
+  std::unique_ptr<Background> h = StartHaproxy("OPENSSL_CONF=" + cnf, port);
   ASSERT_FALSE(HasFailure());
   // Token client keys: curl processes take turns (SoftHSM2, see the nginx case).
   LoadResult l = RunLoad(LoadScript(port, c.rsa, absl::StrCat("OPENSSL_CONF=", cnf),
@@ -612,6 +617,40 @@ TEST_P(HaproxyTest, MutualTlsClientKeyThroughProvider) {
   EXPECT_NE(rc, 0) << out;
   EXPECT_THAT(out, Not(HasSubstr(kReply)));
   StopHaproxy(*h);
+}
+
+// HAProxy 2.6's own `ssl-provider` directives instead of openssl.cnf: the global section loads
+// default and hwid before the `crt` files are read (no OPENSSL_CONF at all); the TCTI, module
+// and PIN then come from hwid's environment variables. A USR2 reload re-reads the key.
+TEST_P(HaproxyTest, SslProviderDirectiveWithoutOpensslCnf) {
+  HWID_REQUIRE_TOOL("haproxy");
+  const ServerCase& c = GetParam();
+  MakeKey("server", c.store, c.rsa, "IP:127.0.0.1");
+  ASSERT_FALSE(HasFatalFailure());
+  Bundle();
+  const int port = FreePort();
+  Write("haproxy.cfg", HaproxyConf(port, false,
+                                   absl::StrCat("  ssl-provider-path ", HWID_PROVIDER_DIR,
+                                                "\n  ssl-provider default\n  ssl-provider hwid\n")));
+  const std::string env = absl::StrCat(
+      "-u OPENSSL_CONF -u OPENSSL_MODULES HWID_TCTI=", testing::GlobalSwtpm().tcti(),
+      c.store == Store::kToken
+          ? absl::StrCat(" HWID_PKCS11_MODULE=", SoftHsm::kModule, " HWID_PKCS11_PIN=", kPin)
+          : "");
+  std::unique_ptr<Background> h = StartHaproxy(env, port);
+  ASSERT_FALSE(HasFailure());
+  RunLoad(LoadScript(port, c.rsa, "", ""));
+  ASSERT_EQ(kill(std::stoi(Pid("haproxy.pid")), SIGUSR2), 0);
+  for (int i = 0; i < 600 && h->Log().find("New worker") == h->Log().rfind("New worker"); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  RunLoad(LoadScript(port, c.rsa, "", ""));
+  StopHaproxy(*h);
+  // The control: without the directives (and without openssl.cnf) HAProxy cannot read the key.
+  Write("haproxy.cfg", HaproxyConf(port, false));
+  auto [rc, out] = Run(absl::StrCat("env ", env, " haproxy -c -f haproxy.cfg"), 60);
+  EXPECT_NE(rc, 0) << out;
+  EXPECT_THAT(out, HasSubstr("No Private Key found"));
 }
 
 INSTANTIATE_TEST_SUITE_P(
