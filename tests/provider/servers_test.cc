@@ -317,9 +317,24 @@ class ServersTest : public testing::ProviderCliTest {
     return l;
   }
 
-  // Pid reads a pid file in dir_.
+  // Pid reads a pid file in dir_, waiting (bounded) until the server has written it; ADDs a
+  // failure and returns "0" when it never appears.
   std::string Pid(const std::string& file) {
-    return std::string(absl::StripAsciiWhitespace(Text(file)));
+    for (int i = 0; i < 600; ++i) {
+      std::string pid(absl::StripAsciiWhitespace(Text(file)));
+      int n = 0;
+      if (absl::SimpleAtoi(pid, &n) && n > 0) {
+        return pid;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    ADD_FAILURE() << "no pid in " << file;
+    return "0";
+  }
+  // SendSignal sends `sig` to the single process `pid` (never a group: pid must be > 1).
+  static bool SendSignal(const std::string& pid, int sig) {
+    int n = 0;
+    return absl::SimpleAtoi(pid, &n) && n > 1 && kill(n, sig) == 0;
   }
   // Children lists the child processes of `pid`.
   std::vector<std::string> Children(const std::string& pid) {
@@ -355,7 +370,9 @@ TEST_P(NginxTest, LoadZeroFailures) {
   Write("nginx.conf", NginxConf(c.workers, port, "", false));
   std::unique_ptr<Background> nginx = StartNginx(cnf, port);
   ASSERT_FALSE(HasFailure());
-  const std::vector<std::string> workers = Children(Pid("logs/nginx.pid"));
+  const std::string master = Pid("logs/nginx.pid");
+  ASSERT_NE(master, "0");
+  const std::vector<std::string> workers = Children(master);
   EXPECT_EQ(workers.size(), static_cast<size_t>(c.workers));
   LoadResult l = RunLoad(LoadScript(port, c.rsa, "", ""));
   // reuseport spreads kLoops * kPerLoop connections over the workers: each signed handshakes.
@@ -379,10 +396,11 @@ TEST_P(NginxTest, ReloadUnderLoadZeroFailures) {
   std::unique_ptr<Background> nginx = StartNginx(cnf, port);
   ASSERT_FALSE(HasFailure());
   const std::string master = Pid("logs/nginx.pid");
+  ASSERT_NE(master, "0");
   const std::vector<std::string> before = Children(master);
   Background load(LoadScript(port, c.rsa, "", ""), dir_ + "/load.log");
   ASSERT_TRUE(WaitForReplies(kLoops * kPerLoop / 4)) << Collect().errors;
-  ASSERT_EQ(kill(std::stoi(master), SIGHUP), 0);
+  ASSERT_TRUE(SendSignal(master, SIGHUP));
   EXPECT_EQ(load.Wait(900), 0) << load.Log();
   LoadResult l = Collect();
   EXPECT_EQ(l.ok, kLoops * kPerLoop) << l.errors;
@@ -445,11 +463,12 @@ TEST_P(NginxTest, KillWorkerMidHandshakeThenNewConnectionsWork) {
   std::unique_ptr<Background> nginx = StartNginx(cnf, port);
   ASSERT_FALSE(HasFailure());
   const std::string master = Pid("logs/nginx.pid");
+  ASSERT_NE(master, "0");
   const std::vector<std::string> before = Children(master);
   ASSERT_FALSE(before.empty());
   Background load(LoadScript(port, c.rsa, "", ""), dir_ + "/load.log");
   ASSERT_TRUE(WaitForReplies(kLoops * kPerLoop / 4)) << Collect().errors;
-  ASSERT_EQ(kill(std::stoi(before[0]), SIGKILL), 0);
+  ASSERT_TRUE(SendSignal(before[0], SIGKILL));
   load.Wait(900);
   // The master noticed and replaced the worker.
   std::vector<std::string> after;
@@ -564,10 +583,11 @@ TEST_P(HaproxyTest, ReloadUnderLoadZeroFailures) {
   std::unique_ptr<Background> h = StartHaproxy("OPENSSL_CONF=" + cnf, port);
   ASSERT_FALSE(HasFailure());
   const std::string master = Pid("haproxy.pid");
+  ASSERT_NE(master, "0");
   const std::vector<std::string> before = Children(master);
   Background load(LoadScript(port, c.rsa, "", ""), dir_ + "/load.log");
   ASSERT_TRUE(WaitForReplies(kLoops * kPerLoop / 4)) << Collect().errors;
-  ASSERT_EQ(kill(std::stoi(master), SIGUSR2), 0);
+  ASSERT_TRUE(SendSignal(master, SIGUSR2));
   EXPECT_EQ(load.Wait(900), 0) << load.Log();
   LoadResult l = Collect();
   EXPECT_EQ(l.ok, kLoops * kPerLoop) << l.errors;
@@ -640,7 +660,7 @@ TEST_P(HaproxyTest, SslProviderDirectiveWithoutOpensslCnf) {
   std::unique_ptr<Background> h = StartHaproxy(env, port);
   ASSERT_FALSE(HasFailure());
   RunLoad(LoadScript(port, c.rsa, "", ""));
-  ASSERT_EQ(kill(std::stoi(Pid("haproxy.pid")), SIGUSR2), 0);
+  ASSERT_TRUE(SendSignal(Pid("haproxy.pid"), SIGUSR2));
   for (int i = 0; i < 600 && h->Log().find("New worker") == h->Log().rfind("New worker"); ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
   }
