@@ -79,7 +79,7 @@ int KeyImport(void* keydata, int selection, const OSSL_PARAM params[]) {
     if (HasPrivateParam(params)) {
       RaiseError(k->prov, kReasonUnsupported,
                  "hwid does not import software private keys; create the key in the TPM "
-                 "(openssl genpkey -provider hwid) or import it with tpm2_import");
+                 "(openssl genpkey -propquery provider=hwid) or import it with tpm2_import");
       return 0;
     }
     if ((selection & OSSL_KEYMGMT_SELECT_PUBLIC_KEY) == 0) {
@@ -329,7 +329,13 @@ void* Gen(void* vgen, OSSL_CALLBACK*, void*) {
   return Guard<void*>(g->prov, nullptr, [&]() -> void* {
     absl::StatusOr<std::shared_ptr<Key>> key = g->prov->backend->Generate(g->alg, AsSpan(g->auth));
     if (!key.ok()) {
-      RaiseStatus(g->prov, kReasonKeyGenFailed, "generating a TPM key", key.status());
+      // Name how hwid came to generate: a program that meant a software key sees the fix.
+      RaiseStatus(g->prov, kReasonKeyGenFailed,
+                  "generating a TPM key (hwid was chosen for this key generation: by a property "
+                  "query such as provider=hwid, or because hwid is activated before default and "
+                  "openssl.cnf lacks 'default_properties = ?provider!=hwid', see "
+                  "docs/provider.md \"Provider order\")",
+                  key.status());
       return nullptr;
     }
     auto* k = NewKey(g->prov, (*key)->type());

@@ -11,8 +11,13 @@
 #include <cstdint>
 #include <cstdlib>
 #include <thread>
+#include <utility>
+#include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "common/bytes.h"
 #include "tests/testing/swtpm.h"
 #include "tpm/tpm.h"
@@ -28,6 +33,53 @@ std::string SanitizerEnv() {
 #else
   return "";
 #endif
+}
+
+std::string DocumentedOpensslCnf(ProviderOrder order, const std::string& tcti,
+                                 const std::string& hwid_extra) {
+  auto doc = ReadFile(HWID_PROVIDER_DOC);
+  if (!doc.ok()) {
+    ADD_FAILURE() << "cannot read " << HWID_PROVIDER_DOC << ": " << doc.status();
+    return "";
+  }
+  const std::string text(doc->begin(), doc->end());
+  const size_t marker = text.find("<!-- openssl.cnf snippet:");
+  const size_t begin = text.find("```ini\n", marker);
+  const size_t end = text.find("```\n", begin + 7);
+  if (marker == std::string::npos || begin == std::string::npos || end == std::string::npos) {
+    ADD_FAILURE() << HWID_PROVIDER_DOC << " has no ```ini block after the openssl.cnf marker";
+    return "";
+  }
+  std::vector<std::string> lines =
+      absl::StrSplit(absl::string_view(text).substr(begin + 7, end - begin - 7), '\n');
+  int default_line = -1;
+  int hwid_line = -1;
+  bool module = false;
+  bool tcti_set = false;
+  std::string out;
+  for (size_t i = 0; i < lines.size(); ++i) {
+    std::string& line = lines[i];
+    if (absl::StartsWith(line, "default = default_sect")) {
+      default_line = static_cast<int>(i);
+    } else if (absl::StartsWith(line, "hwid = hwid_sect")) {
+      hwid_line = static_cast<int>(i);
+    } else if (absl::StartsWith(line, "module = ")) {
+      line = absl::StrCat("module = ", HWID_PROVIDER_DIR, "/hwid.so");
+      module = true;
+    } else if (absl::StartsWith(line, "tcti = ")) {
+      line = absl::StrCat("tcti = ", tcti, "\n", hwid_extra);
+      tcti_set = true;
+    }
+  }
+  if (default_line < 0 || hwid_line < 0 || !module || !tcti_set) {
+    ADD_FAILURE() << "the openssl.cnf block of " << HWID_PROVIDER_DOC
+                  << " lacks a default/hwid provider, module or tcti line";
+    return "";
+  }
+  if ((order == ProviderOrder::kHwidFirst) != (hwid_line < default_line)) {
+    std::swap(lines[default_line], lines[hwid_line]);
+  }
+  return absl::StrJoin(lines, "\n");
 }
 
 bool HaveTool(const char* name) {
@@ -237,13 +289,11 @@ void ProviderCliTest::Write(const std::string& name, const std::string& text) {
 }
 
 std::string ProviderCliTest::WriteOpensslCnf(const std::string& name,
-                                             const std::string& hwid_extra) {
+                                             const std::string& hwid_extra, ProviderOrder order,
+                                             const std::string& tcti) {
   const std::string path = dir_ + "/" + name;
-  const std::string cnf = absl::StrCat(
-      "openssl_conf = openssl_init\n[openssl_init]\nproviders = provider_sect\n"
-      "[provider_sect]\ndefault = default_sect\nhwid = hwid_sect\n[default_sect]\nactivate = 1\n"
-      "[hwid_sect]\nmodule = ", HWID_PROVIDER_DIR, "/hwid.so\ntcti = ", GlobalSwtpm().tcti(),
-      "\n", hwid_extra, "activate = 1\n");
+  const std::string cnf =
+      DocumentedOpensslCnf(order, tcti.empty() ? GlobalSwtpm().tcti() : tcti, hwid_extra);
   EXPECT_TRUE(WriteFile(path, AsSpan(cnf)).ok());
   return path;
 }

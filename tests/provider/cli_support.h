@@ -2,7 +2,7 @@
 // unmodified programs (openssl, curl, nginx) load hwid.so, each in a process the test starts and
 // stops itself, bounded in time, on loopback ports picked free, in a private directory per test.
 //
-// Needs HWID_PROVIDER_DIR and, in a sanitized build, HWID_SANITIZER_PRELOAD as compile
+// Needs HWID_PROVIDER_DIR, HWID_PROVIDER_DOC (docs/provider.md) and, in a sanitized build, HWID_SANITIZER_PRELOAD as compile
 // definitions, and the binary's swtpm (hwid_testing_swtpm's main()).
 #ifndef HWID_TESTS_PROVIDER_CLI_SUPPORT_H_
 #define HWID_TESTS_PROVIDER_CLI_SUPPORT_H_
@@ -24,6 +24,18 @@ namespace hwid::testing {
 // preloaded. Leak reports would be about those programs, so only errors count there. (tpm2-tools
 // hang with the runtimes preloaded, so this is not set for the whole test.) "" otherwise.
 std::string SanitizerEnv();
+
+// ProviderOrder is the order of `default` and `hwid` in openssl.cnf's [provider_sect], i.e. the
+// order in which OpenSSL activates them.
+enum class ProviderOrder { kDefaultFirst, kHwidFirst };
+
+// DocumentedOpensslCnf is the openssl.cnf block of docs/provider.md (the ```ini block after the
+// "openssl.cnf snippet" marker) with only these changes: the `module` value is this build's
+// hwid.so, the `tcti` value is `tcti`, the lines `hwid_extra` ("key = value\n" ...) follow the
+// tcti line, and [provider_sect]'s two lines come in `order`. ADDs a failure and returns "" when
+// the page has no such block or the block lacks one of those lines.
+std::string DocumentedOpensslCnf(ProviderOrder order, const std::string& tcti,
+                                 const std::string& hwid_extra);
 
 // HaveTool is true when `name` is on $PATH or in /usr/sbin.
 bool HaveTool(const char* name);
@@ -114,9 +126,12 @@ class ProviderCliTest : public ::testing::Test {
   // Write ASSERTs that `text` was written to dir_/`name`.
   void Write(const std::string& name, const std::string& text);
 
-  // WriteOpensslCnf writes dir_/`name` activating default, then hwid with the swtpm's TCTI and
-  // the lines `hwid_extra` ("key = value\n" ...), and returns its path.
-  std::string WriteOpensslCnf(const std::string& name, const std::string& hwid_extra = "");
+  // WriteOpensslCnf writes dir_/`name`, the documented openssl.cnf (DocumentedOpensslCnf) with
+  // the providers in `order`, the TCTI `tcti` ("" = the binary's swtpm) and the lines
+  // `hwid_extra`, and returns its path.
+  std::string WriteOpensslCnf(const std::string& name, const std::string& hwid_extra = "",
+                              ProviderOrder order = ProviderOrder::kDefaultFirst,
+                              const std::string& tcti = "");
 
   std::string dir_;
 

@@ -15,6 +15,7 @@
 #include <memory>
 #include <string>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
 #include "absl/strings/str_split.h"
@@ -378,6 +379,44 @@ INSTANTIATE_TEST_SUITE_P(
         TlsCase{"Tls13MutualTokenToToken", "ec256", "-tls1_3", "token",
                 "Signature type: ECDSA"}),
     [](const auto& tp) { return std::string(tp.param.name); });
+
+// Provider order does not matter (docs/provider.md "Provider order"): with the documented
+// openssl.cnf, hwid before or after default and no TPM reachable, s_server serves TLS 1.2
+// ECDHE-ECDSA (P-256 ephemeral keys, i.e. libssl's unqualified EC fetch) and TLS 1.3 with the token
+// key file; the token signs, the TPM is never asked.
+TEST_F(P11CliTest, TokenKeyFileServesTlsInBothProviderOrdersWithNoTpm) {
+  MakeCa();
+  MakeCert("server", absl::StrCat(Uri("ec256"), " ", Passin()), "IP:127.0.0.1");
+  Export("ec256");
+  Write("pin", absl::StrCat(kPin, "\n"));
+  for (const testing::ProviderOrder order :
+       {testing::ProviderOrder::kDefaultFirst, testing::ProviderOrder::kHwidFirst}) {
+    SCOPED_TRACE(order == testing::ProviderOrder::kHwidFirst ? "hwid first" : "default first");
+    const std::string cnf = ProviderCliTest::WriteOpensslCnf(
+        "openssl.cnf",
+        absl::StrCat("pkcs11-module-path = ", SoftHsm::kModule, "\npkcs11-pin-source = file:",
+                     dir_, "/pin\n"),
+        order, "device:/nonexistent/hwid-test-tpm0");
+    const std::string env = absl::StrCat("export OPENSSL_CONF=", cnf, " HWID_PROVIDER_STATS=1 && ");
+    for (const char* v : {"-tls1_2 -cipher ECDHE-ECDSA-AES128-GCM-SHA256 -groups P-256",
+                          "-tls1_3 -groups P-256"}) {
+      SCOPED_TRACE(v);
+      const int port = FreePort();
+      Background server(absl::StrCat("sh -c \"", env, "cd ", dir_, " && openssl s_server ",
+                                     "-accept 127.0.0.1:", port, " -cert server.crt ",
+                                     "-key ec256.wrap.pem -naccept 1 -www\""),
+                        absl::StrCat(dir_, "/server-", port, ".log"));
+      ASSERT_TRUE(server.WaitForLog("ACCEPT")) << server.Log();
+      const testing::ShellResult r =
+          Run(absl::StrCat(env, testing::SClientGetCommand("", port, v)), 30);
+      EXPECT_EQ(server.Wait(), 0) << server.Log();
+      testing::ExpectSClientGetOk(r, absl::StrContains(v, "-tls1_3") ? "-tls1_3" : "-tls1_2",
+                                  "Signature type: ECDSA");
+      EXPECT_THAT(server.Log(), HasSubstr("tpm_commands=0 setup_commands=0 signatures=1"));
+      EXPECT_THAT(r.output, HasSubstr("tpm_commands=0 setup_commands=0 signatures=0"));
+    }
+  }
+}
 
 // curl 7.88 takes --key as a file: the URI key file, with module and PIN from openssl.cnf only.
 TEST_F(P11CliTest, CurlClientKeyFileModuleAndPinFromOpensslCnf) {
