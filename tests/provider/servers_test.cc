@@ -17,6 +17,7 @@
 #include <signal.h>
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <memory>
@@ -341,6 +342,17 @@ class ServersTest : public testing::ProviderCliTest {
     testing::ShellResult r = testing::RunShell(absl::StrCat("pgrep -P ", pid));
     return absl::StrSplit(absl::StripAsciiWhitespace(r.output), '\n', absl::SkipEmpty());
   }
+  // Workers waits (bounded) until `master` has `n` children (nginx opens its port before it
+  // forks the workers) and returns them.
+  std::vector<std::string> Workers(const std::string& master, int n) {
+    std::vector<std::string> w = Children(master);
+    for (int i = 0; i < 600 && w.size() != static_cast<size_t>(n); ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      w = Children(master);
+    }
+    EXPECT_EQ(w.size(), static_cast<size_t>(n)) << "children of " << master;
+    return w;
+  }
 
   // ExpectCleanNginxLog EXPECTs the error log has no worker crash and no TLS key failure.
   void ExpectCleanNginxLog(bool allow_killed_worker) {
@@ -372,8 +384,7 @@ TEST_P(NginxTest, LoadZeroFailures) {
   ASSERT_FALSE(HasFailure());
   const std::string master = Pid("logs/nginx.pid");
   ASSERT_NE(master, "0");
-  const std::vector<std::string> workers = Children(master);
-  EXPECT_EQ(workers.size(), static_cast<size_t>(c.workers));
+  const std::vector<std::string> workers = Workers(master, c.workers);
   LoadResult l = RunLoad(LoadScript(port, c.rsa, "", ""));
   // reuseport spreads kLoops * kPerLoop connections over the workers: each signed handshakes.
   for (const std::string& w : workers) {
@@ -397,7 +408,7 @@ TEST_P(NginxTest, ReloadUnderLoadZeroFailures) {
   ASSERT_FALSE(HasFailure());
   const std::string master = Pid("logs/nginx.pid");
   ASSERT_NE(master, "0");
-  const std::vector<std::string> before = Children(master);
+  const std::vector<std::string> before = Workers(master, c.workers);
   Background load(LoadScript(port, c.rsa, "", ""), dir_ + "/load.log");
   ASSERT_TRUE(WaitForReplies(kLoops * kPerLoop / 4)) << Collect().errors;
   ASSERT_TRUE(SendSignal(master, SIGHUP));
@@ -408,7 +419,17 @@ TEST_P(NginxTest, ReloadUnderLoadZeroFailures) {
   // The reload happened: new workers, and they serve the next load.
   const std::string log = Text("logs/error.log");
   EXPECT_THAT(log, HasSubstr("reconfiguring"));
-  const std::vector<std::string> after = Children(master);
+  // The old workers exit once their connections are done.
+  std::vector<std::string> after = Children(master);
+  for (int i = 0; i < 600 && (after.size() != before.size() ||
+                              std::any_of(after.begin(), after.end(), [&](const std::string& w) {
+                                return std::find(before.begin(), before.end(), w) != before.end();
+                              }));
+       ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    after = Children(master);
+  }
+  EXPECT_EQ(after.size(), before.size());
   for (const std::string& w : after) {
     EXPECT_THAT(before, Not(::testing::Contains(w))) << "old worker still running";
   }
@@ -464,7 +485,7 @@ TEST_P(NginxTest, KillWorkerMidHandshakeThenNewConnectionsWork) {
   ASSERT_FALSE(HasFailure());
   const std::string master = Pid("logs/nginx.pid");
   ASSERT_NE(master, "0");
-  const std::vector<std::string> before = Children(master);
+  const std::vector<std::string> before = Workers(master, c.workers);
   ASSERT_FALSE(before.empty());
   Background load(LoadScript(port, c.rsa, "", ""), dir_ + "/load.log");
   ASSERT_TRUE(WaitForReplies(kLoops * kPerLoop / 4)) << Collect().errors;
@@ -584,7 +605,7 @@ TEST_P(HaproxyTest, ReloadUnderLoadZeroFailures) {
   ASSERT_FALSE(HasFailure());
   const std::string master = Pid("haproxy.pid");
   ASSERT_NE(master, "0");
-  const std::vector<std::string> before = Children(master);
+  const std::vector<std::string> before = Workers(master, 1);
   Background load(LoadScript(port, c.rsa, "", ""), dir_ + "/load.log");
   ASSERT_TRUE(WaitForReplies(kLoops * kPerLoop / 4)) << Collect().errors;
   ASSERT_TRUE(SendSignal(master, SIGUSR2));
