@@ -163,6 +163,18 @@ absl::Status CmdTpmInfo(const Args& a) {
   return absl::OkStatus();
 }
 
+absl::Status CmdTpmFlushTransient(const Args& a) {
+  ASSIGN_OR_RETURN(auto t, OpenTpm(a));
+  ASSIGN_OR_RETURN(std::vector<uint32_t> flushed, t->FlushTransientObjects());
+  std::vector<std::string> names;
+  for (uint32_t h : flushed) {
+    names.push_back(tpm::FormatHandle(h));
+  }
+  std::cout << absl::StrFormat("Flushed %u transient object(s)%s%s\n", flushed.size(),
+                               flushed.empty() ? "" : ": ", absl::StrJoin(names, " "));
+  return absl::OkStatus();
+}
+
 bool EkTypeSelected(const std::string& sel, const wire::EkSpec& spec) {
   if (sel == "all") {
     return true;
@@ -572,6 +584,7 @@ const char kTopUsage[] =
     "  hwid tpm info                 TPM identity, firmware, PCR banks, lockout state\n"
     "  hwid tpm ek                   EK certificates and public keys (--ca verifies the chain)\n"
     "  hwid tpm pcrread              read PCR values\n"
+    "  hwid tpm flush-transient      free object slots leaked by killed processes (no RM)\n"
     "  hwid attest selftest          AK + credential activation + quote, verified in software\n"
     "  hwid key create               create a TPM signing key (TSS2 PRIVATE KEY file)\n"
     "  hwid key pub                  export a key's public half (PEM)\n"
@@ -586,6 +599,14 @@ std::map<std::string, Command> Commands() {
   std::map<std::string, Command> c;
   c["tpm info"] = {"usage: hwid tpm info [--tcti T]\n  Prints manufacturer, vendor, firmware, spec, PCR banks, lockout state.\n",
                    {"tcti"}, {}, CmdTpmInfo};
+  c["tpm flush-transient"] = {
+      "usage: hwid tpm flush-transient [--tcti T]\n"
+      "  Flushes every transient object loaded in the TPM. On a TPM without a resource manager\n"
+      "  (swtpm, /dev/tpm0) a process killed while it had keys loaded leaks their object slots\n"
+      "  until the TPM restarts; when every slot is leaked, signatures fail with TPM_RC_OBJECT_MEMORY\n"
+      "  (0x902). Run this only when no other program is using the TPM: it also flushes objects\n"
+      "  that live processes hold (hwid's provider reloads its keys, other software may not).\n",
+      {"tcti"}, {}, CmdTpmFlushTransient};
   c["tpm ek"] = {
       "usage: hwid tpm ek [--alg all|rsa|ecc|NAME] [--ca BUNDLE.pem] [--out-dir DIR] [--tcti T]\n"
       "  Reads every EK certificate from NV (low and high range), shows the EK public keys,\n"

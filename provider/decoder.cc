@@ -46,6 +46,9 @@ void FreeCtx(void* vctx) { delete static_cast<DecCtx*>(vctx); }
 }
 
 // PassDer hands a key file's DER body to the next decoder in the chain, tagged with `structure`.
+// When that fails because the key could not be activated, the error is raised again here: the
+// file: STORE decodes the body in a nested decoder and drops that decoder's errors before it
+// returns to this frame (see RaiseKeyLoadError in io.h).
 int PassDer(unsigned char* data, long len, const char* structure, OSSL_CALLBACK* data_cb,
             void* data_cbarg) {
   OSSL_PARAM params[] = {
@@ -54,7 +57,13 @@ int PassDer(unsigned char* data, long len, const char* structure, OSSL_CALLBACK*
                                        const_cast<char*>(structure), 0),
       OSSL_PARAM_END,
   };
-  return data_cb(params, data_cbarg);
+  ForgetKeyLoadError();
+  const int r = data_cb(params, data_cbarg);
+  if (r == 0) {
+    RaisePendingKeyLoadError();
+  }
+  ForgetKeyLoadError();
+  return r;
 }
 
 int PemDecode(void* vctx, OSSL_CORE_BIO* in, int, OSSL_CALLBACK* data_cb, void* data_cbarg,

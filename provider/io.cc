@@ -2,8 +2,14 @@
 
 #include <openssl/bio.h>
 #include <openssl/core_names.h>
+#include <openssl/err.h>
 #include <openssl/params.h>
 
+#include <optional>
+#include <string>
+#include <utility>
+
+#include "absl/strings/match.h"
 #include "common/ossl.h"
 
 namespace hwid::provider {
@@ -38,6 +44,42 @@ bool WriteToCoreBio(ProvCtx* prov, OSSL_CORE_BIO* out, ByteSpan data) {
   return BIO_write_ex(bio.get(), data.data(), data.size(), &written) == 1 &&
          written == data.size();
 }
+
+namespace {
+
+struct PendingLoadError {
+  const ProvCtx* prov = nullptr;
+  int fallback = 0;
+  std::string what;
+  absl::Status status;
+  Device device = Device::kTpm;
+};
+thread_local std::optional<PendingLoadError> t_pending_load_error;
+
+}  // namespace
+
+void RaiseKeyLoadError(const ProvCtx* prov, int fallback, const char* what, const absl::Status& s,
+                       Device device) {
+  RaiseStatus(prov, fallback, what, s, device);
+  t_pending_load_error = PendingLoadError{prov, fallback, what, s, device};
+}
+
+void RaisePendingKeyLoadError() {
+  if (!t_pending_load_error.has_value()) {
+    return;
+  }
+  const PendingLoadError e = std::move(*t_pending_load_error);
+  t_pending_load_error.reset();
+  const char* data = nullptr;
+  int flags = 0;
+  if (ERR_peek_last_error_data(&data, &flags) != 0 && data != nullptr &&
+      absl::StartsWith(data, e.what) && absl::EndsWith(data, e.status.message())) {
+    return;  // still on the queue: nobody dropped it
+  }
+  RaiseStatus(e.prov, e.fallback, e.what.c_str(), e.status, e.device);
+}
+
+void ForgetKeyLoadError() { t_pending_load_error.reset(); }
 
 int PassKeyReference(std::shared_ptr<Key> key, ProvCtx* prov, OSSL_CALLBACK* cb, void* cbarg,
                      ByteSpan by_value, const char* structure) {

@@ -28,6 +28,19 @@ bool WriteToCoreBio(ProvCtx* prov, OSSL_CORE_BIO* out, ByteSpan data);
 int PassKeyReference(std::shared_ptr<Key> key, ProvCtx* prov, OSSL_CALLBACK* cb, void* cbarg,
                      ByteSpan by_value = {}, const char* structure = "TSS2");
 
+// RaiseKeyLoadError raises a failed key activation like RaiseStatus and remembers it for the
+// calling thread. OpenSSL 3.0's file: STORE drops every error raised while it turns decoded key
+// data into a key (ossl_store_handle_load_result pops back to its mark and reports only
+// "STORE routines::unsupported"), so `openssl pkeyutl -inkey key.pem` and `s_server -key` would
+// never show why. RaisePendingKeyLoadError raises the remembered error again from the first
+// frame of this provider outside that (the PEM decoder that handed the data to the STORE),
+// unless it is still the newest error on the queue (decoder paths that keep errors, such as
+// PEM_read_bio_PrivateKey); ForgetKeyLoadError drops it.
+void RaiseKeyLoadError(const ProvCtx* prov, int fallback, const char* what, const absl::Status& s,
+                       Device device);
+void RaisePendingKeyLoadError();
+void ForgetKeyLoadError();
+
 // AskPassphrase asks the application (pw_cb) for a key's authorization value; empty when no
 // callback is given or it returns nothing.
 SecureBytes AskPassphrase(OSSL_PASSPHRASE_CALLBACK* pw_cb, void* pw_cbarg, const std::string& what);

@@ -9,6 +9,7 @@
 #include <string>
 
 #include "absl/strings/str_cat.h"
+#include "provider/io.h"
 #include "provider/provider.h"
 
 namespace hwid::provider {
@@ -191,11 +192,12 @@ void* KeyLoad(const void* reference, size_t reference_sz) {
     absl::Status s = k->priv->Activate();
     Debug("keymgmt load: %s: %s", k->priv->Describe().c_str(), s.ToString().c_str());
     if (!s.ok()) {
-      RaiseStatus(k->prov, kReasonKeyLoadFailed,
-                  k->priv->device() == Device::kTpm ? "loading TPM key" : "loading PKCS#11 key", s,
-                  k->priv->device());
+      RaiseKeyLoadError(k->prov, kReasonKeyLoadFailed,
+                        k->priv->device() == Device::kTpm ? "loading TPM key" : "loading PKCS#11 key",
+                        s, k->priv->device());
       return nullptr;
     }
+    ForgetKeyLoadError();
     *ref = nullptr;
     return k;
   });

@@ -1,18 +1,28 @@
 #include "provider/tpm_backend.h"
 
+#include <fcntl.h>
 #include <openssl/crypto.h>
 #include <openssl/x509.h>
 #include <pthread.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
+#include <condition_variable>
+#include <cstdlib>
 #include <mutex>
 #include <optional>
 #include <set>
+#include <thread>
 #include <utility>
 #include <vector>
 
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "common/bytes.h"
 #include "common/ossl.h"
 #include "common/status_macros.h"
 #include "provider/pss.h"
@@ -27,7 +37,13 @@ namespace hwid::provider {
 // TpmDevice is the process' connection to one TPM, re-opened in a forked child.
 class TpmDevice {
  public:
-  explicit TpmDevice(std::string tcti) : tcti_(std::move(tcti)) {}
+  explicit TpmDevice(std::string tcti)
+      : tcti_(std::move(tcti)),
+        shared_(!absl::StartsWith(tcti_, "device:/dev/tpmrm") && !absl::StartsWith(tcti_, "tabrmd")),
+        busy_path_(absl::StrCat("/tmp/hwid-tpm-busy-",
+                                Sha256Hex(ByteSpan(reinterpret_cast<const uint8_t*>(tcti_.data()),
+                                                   tcti_.size()))
+                                    .substr(0, 16))) {}
   TpmDevice(const TpmDevice&) = delete;
   TpmDevice& operator=(const TpmDevice&) = delete;
 
@@ -83,9 +99,43 @@ class TpmDevice {
 
   const std::string& tcti() const { return tcti_; }
 
+  // shared is true when the TPM has no resource manager in front of it (swtpm, mssim,
+  // /dev/tpm0): every process on the machine shares its few object slots (swtpm: 3), and a
+  // process killed while holding one leaks it until the TPM restarts. Keys then hold a slot only
+  // while in use (see TpmKey). /dev/tpmrm* and tpm2-abrmd virtualise the slots per connection.
+  bool shared() const { return shared_; }
+
+  // Contention signal between the processes of a shared TPM: a process that finds every object
+  // slot taken touches a file named after the TCTI (its mtime is the signal, the file is empty);
+  // a process that keeps a key loaded checks it before each signature and gives the slot back
+  // while the TPM was recently short (kBusyWindow). Anyone may touch it (mode 0666): a local
+  // user can make the processes release slots (3 TPM commands per signature instead of 1), not
+  // make anything fail. Best effort: without /tmp access the keys just keep the default policy.
+  void SignalBusy() {
+    const int fd = open(busy_path_.c_str(), O_WRONLY | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0666);
+    if (fd < 0) {
+      return;
+    }
+    (void)fchmod(fd, 0666);  // owner only; others' umask must not lock out the next process
+    (void)futimens(fd, nullptr);
+    close(fd);
+  }
+  bool RecentlyBusy() const {
+    struct stat st;
+    if (stat(busy_path_.c_str(), &st) != 0) {
+      return false;
+    }
+    const absl::Time touched = absl::TimeFromTimespec(st.st_mtim);
+    const absl::Time now = absl::Now();
+    return touched <= now + absl::Seconds(1) && now - touched < kBusyWindow;
+  }
+  static constexpr absl::Duration kBusyWindow = absl::Seconds(2);
+
  private:
   std::mutex mu_;
   const std::string tcti_;
+  const bool shared_;
+  const std::string busy_path_;
   std::unique_ptr<tpm::Tpm> tpm_;
   std::vector<std::unique_ptr<tpm::Tpm>> retired_;
   pid_t pid_ = 0;
@@ -110,6 +160,67 @@ struct Registry {
 Registry& Reg() {
   static Registry* r = new Registry;  // never destroyed: used from static destructors
   return *r;
+}
+
+// How long a key on a shared TPM (no resource manager) stays loaded after its last use:
+// $HWID_TPM_IDLE_RELEASE_MS, default 50 ms; 0 releases the slot after every signature.
+absl::Duration IdleRelease() {
+  static const absl::Duration d = [] {
+    const char* env = std::getenv("HWID_TPM_IDLE_RELEASE_MS");
+    int64_t ms = 50;
+    if (env != nullptr && env[0] != '\0' && (!absl::SimpleAtoi(env, &ms) || ms < 0)) {
+      ms = 50;
+    }
+    return absl::Milliseconds(ms);
+  }();
+  return d;
+}
+
+// How long a signature waits for a free object slot on a shared TPM before it fails.
+constexpr absl::Duration kSlotWait = absl::Seconds(5);
+
+// IdleReaper: one thread per process (started on first need, again in a forked child) that
+// flushes keys on a shared TPM once they have been idle for IdleRelease(), so an idle process
+// (an nginx worker between requests) holds no object slot another process needs, and a process
+// killed while idle leaks none. Blocks while no key is loaded.
+void ReleaseIdleKeys(bool* any_loaded);
+struct IdleReaper {
+  std::mutex mu;
+  std::condition_variable cv;
+  pid_t pid = 0;  // the process whose thread runs
+  bool work = false;
+};
+IdleReaper*& Reaper() {
+  static IdleReaper* r = new IdleReaper;  // replaced (leaked) in a forked child
+  return r;
+}
+void ReaperLoop(IdleReaper* r) {
+  while (true) {
+    {
+      std::unique_lock<std::mutex> lock(r->mu);
+      r->cv.wait(lock, [r] { return r->work; });
+      r->work = false;
+    }
+    bool any_loaded = true;
+    while (any_loaded) {
+      absl::SleepFor(IdleRelease() / 2);
+      if (Reaper() != r) {
+        return;  // not reached in practice: a forked child has no copy of this thread
+      }
+      ReleaseIdleKeys(&any_loaded);
+    }
+  }
+}
+// WakeReaper makes sure the reaper runs (needs op_mu: fork cannot happen meanwhile).
+void WakeReaper() {
+  IdleReaper* r = Reaper();
+  std::lock_guard<std::mutex> lock(r->mu);
+  if (r->pid != getpid()) {
+    r->pid = getpid();
+    std::thread(ReaperLoop, r).detach();
+  }
+  r->work = true;
+  r->cv.notify_one();
 }
 
 absl::StatusOr<KeyType> CheckSigningPublic(const TPMT_PUBLIC& pub, absl::string_view what) {
@@ -140,9 +251,10 @@ absl::StatusOr<OsslPtr<EVP_PKEY>> PublicInLibctx(OSSL_LIB_CTX* libctx, const TPM
   return key;
 }
 
-// UnloadAllExceptLocked flushes every loaded key but `except`; EvictOneLocked flushes the least
-// recently used loaded key other than `except` (false when there is none). Both need op_mu.
-void UnloadAllExceptLocked(TpmKey* except);
+// UnloadAllExceptLocked flushes every loaded key but `except` (true when there was one);
+// EvictOneLocked flushes the least recently used loaded key other than `except` (false when
+// there is none). Both need op_mu.
+bool UnloadAllExceptLocked(TpmKey* except);
 bool EvictOneLocked(TpmKey* except);
 
 class TpmKey final : public Key {
@@ -159,6 +271,14 @@ class TpmKey final : public Key {
         handle_(handle),
         auth_(std::move(auth)),
         description_(std::move(description)) {
+    if (file_.has_value() && device_->shared()) {
+      slot_key_.emplace();
+      slot_key_->blob = *file_;
+      slot_key_->auth = auth_;
+      if (absl::StatusOr<TPM2B_PUBLIC> p = wire::ParsePublic(file_->pub); p.ok()) {
+        slot_key_->pub = *p;
+      }
+    }
     std::lock_guard<std::mutex> lock(Reg().mu);
     Reg().keys.insert(this);
   }
@@ -217,17 +337,43 @@ class TpmKey final : public Key {
     std::lock_guard<std::mutex> lock(Reg().op_mu);
     uint64_t gen = 0;
     ASSIGN_OR_RETURN(tpm::Tpm * tpm, device_->Get(&gen));
-    absl::Status loaded = EnsureLoadedLocked(tpm, gen);
-    if (!loaded.ok()) {
-      device_->ResetIfBroken(gen, loaded);
-      return loaded;
-    }
-    absl::StatusOr<TPMT_SIGNATURE> sig = tpm->Sign(*loaded_, digest, params.scheme, hash);
+    absl::StatusOr<TPMT_SIGNATURE> sig = SignLocked(tpm, gen, digest, params.scheme, hash);
     if (!sig.ok()) {
       device_->ResetIfBroken(gen, sig.status());
       return sig.status();
     }
     return wire::SignatureToDer(*sig);
+  }
+
+  // SignLocked: one TPM2_Sign with the key kept loaded; on a shared TPM that was recently short
+  // of object slots, the slot is given back first and the signature loads the saved context,
+  // signs and flushes (3 commands, the slot held only during the signature).
+  absl::StatusOr<TPMT_SIGNATURE> SignLocked(tpm::Tpm* tpm, uint64_t gen, ByteSpan digest,
+                                            SignScheme scheme, TPMI_ALG_HASH hash) {
+    if (slot_key_.has_value() && (device_->RecentlyBusy() || IdleRelease() == absl::ZeroDuration())) {
+      DropLocked();
+      last_use_ = ++Reg().clock;
+      absl::StatusOr<TPMT_SIGNATURE> sig = tpm->SignSlotFree(
+          *slot_key_, digest, scheme, hash, kSlotWait, [this] { return OnBusyLocked(); });
+      if (!sig.ok()) {
+        return absl::Status(sig.status().code(),
+                            absl::StrCat("signing with ", description_, ": ", sig.status().message()));
+      }
+      return sig;
+    }
+    RETURN_IF_ERROR(EnsureLoadedLocked(tpm, gen));
+    absl::StatusOr<TPMT_SIGNATURE> sig = tpm->Sign(*loaded_, digest, scheme, hash);
+    idle_since_ = absl::Now();
+    return sig;
+  }
+
+  // ReleaseIfIdleLocked flushes the key when it is kept on a shared TPM and idle since `cutoff`;
+  // true when it is (still) loaded afterwards.
+  bool ReleaseIfIdleLocked(absl::Time cutoff) {
+    if (loaded_.has_value() && slot_key_.has_value() && idle_since_ <= cutoff) {
+      DropLocked();
+    }
+    return loaded_.has_value() && slot_key_.has_value();
   }
 
   // LoadNow loads the key (proving it belongs to this TPM) and, for RSA keys and keys with an
@@ -259,6 +405,7 @@ class TpmKey final : public Key {
     ASSIGN_OR_RETURN(Bytes digest, wire::Hash(TPM2_ALG_SHA256, ByteSpan(kSelfTest, sizeof(kSelfTest))));
     const SignScheme scheme = type_ == KeyType::kRsa ? SignScheme::kRsaPss : SignScheme::kEcdsa;
     absl::StatusOr<TPMT_SIGNATURE> sig = tpm->Sign(*loaded_, digest, scheme, TPM2_ALG_SHA256);
+    idle_since_ = absl::Now();
     if (!sig.ok()) {
       if (absl::IsPermissionDenied(sig.status())) {
         return absl::PermissionDeniedError(absl::StrCat(
@@ -308,11 +455,17 @@ class TpmKey final : public Key {
     }
     while (true) {
       absl::StatusOr<tpm::LoadedKey> k =
-          file_.has_value() ? tpm->LoadKey(*file_, AsSpan(auth_))
-                            : tpm->LoadPersistentKey(handle_, AsSpan(auth_));
+          slot_key_.has_value()
+              ? tpm->LoadSlotFree(*slot_key_, kSlotWait, [this] { return OnBusyLocked(); })
+          : file_.has_value() ? tpm->LoadKey(*file_, AsSpan(auth_))
+                              : tpm->LoadPersistentKey(handle_, AsSpan(auth_));
       if (k.ok()) {
         loaded_ = std::move(*k);
         loaded_gen_ = gen;
+        idle_since_ = absl::Now();
+        if (slot_key_.has_value()) {
+          WakeReaper();
+        }
         return absl::OkStatus();
       }
       // Out of TPM object slots: unload this process' least recently used key and retry.
@@ -330,6 +483,17 @@ class TpmKey final : public Key {
       }
       return absl::Status(s.code(), absl::StrCat("loading ", description_, ": ", s.message()));
     }
+  }
+
+  // OnBusyLocked runs when the shared TPM has no free object slot: give back this process' own
+  // slots and retry (true); when it holds none, other processes do: tell them (they give theirs
+  // back at their next signature) and wait (false).
+  bool OnBusyLocked() {
+    if (UnloadAllExceptLocked(this)) {
+      return true;
+    }
+    device_->SignalBusy();
+    return false;
   }
 
   void DropLocked() {
@@ -352,6 +516,10 @@ class TpmKey final : public Key {
   const std::string description_;
   PssSaltMode pss_mode_ = PssSaltMode::kDigestLength;
 
+  // For a key file on a shared TPM (no resource manager): the saved-context form used to load it
+  // per use, and when it was last used (for IdleReaper).
+  std::optional<tpm::SlotFreeKey> slot_key_;
+  absl::Time idle_since_ = absl::InfinitePast();
   uint64_t last_use_ = 0;
   uint64_t last_gen_ = 0;
   bool activated_ = false;
@@ -359,13 +527,16 @@ class TpmKey final : public Key {
   uint64_t loaded_gen_ = 0;
 };
 
-void UnloadAllExceptLocked(TpmKey* except) {
+bool UnloadAllExceptLocked(TpmKey* except) {
   std::lock_guard<std::mutex> lock(Reg().mu);
+  bool any = false;
   for (TpmKey* k : Reg().keys) {
-    if (k != except) {
+    if (k != except && k->loaded()) {
       k->UnloadLocked();
+      any = true;
     }
   }
+  return any;
 }
 
 bool EvictOneLocked(TpmKey* except) {
@@ -381,6 +552,16 @@ bool EvictOneLocked(TpmKey* except) {
   }
   victim->UnloadLocked();
   return true;
+}
+
+void ReleaseIdleKeys(bool* any_loaded) {
+  std::lock_guard<std::mutex> op(Reg().op_mu);
+  std::lock_guard<std::mutex> lock(Reg().mu);
+  const absl::Time cutoff = absl::Now() - IdleRelease();
+  *any_loaded = false;
+  for (TpmKey* k : Reg().keys) {
+    *any_loaded = k->ReleaseIfIdleLocked(cutoff) || *any_loaded;
+  }
 }
 
 void UnloadAllExcept(TpmKey* except) {
@@ -399,12 +580,24 @@ ExitFlusher g_exit_flusher;
 // holds op_mu across the fork, so the child starts with no key operation in flight and no TPM
 // object of its parent that it could neither use nor free. Without a resource manager this is
 // what keeps a forking server's master (nginx) from pinning TPM object slots its workers need.
+// The reaper's mutex is held across fork too (order: op_mu, then the reaper's), so the child
+// never inherits it locked; the child gets a fresh reaper (its thread was not copied).
 void ForkPrepare() {
   Reg().op_mu.lock();
   UnloadAllExceptLocked(nullptr);
+  Reaper()->mu.lock();
 }
-void ForkParent() { Reg().op_mu.unlock(); }
-void ForkChild() { Reg().op_mu.unlock(); }
+void ForkParent() {
+  Reaper()->mu.unlock();
+  Reg().op_mu.unlock();
+}
+void ForkChild() {
+  Reaper()->mu.unlock();
+  static auto* inherited = new std::vector<IdleReaper*>;  // kept reachable, never used again
+  inherited->push_back(Reaper());
+  Reaper() = new IdleReaper;
+  Reg().op_mu.unlock();
+}
 struct ForkHandlers {
   ForkHandlers() { pthread_atfork(ForkPrepare, ForkParent, ForkChild); }
 };

@@ -1006,8 +1006,9 @@ absl::StatusOr<TPMT_SIGNATURE> Tpm::Sign(LoadedKey& key, ByteSpan digest, SignSc
   return absl::InternalError("TPM2_Sign: unreachable");
 }
 
-absl::StatusOr<TpmObject> Tpm::LoadSlotFreeLocked(SlotFreeKey& key, absl::Time deadline) {
-  absl::Duration backoff = absl::Milliseconds(2);
+absl::StatusOr<TpmObject> Tpm::LoadSlotFreeLocked(SlotFreeKey& key, absl::Time deadline,
+                                                  const std::function<bool()>& on_busy) {
+  absl::Duration backoff = absl::Milliseconds(1);
   while (true) {
     absl::Status st;
     if (key.saved_context.has_value()) {
@@ -1041,31 +1042,46 @@ absl::StatusOr<TpmObject> Tpm::LoadSlotFreeLocked(SlotFreeKey& key, absl::Time d
       }
       st = loaded.status();
     }
+    if (absl::IsResourceExhausted(st) && on_busy && on_busy()) {
+      continue;  // the caller freed objects of its own: retry at once
+    }
     if (!absl::IsResourceExhausted(st) || absl::Now() + backoff > deadline) {
       if (absl::IsResourceExhausted(st)) {
-        return absl::ResourceExhaustedError(
-            absl::StrCat(st.message(), " (other processes kept every TPM object slot busy "
-                         "while this signature waited; use a resource manager, /dev/tpmrm0 or "
-                         "tpm2-abrmd, when several processes share this TPM)"));
+        return absl::ResourceExhaustedError(absl::StrCat(
+            st.message(), " (every TPM object slot stayed busy while this signature waited; "
+            "other processes hold them, or processes killed while holding them leaked them: "
+            "`hwid tpm info` shows the slots in use, `hwid tpm flush-transient` frees leaked "
+            "ones when no other TPM user runs; a resource manager, /dev/tpmrm0 or tpm2-abrmd, "
+            "avoids both)"));
       }
       return st;
     }
-    // Someone else holds the slots for the moment: wait briefly and try again.
+    // Someone else holds the slots for the moment: wait briefly (with jitter, so waiting
+    // processes do not retry in lockstep) and try again.
     mu_.unlock();
-    absl::SleepFor(backoff);
+    absl::SleepFor(backoff + absl::Microseconds(absl::ToInt64Microseconds(backoff) *
+                                                 (static_cast<int64_t>(commands_ % 7)) / 7));
     mu_.lock();
-    backoff = std::min(backoff * 2, absl::Milliseconds(100));
+    backoff = std::min(backoff * 2, absl::Milliseconds(20));
   }
+}
+
+absl::StatusOr<LoadedKey> Tpm::LoadSlotFree(SlotFreeKey& key, absl::Duration slot_wait,
+                                            const std::function<bool()>& on_busy) {
+  std::lock_guard<std::recursive_mutex> lock(mu_);
+  ASSIGN_OR_RETURN(TpmObject obj, LoadSlotFreeLocked(key, absl::Now() + slot_wait, on_busy));
+  return LoadedKey{std::move(obj), key.pub, 0, key.auth, key.blob};
 }
 
 absl::StatusOr<TPMT_SIGNATURE> Tpm::SignSlotFree(SlotFreeKey& key, ByteSpan digest,
                                                  SignScheme scheme, TPMI_ALG_HASH hash,
-                                                 absl::Duration slot_wait) {
+                                                 absl::Duration slot_wait,
+                                                 const std::function<bool()>& on_busy) {
   std::lock_guard<std::recursive_mutex> lock(mu_);
   RETURN_IF_ERROR(CheckDigestSize(digest));
   const absl::Time deadline = absl::Now() + slot_wait;
   for (int attempt = 0; attempt < 2; ++attempt) {
-    ASSIGN_OR_RETURN(TpmObject obj, LoadSlotFreeLocked(key, deadline));
+    ASSIGN_OR_RETURN(TpmObject obj, LoadSlotFreeLocked(key, deadline, on_busy));
     TPMT_SIGNATURE sig = {};
     TSS2_RC rc = SignLocked(obj.tr(), digest, scheme, hash, &sig);
     obj.Reset();  // flush now: the slot is free again before we return
@@ -1115,6 +1131,28 @@ absl::StatusOr<std::vector<uint32_t>> Tpm::TransientHandles() {
     out.push_back(data->data.handles.handle[i]);
   }
   return out;
+}
+
+absl::StatusOr<std::vector<uint32_t>> Tpm::FlushTransientObjects() {
+  std::lock_guard<std::recursive_mutex> lock(mu_);
+  ASSIGN_OR_RETURN(std::vector<uint32_t> handles, TransientHandles());
+  std::vector<uint32_t> flushed;
+  for (uint32_t h : handles) {
+    ESYS_TR tr = ESYS_TR_NONE;
+    ++commands_;
+    TSS2_RC rc = Esys_TR_FromTPMPublic(impl_->esys, h, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, &tr);
+    if (rc != TSS2_RC_SUCCESS) {
+      continue;  // gone meanwhile
+    }
+    ++commands_;
+    rc = Esys_FlushContext(impl_->esys, tr);
+    if (rc != TSS2_RC_SUCCESS) {
+      Esys_TR_Close(impl_->esys, &tr);
+      RETURN_IF_ERROR(TssError(rc, "TPM2_FlushContext", absl::StrCat("transient object ", FormatHandle(h))));
+    }
+    flushed.push_back(h);
+  }
+  return flushed;
 }
 
 }  // namespace hwid::tpm

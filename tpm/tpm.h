@@ -8,6 +8,7 @@
 #include <tss2/tss2_tpm2_types.h>
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -211,9 +212,19 @@ class Tpm {
   // SignSlotFree signs like Sign with a SlotFreeKey (see there). When the TPM has no free object
   // slot (others hold them: TPM_RC_OBJECT_MEMORY) it retries with backoff for up to
   // `slot_wait`, then fails with ResourceExhausted naming the cause.
+  // `on_busy`, when set, runs (under the Tpm lock) each time the TPM answers
+  // TPM_RC_OBJECT_MEMORY, before waiting: the caller can release its own objects there and
+  // return true to retry at once (false: nothing freed, wait as usual).
   absl::StatusOr<TPMT_SIGNATURE> SignSlotFree(SlotFreeKey& key, ByteSpan digest,
                                               SignScheme scheme, TPMI_ALG_HASH hash,
-                                              absl::Duration slot_wait = absl::Seconds(5));
+                                              absl::Duration slot_wait = absl::Seconds(5),
+                                              const std::function<bool()>& on_busy = nullptr);
+  // LoadSlotFree loads a SlotFreeKey the same way (saved context, else the blob; waits for a
+  // free slot like SignSlotFree) and hands the loaded object to the caller, who may keep it for
+  // several signatures (Sign) and must flush it (destroy it) to give the slot back.
+  absl::StatusOr<LoadedKey> LoadSlotFree(SlotFreeKey& key,
+                                         absl::Duration slot_wait = absl::Seconds(5),
+                                         const std::function<bool()>& on_busy = nullptr);
 
   // CheckKeyAlg asks the TPM (TPM2_TestParms) whether it can make signing keys of `alg`;
   // InvalidArgument naming the algorithm when it cannot, Unavailable when the TPM is unreachable.
@@ -221,6 +232,10 @@ class Tpm {
 
   // TransientHandles lists the transient object handles currently loaded in the TPM.
   absl::StatusOr<std::vector<uint32_t>> TransientHandles();
+  // FlushTransientObjects flushes every transient object loaded in the TPM, whoever loaded it,
+  // and returns their handles: the operator's way to free slots leaked by processes killed on a
+  // TPM without a resource manager. Behind a resource manager it sees only this connection's.
+  absl::StatusOr<std::vector<uint32_t>> FlushTransientObjects();
   // CommandCount is the number of TPM commands this object has sent (for benchmarks).
   uint64_t command_count() const { return commands_; }
 
@@ -257,7 +272,8 @@ class Tpm {
                      TPMT_SIGNATURE* out);
   // LoadSlotFreeLocked loads `key` from its saved context, else from its blob (then saves the
   // context); retries while the TPM has no free object slot, until `deadline`.
-  absl::StatusOr<TpmObject> LoadSlotFreeLocked(SlotFreeKey& key, absl::Time deadline);
+  absl::StatusOr<TpmObject> LoadSlotFreeLocked(SlotFreeKey& key, absl::Time deadline,
+                                               const std::function<bool()>& on_busy);
 
   std::string tcti_;
   std::unique_ptr<Impl> impl_;

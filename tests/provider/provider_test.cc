@@ -208,6 +208,11 @@ size_t TransientCount() {
   return h.ok() ? h->size() : 999;
 }
 
+// These tests check the keep-loaded path (one TPM command per signature): keys on the raw swtpm
+// must not be released by the idle timer in the middle of a test. The release after idle, per-use
+// signing under contention and many processes are provider_shared_tpm_test's.
+const bool kKeepKeysLoaded = setenv("HWID_TPM_IDLE_RELEASE_MS", "3600000", 1) == 0;
+
 class ProviderTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -758,7 +763,11 @@ TEST_F(ProviderTest, UnreachableTpmIsAClearError) {
   auto dctx = Ctx::New(absl::StrCat("tcti = ", tcti, "\n"));
   ASSERT_NE(dctx, nullptr) << "the provider must load even when the TPM is down: " << Errors();
   EXPECT_EQ(FromPem(dctx->get(), pem), nullptr);
-  EXPECT_THAT(Errors(), HasSubstr("TPM unreachable"));
+  // The reason string ("TPM unreachable") is missing when OpenSSL's 8-bit error library number
+  // wrapped around (a process that made more than 127 provider instances); the message is ours.
+  const std::string errs = Errors();
+  EXPECT_THAT(errs, HasSubstr("cannot open TPM connection"));
+  EXPECT_THAT(errs, HasSubstr(tcti));
 }
 
 TEST_F(ProviderTest, TpmRestartMidRunNextOperationSucceeds) {

@@ -1,0 +1,196 @@
+// Many processes on one TPM without a resource manager (the binary's raw swtpm: 3 object slots
+// for everyone): unmodified openssl processes load TPM keys through hwid.so at the same time, are
+// killed with SIGKILL while holding keys, and find the TPM's slots taken by another connection.
+// Each case starts and stops its own processes; every signature is checked in software.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/stat.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "common/bytes.h"
+#include "tests/provider/cli_support.h"
+#include "tests/testing/swtpm.h"
+#include "tpm/tpm.h"
+
+namespace hwid {
+namespace {
+
+using ::hwid::testing::Background;
+using ::hwid::testing::FreePort;
+using ::hwid::testing::GlobalSwtpm;
+using ::hwid::testing::TransientCount;
+using ::testing::HasSubstr;
+
+constexpr char kP[] = "-provider default -provider hwid";
+
+// BusyFile is where hwid.so processes on this TPM signal "no free object slot" to each other
+// (docs/provider.md, "Many processes on a TPM without a resource manager").
+std::string BusyFile() {
+  const std::string& tcti = GlobalSwtpm().tcti();
+  return absl::StrCat("/tmp/hwid-tpm-busy-",
+                      Sha256Hex(ByteSpan(reinterpret_cast<const uint8_t*>(tcti.data()),
+                                         tcti.size()))
+                          .substr(0, 16));
+}
+
+// WaitUntil polls `pred` (bounded: 20 s); true when it held.
+template <typename Pred>
+bool WaitUntil(Pred pred) {
+  for (int i = 0; i < 400; ++i) {
+    if (pred()) {
+      return true;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  return false;
+}
+
+class SharedTpmTest : public testing::ProviderCliTest {
+ protected:
+  SharedTpmTest() : ProviderCliTest("hwid-shared") {}
+
+  void SetUp() override {
+    ProviderCliTest::SetUp();
+    if (HasFatalFailure()) {
+      return;
+    }
+    unlink(BusyFile().c_str());  // no signal left over from an earlier case
+    // One TPM key and a self-signed certificate for it; pub.pem checks signatures in software.
+    MustRun(absl::StrCat("openssl genpkey -provider hwid -provider default -algorithm EC "
+                         "-pkeyopt group:P-256 -out key.pem"), 120);
+    MustRun(absl::StrCat("openssl pkey ", kP, " -in key.pem -pubout -out pub.pem"));
+    MustRun(absl::StrCat("openssl req ", kP, " -new -x509 -key key.pem -subj /CN=shared "
+                         "-addext subjectAltName=IP:127.0.0.1 -days 1 -out cert.pem"));
+    MustRun("printf 0123456789abcdef0123456789abcdef > dgst");
+  }
+
+  // SignCmd signs dgst with key.pem through hwid.so and checks the signature in software.
+  std::string SignCmd() {
+    return absl::StrCat("openssl pkeyutl ", kP, " -sign -inkey key.pem -in dgst -out sig "
+                        "&& openssl pkeyutl -verify -pubin -inkey pub.pem -in dgst -sigfile sig");
+  }
+
+  // Server starts `openssl s_server` with key.pem on a free port (the key is loaded into the TPM
+  // when s_server reads it) and waits until it listens.
+  std::unique_ptr<Background> Server(int* port, const std::string& env = "") {
+    *port = FreePort();
+    auto s = std::make_unique<Background>(
+        absl::StrCat(env, " openssl s_server ", kP, " -accept 127.0.0.1:", *port, " -cert ", dir_,
+                     "/cert.pem -key ", dir_, "/key.pem -naccept 1000 -www"),
+        absl::StrCat(dir_, "/server-", *port, ".log"));
+    EXPECT_TRUE(s->WaitForLog("ACCEPT")) << s->Log();
+    return s;
+  }
+
+  // ClientCmd makes `n` TLS 1.3 handshakes with the server on `port` (default provider only),
+  // each verified against cert.pem; exits non-zero at the first failure.
+  std::string ClientCmd(int port, int n) {
+    return absl::StrCat("for i in $(seq ", n, "); do echo | openssl s_client -connect 127.0.0.1:",
+                        port, " -tls1_3 -CAfile cert.pem -verify_return_error -verify_ip "
+                        "127.0.0.1 -brief >/dev/null 2>client-", port,
+                        ".err || { cat client-", port, ".err; exit 1; }; done");
+  }
+};
+
+// Four servers and four clients at once on three object slots: every handshake succeeds (keys
+// that find the slots taken wait, tell the others, and all sign per use until the TPM is free).
+TEST_F(SharedTpmTest, FourServersWithClientsAtOnceZeroFailures) {
+  std::vector<std::unique_ptr<Background>> servers;
+  std::vector<int> ports(4);
+  for (int& port : ports) {
+    servers.push_back(Server(&port));
+  }
+  std::string clients = "pids=; ";
+  for (int port : ports) {
+    clients += absl::StrCat("( ", ClientCmd(port, 15), " ) & pids=\"$pids $!\"; ");
+  }
+  // Wait for every client loop; the shell fails when any of them did.
+  auto [rc, out] = Run(absl::StrCat(clients, "fail=0; for p in $pids; do wait $p || fail=1; "
+                                    "done; exit $fail"), 300);
+  EXPECT_EQ(rc, 0) << out;
+  for (auto& s : servers) {
+    s->Stop(SIGTERM);
+    EXPECT_THAT(s->Log(), ::testing::Not(HasSubstr("0x902"))) << s->Log();
+  }
+}
+
+// Idle keys give their slot back (HWID_TPM_IDLE_RELEASE_MS, default 50 ms), so processes killed
+// with SIGKILL while they hold keys leave nothing behind and the next process signs.
+TEST_F(SharedTpmTest, KilledIdleProcessesLeakNoSlot) {
+  std::vector<std::unique_ptr<Background>> servers;
+  std::vector<int> ports(4);
+  for (int& port : ports) {
+    servers.push_back(Server(&port));
+    MustRun(ClientCmd(port, 1));
+  }
+  EXPECT_TRUE(WaitUntil([] { return TransientCount() == 0; }))
+      << TransientCount() << " transient objects still loaded by idle servers";
+  for (auto& s : servers) {
+    s->Stop(SIGKILL);
+  }
+  EXPECT_EQ(TransientCount(), 0u);
+  MustRun(SignCmd());
+}
+
+// Processes killed while they keep keys loaded (idle release switched off) leak their slots: the
+// next signature waits, then fails naming the cause and the way out, `hwid tpm flush-transient`;
+// after it the next process signs. (Loading a key file needs two slots at once, its parent and
+// the key: with two leaked of three, no key file loads.)
+TEST_F(SharedTpmTest, KilledHoldersLeakSlotsFlushTransientRecovers) {
+  const char* cli = std::getenv("HWID_CLI");
+  ASSERT_NE(cli, nullptr) << "HWID_CLI must name the hwid binary";
+  std::vector<std::unique_ptr<Background>> servers;
+  std::vector<int> ports(2);
+  for (int& port : ports) {
+    servers.push_back(Server(&port, "env HWID_TPM_IDLE_RELEASE_MS=3600000"));
+  }
+  ASSERT_EQ(TransientCount(), 2u) << "each server keeps its key loaded";
+  for (auto& s : servers) {
+    s->Stop(SIGKILL);
+  }
+  ASSERT_EQ(TransientCount(), 2u) << "killed processes leak what they held";
+  const std::string out = MustFail(SignCmd());
+  EXPECT_THAT(out, HasSubstr("0x902"));
+  EXPECT_THAT(out, HasSubstr("hwid tpm flush-transient"));
+  EXPECT_THAT(out, HasSubstr("key.pem"));
+  auto [rc, flushed] = Run(absl::StrCat(cli, " tpm flush-transient"));
+  EXPECT_EQ(rc, 0) << flushed;
+  EXPECT_THAT(flushed, HasSubstr("Flushed 2 transient object(s)"));
+  EXPECT_EQ(TransientCount(), 0u);
+  MustRun(SignCmd());
+}
+
+// Another connection (another process, to the TPM) holds every slot: the signing process holds
+// none of its own, so it signals the others through the busy file and waits; as soon as slots
+// are free (two: the key's parent and the key) it signs.
+TEST_F(SharedTpmTest, SignatureWaitsForASlotAndSignalsTheOthers) {
+  auto other = tpm::Tpm::Open(GlobalSwtpm().tcti());
+  ASSERT_TRUE(other.ok()) << other.status();
+  std::vector<tpm::LoadedKey> held;
+  for (int i = 0; i < 3; ++i) {
+    auto k = (*other)->LoadSrk(/*allow_persistent=*/false);
+    ASSERT_TRUE(k.ok()) << k.status();
+    held.push_back(std::move(*k));
+  }
+  ASSERT_EQ(TransientCount(), 3u);
+  Background signer(absl::StrCat("sh -c \"cd ", dir_, " && ", SignCmd(), "\""),
+                    dir_ + "/signer.log");
+  struct stat st;
+  ASSERT_TRUE(WaitUntil([&] { return stat(BusyFile().c_str(), &st) == 0; }))
+      << "the waiting process did not signal: " << signer.Log();
+  held.pop_back();
+  held.pop_back();
+  EXPECT_EQ(signer.Wait(60), 0) << signer.Log();
+  held.clear();
+}
+
+}  // namespace
+}  // namespace hwid
