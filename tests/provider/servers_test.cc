@@ -354,6 +354,35 @@ class ServersTest : public testing::ProviderCliTest {
     return w;
   }
 
+  // ExpectNoThreadTakesSignals EXPECTs that every thread of process `pid` but its main thread
+  // blocks the signals a forking server handles itself (nginx and HAProxy run their handlers in
+  // the main thread and sleep in sigsuspend: a library thread that accepts SIGCHLD, SIGHUP or
+  // SIGQUIT steals them, and the master never reaps, reloads or exits). nginx itself starts no
+  // threads here, so any other thread is a library's (hwid's).
+  void ExpectNoThreadTakesSignals(const std::string& pid) {
+    const std::string tasks = testing::RunShell(absl::StrCat("ls /proc/", pid, "/task")).output;
+    for (absl::string_view tid : absl::StrSplit(tasks, '\n', absl::SkipEmpty())) {
+      if (tid == pid) {
+        continue;
+      }
+      const std::string status =
+          testing::RunShell(absl::StrCat("cat /proc/", pid, "/task/", tid, "/status")).output;
+      const size_t at = status.find("SigBlk:");
+      ASSERT_NE(at, std::string::npos) << status;
+      uint64_t blocked = 0;
+      ASSERT_TRUE(absl::SimpleHexAtoi(
+          absl::StripAsciiWhitespace(status.substr(at + 7, status.find('\n', at) - at - 7)),
+          &blocked))
+          << status;
+      for (int sig : {SIGHUP, SIGINT, SIGQUIT, SIGUSR1, SIGUSR2, SIGTERM, SIGCHLD, SIGALRM, SIGIO,
+                      SIGWINCH}) {
+        EXPECT_NE(blocked & (uint64_t{1} << (sig - 1)), 0u)
+            << "thread " << tid << " of process " << pid << " accepts signal " << sig
+            << " (SigBlk " << absl::StrCat(absl::Hex(blocked)) << ")";
+      }
+    }
+  }
+
   // ExpectCleanNginxLog EXPECTs the error log has no worker crash and no TLS key failure.
   void ExpectCleanNginxLog(bool allow_killed_worker) {
     const std::string log = Text("logs/error.log");
@@ -389,6 +418,11 @@ TEST_P(NginxTest, LoadZeroFailures) {
   // reuseport spreads kLoops * kPerLoop connections over the workers: each signed handshakes.
   for (const std::string& w : workers) {
     EXPECT_TRUE(l.pids.count(w)) << "worker " << w << " answered nothing";
+  }
+  // The master read the key, the workers signed: neither may have a thread that takes signals.
+  ExpectNoThreadTakesSignals(master);
+  for (const std::string& w : workers) {
+    ExpectNoThreadTakesSignals(w);
   }
   EXPECT_EQ(nginx->Stop(SIGQUIT), 0);
   ExpectCleanNginxLog(false);
