@@ -318,6 +318,16 @@ class ServersTest : public testing::ProviderCliTest {
     return l;
   }
 
+  // MutualLoad runs RunLoad with every curl process presenting client.crt and the key file
+  // client.pem through openssl.cnf `cnf`. SoftHSM2 2.6.1's file store is not safe for processes
+  // that open the token at the same moment (softhsm/SoftHSMv2#757, "Token integrity check
+  // failed", reproduced with plain pkcs11-tool), so curl processes holding a token client key
+  // take turns; the server's workers still sign concurrently.
+  LoadResult MutualLoad(int port, const ServerCase& c, const std::string& cnf) {
+    return RunLoad(LoadScript(port, c.rsa, absl::StrCat("OPENSSL_CONF=", cnf),
+                              "--cert client.crt --key client.pem", c.store == Store::kToken));
+  }
+
   // Pid reads a pid file in dir_, waiting (bounded) until the server has written it; ADDs a
   // failure and returns "0" when it never appears.
   std::string Pid(const std::string& file) {
@@ -398,81 +408,97 @@ class ServersTest : public testing::ProviderCliTest {
 
 // ---- nginx --------------------------------------------------------------------------------
 
-class NginxTest : public ServersTest, public ::testing::WithParamInterface<ServerCase> {};
+class NginxTest : public ServersTest, public ::testing::WithParamInterface<ServerCase> {
+ protected:
+  // Up makes the server key of the case (and a client key when `mutual`), openssl.cnf and
+  // nginx.conf, starts nginx and waits for its workers (check HasFatalFailure() after).
+  void Up(bool mutual) {
+    const ServerCase& c = GetParam();
+    MakeKey("server", c.store, c.rsa, "IP:127.0.0.1");
+    if (mutual) {
+      MakeKey("client", c.store, c.rsa, "URI:spiffe://example.org/curl");
+    }
+    ASSERT_FALSE(HasFatalFailure());
+    cnf_ = Cnf(c.store);
+    port_ = FreePort();
+    Write("nginx.conf", NginxConf(c.workers, port_, "", mutual));
+    nginx_ = StartNginx(cnf_, port_);
+    ASSERT_FALSE(HasFailure());
+    master_ = Pid("logs/nginx.pid");
+    ASSERT_NE(master_, "0");
+    workers_ = Workers(master_, c.workers);
+  }
+  // Down stops nginx gracefully and EXPECTs a clean exit and log.
+  void Down(bool allow_killed_worker) {
+    EXPECT_EQ(nginx_->Stop(SIGQUIT), 0);
+    ExpectCleanNginxLog(allow_killed_worker);
+  }
+  LoadResult Load() { return RunLoad(LoadScript(port_, GetParam().rsa, "", "")); }
+  // LoadThrough runs a load and sends `sig` to `pid` once a quarter of the answers are in;
+  // returns what the load saw (not checked: the caller decides).
+  LoadResult LoadThrough(const std::string& pid, int sig) {
+    Background load(LoadScript(port_, GetParam().rsa, "", ""), dir_ + "/load.log");
+    EXPECT_TRUE(WaitForReplies(kLoops * kPerLoop / 4)) << Collect().errors;
+    EXPECT_TRUE(SendSignal(pid, sig));
+    load.Wait(900);
+    return Collect();
+  }
+  // WaitForNewWorkers waits (bounded) until the master has as many workers as before and none of
+  // `old`, and returns them.
+  std::vector<std::string> WaitForNewWorkers(const std::vector<std::string>& old) {
+    std::vector<std::string> now = Children(master_);
+    for (int i = 0; i < 600 && (now.size() != old.size() ||
+                                std::any_of(now.begin(), now.end(), [&](const std::string& w) {
+                                  return std::find(old.begin(), old.end(), w) != old.end();
+                                }));
+         ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      now = Children(master_);
+    }
+    EXPECT_EQ(now.size(), old.size());
+    for (const std::string& w : now) {
+      EXPECT_THAT(old, Not(::testing::Contains(w))) << "old worker still running";
+    }
+    return now;
+  }
+  static void ExpectAllAnswered(const LoadResult& l, const std::vector<std::string>& workers) {
+    for (const std::string& w : workers) {
+      EXPECT_TRUE(l.pids.count(w)) << "worker " << w << " answered nothing";
+    }
+  }
 
-// Four curl processes at once, TLS 1.3 and 1.2: every request answered, by every worker.
+  std::string cnf_;
+  int port_ = 0;
+  std::unique_ptr<Background> nginx_;
+  std::string master_;
+  std::vector<std::string> workers_;
+};
+
+// Four curl processes at once, TLS 1.3 and 1.2: every request answered, by every worker
+// (reuseport spreads the connections over the workers).
 TEST_P(NginxTest, LoadZeroFailures) {
   HWID_REQUIRE_TOOL("nginx");
-  const ServerCase& c = GetParam();
-  MakeKey("server", c.store, c.rsa, "IP:127.0.0.1");
-  ASSERT_FALSE(HasFatalFailure());
-  const std::string cnf = Cnf(c.store);
-  const int port = FreePort();
-  Write("nginx.conf", NginxConf(c.workers, port, "", false));
-  std::unique_ptr<Background> nginx = StartNginx(cnf, port);
-  ASSERT_FALSE(HasFailure());
-  const std::string master = Pid("logs/nginx.pid");
-  ASSERT_NE(master, "0");
-  const std::vector<std::string> workers = Workers(master, c.workers);
-  LoadResult l = RunLoad(LoadScript(port, c.rsa, "", ""));
-  // reuseport spreads kLoops * kPerLoop connections over the workers: each signed handshakes.
-  for (const std::string& w : workers) {
-    EXPECT_TRUE(l.pids.count(w)) << "worker " << w << " answered nothing";
-  }
+  ASSERT_NO_FATAL_FAILURE(Up(false));
+  ExpectAllAnswered(Load(), workers_);
   // The master read the key, the workers signed: neither may have a thread that takes signals.
-  ExpectNoThreadTakesSignals(master);
-  for (const std::string& w : workers) {
+  ExpectNoThreadTakesSignals(master_);
+  for (const std::string& w : workers_) {
     ExpectNoThreadTakesSignals(w);
   }
-  EXPECT_EQ(nginx->Stop(SIGQUIT), 0);
-  ExpectCleanNginxLog(false);
+  Down(false);
 }
 
 // SIGHUP while the load runs: the master re-reads the key, starts new workers, the old ones
-// finish their connections; no request fails.
+// finish their connections; no request fails, and the new workers serve the next load.
 TEST_P(NginxTest, ReloadUnderLoadZeroFailures) {
   HWID_REQUIRE_TOOL("nginx");
-  const ServerCase& c = GetParam();
-  MakeKey("server", c.store, c.rsa, "IP:127.0.0.1");
-  ASSERT_FALSE(HasFatalFailure());
-  const std::string cnf = Cnf(c.store);
-  const int port = FreePort();
-  Write("nginx.conf", NginxConf(c.workers, port, "", false));
-  std::unique_ptr<Background> nginx = StartNginx(cnf, port);
-  ASSERT_FALSE(HasFailure());
-  const std::string master = Pid("logs/nginx.pid");
-  ASSERT_NE(master, "0");
-  const std::vector<std::string> before = Workers(master, c.workers);
-  Background load(LoadScript(port, c.rsa, "", ""), dir_ + "/load.log");
-  ASSERT_TRUE(WaitForReplies(kLoops * kPerLoop / 4)) << Collect().errors;
-  ASSERT_TRUE(SendSignal(master, SIGHUP));
-  EXPECT_EQ(load.Wait(900), 0) << load.Log();
-  LoadResult l = Collect();
+  ASSERT_NO_FATAL_FAILURE(Up(false));
+  LoadResult l = LoadThrough(master_, SIGHUP);
   EXPECT_EQ(l.ok, kLoops * kPerLoop) << l.errors;
   EXPECT_EQ(l.errors, "");
-  // The reload happened: new workers, and they serve the next load.
-  const std::string log = Text("logs/error.log");
-  EXPECT_THAT(log, HasSubstr("reconfiguring"));
-  // The old workers exit once their connections are done.
-  std::vector<std::string> after = Children(master);
-  for (int i = 0; i < 600 && (after.size() != before.size() ||
-                              std::any_of(after.begin(), after.end(), [&](const std::string& w) {
-                                return std::find(before.begin(), before.end(), w) != before.end();
-                              }));
-       ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    after = Children(master);
-  }
-  EXPECT_EQ(after.size(), before.size());
-  for (const std::string& w : after) {
-    EXPECT_THAT(before, Not(::testing::Contains(w))) << "old worker still running";
-  }
-  LoadResult l2 = RunLoad(LoadScript(port, c.rsa, "", ""));
-  for (const std::string& w : after) {
-    EXPECT_TRUE(l2.pids.count(w)) << "new worker " << w << " answered nothing";
-  }
-  EXPECT_EQ(nginx->Stop(SIGQUIT), 0);
-  ExpectCleanNginxLog(false);
+  EXPECT_THAT(Text("logs/error.log"), HasSubstr("reconfiguring"));
+  ExpectAllAnswered(Load(), WaitForNewWorkers(workers_));
+  Down(false);
 }
 
 // Mutual TLS: curl (OpenSSL 3.0 through openssl.cnf) signs with a client key in the TPM or on
@@ -480,70 +506,38 @@ TEST_P(NginxTest, ReloadUnderLoadZeroFailures) {
 // nginx refuses (the control).
 TEST_P(NginxTest, MutualTlsClientKeyThroughProvider) {
   HWID_REQUIRE_TOOL("nginx");
+  ASSERT_NO_FATAL_FAILURE(Up(true));
   const ServerCase& c = GetParam();
-  MakeKey("server", c.store, c.rsa, "IP:127.0.0.1");
-  MakeKey("client", c.store, c.rsa, "URI:spiffe://example.org/curl");
-  ASSERT_FALSE(HasFatalFailure());
-  const std::string cnf = Cnf(c.store);
-  const int port = FreePort();
-  Write("nginx.conf", NginxConf(c.workers, port, "", true));
-  std::unique_ptr<Background> nginx = StartNginx(cnf, port);
-  ASSERT_FALSE(HasFailure());
-  // SoftHSM2 2.6.1's file store is not safe for processes that open the token at the same moment
-  // (softhsm/SoftHSMv2#757, "Token integrity check failed": reproduced here with plain
-  // pkcs11-tool), so curl processes holding a token client key take turns; the server's workers
-  // still sign concurrently.
-  LoadResult l = RunLoad(LoadScript(port, c.rsa, absl::StrCat("OPENSSL_CONF=", cnf),
-                                    "--cert client.crt --key client.pem",
-                                    c.store == Store::kToken));
+  LoadResult l = MutualLoad(port_, c, cnf_);
   EXPECT_THAT(l.client, ::testing::ElementsAre("CN=client"));
-  auto [rc, out] = Run(absl::StrCat("curl -sS --cacert ca.crt https://127.0.0.1:", port, "/"), 60);
+  auto [rc, out] = Run(absl::StrCat("curl -sS --cacert ca.crt https://127.0.0.1:", port_, "/"), 60);
   EXPECT_THAT(out, HasSubstr("No required SSL certificate was sent"));
   EXPECT_THAT(out, Not(HasSubstr(kReply)));
-  EXPECT_EQ(nginx->Stop(SIGQUIT), 0);
-  ExpectCleanNginxLog(false);
+  Down(false);
 }
 
 // SIGKILL of a worker while handshakes run: the master starts a new one, and new connections are
-// all answered (the killed worker's in-flight requests may fail). A killed process cannot flush
-// its TPM objects: the test reports how many stayed and flushes them.
+// all answered, by every worker (the killed worker's in-flight requests may fail). A killed
+// process cannot flush a key it was using: the test reports how many objects stayed and flushes
+// them.
 TEST_P(NginxTest, KillWorkerMidHandshakeThenNewConnectionsWork) {
   HWID_REQUIRE_TOOL("nginx");
-  const ServerCase& c = GetParam();
-  MakeKey("server", c.store, c.rsa, "IP:127.0.0.1");
-  ASSERT_FALSE(HasFatalFailure());
-  const std::string cnf = Cnf(c.store);
-  const int port = FreePort();
-  Write("nginx.conf", NginxConf(c.workers, port, "", false));
-  std::unique_ptr<Background> nginx = StartNginx(cnf, port);
-  ASSERT_FALSE(HasFailure());
-  const std::string master = Pid("logs/nginx.pid");
-  ASSERT_NE(master, "0");
-  const std::vector<std::string> before = Workers(master, c.workers);
-  ASSERT_FALSE(before.empty());
-  Background load(LoadScript(port, c.rsa, "", ""), dir_ + "/load.log");
-  ASSERT_TRUE(WaitForReplies(kLoops * kPerLoop / 4)) << Collect().errors;
-  ASSERT_TRUE(SendSignal(before[0], SIGKILL));
-  load.Wait(900);
-  // The master noticed and replaced the worker.
-  std::vector<std::string> after;
-  for (int i = 0; i < 600; ++i) {
-    after = Children(master);
-    if (after.size() == before.size() && !::testing::Value(after, ::testing::Contains(before[0]))) {
-      break;
-    }
+  ASSERT_NO_FATAL_FAILURE(Up(false));
+  ASSERT_FALSE(workers_.empty());
+  const std::string victim = workers_[0];
+  LoadThrough(victim, SIGKILL);
+  std::vector<std::string> now = Children(master_);
+  for (int i = 0; i < 600 && (now.size() != workers_.size() ||
+                              std::find(now.begin(), now.end(), victim) != now.end());
+       ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    now = Children(master_);
   }
-  EXPECT_THAT(after, Not(::testing::Contains(before[0])));
-  EXPECT_EQ(after.size(), before.size());
-  EXPECT_THAT(Text("logs/error.log"), HasSubstr(absl::StrCat(before[0], " exited on signal 9")));
-  // New connections after the kill: all answered, by every worker (the new one included).
-  LoadResult l = RunLoad(LoadScript(port, c.rsa, "", ""));
-  for (const std::string& w : after) {
-    EXPECT_TRUE(l.pids.count(w)) << "worker " << w << " answered nothing";
-  }
-  EXPECT_EQ(nginx->Stop(SIGQUIT), 0);
-  ExpectCleanNginxLog(true);
+  EXPECT_THAT(now, Not(::testing::Contains(victim)));
+  EXPECT_EQ(now.size(), workers_.size());
+  EXPECT_THAT(Text("logs/error.log"), HasSubstr(absl::StrCat(victim, " exited on signal 9")));
+  ExpectAllAnswered(Load(), now);
+  Down(true);
   const size_t left = testing::TransientCount();
   RecordProperty("transient_objects_left_by_sigkill", static_cast<int>(left));
   std::printf("transient objects left in the TPM by the killed worker: %zu\n", left);
@@ -571,8 +565,7 @@ TEST_F(ServersTest, NginxWorkerUidCannotReadTokenStoreSaysSo) {
   MakeKey("server", Store::kToken, false, "IP:127.0.0.1");
   ASSERT_FALSE(HasFatalFailure());
   const std::string cnf = Cnf(Store::kToken);
-  // The token directory is root's alone (mkdtemp 0700); nobody may traverse the test directory
-  // (nginx's own temp dirs) but not read the token store.
+  // The token directory is root's alone (mkdtemp 0700).
   struct stat st {};
   ASSERT_EQ(stat(g_hsm->dir().c_str(), &st), 0);
   ASSERT_EQ(st.st_mode & 0077, 0u) << g_hsm->dir();
@@ -594,16 +587,58 @@ TEST_F(ServersTest, NginxWorkerUidCannotReadTokenStoreSaysSo) {
 
 class HaproxyTest : public ServersTest, public ::testing::WithParamInterface<ServerCase> {
  protected:
-  // Bundle writes server.bundle.pem: the certificate, then the key file (HAProxy's `crt`).
-  void Bundle() { MustRun("cat server.crt server.pem > server.bundle.pem"); }
-
-  // StopHaproxy soft-stops HAProxy (SIGUSR1 to the master: workers finish and exit(0), so hwid
-  // flushes their TPM objects; SIGTERM kills the workers, see docs/provider.md) and EXPECTs a
-  // clean log.
-  void StopHaproxy(Background& h) {
-    EXPECT_EQ(h.Stop(SIGUSR1), 0) << h.Log();
-    EXPECT_THAT(h.Log(), Not(HasSubstr("ALERT"))) << h.Log();
+  // Up makes the server key of the case (and a client key when `mutual`), the `crt` bundle
+  // (certificate, then key file), openssl.cnf and haproxy.cfg with `global_extra`, and starts
+  // HAProxy with `env` ("" = OPENSSL_CONF=openssl.cnf). Check HasFatalFailure() after.
+  void Up(bool mutual, const std::string& global_extra = "", const std::string& env = "") {
+    const ServerCase& c = GetParam();
+    MakeKey("server", c.store, c.rsa, "IP:127.0.0.1");
+    if (mutual) {
+      MakeKey("client", c.store, c.rsa, "URI:spiffe://example.org/curl");
+    }
+    ASSERT_FALSE(HasFatalFailure());
+    MustRun("cat server.crt server.pem > server.bundle.pem");
+    cnf_ = Cnf(c.store);
+    port_ = FreePort();
+    Write("haproxy.cfg", HaproxyConf(port_, mutual, global_extra));
+    h_ = StartHaproxy(env.empty() ? "OPENSSL_CONF=" + cnf_ : env, port_);
+    ASSERT_FALSE(HasFailure());
+    master_ = Pid("haproxy.pid");
+    ASSERT_NE(master_, "0");
   }
+
+  // Down soft-stops HAProxy (SIGUSR1 to the master: workers finish and exit(0), so hwid flushes
+  // their TPM objects; SIGTERM kills the workers, see docs/provider.md) and EXPECTs a clean log.
+  void Down() {
+    EXPECT_EQ(h_->Stop(SIGUSR1), 0) << h_->Log();
+    EXPECT_THAT(h_->Log(), Not(HasSubstr("ALERT"))) << h_->Log();
+  }
+  LoadResult Load() { return RunLoad(LoadScript(port_, GetParam().rsa, "", "")); }
+
+  // Reload sends USR2 to the master and waits (bounded) for the second "Loading success";
+  // EXPECTs it.
+  void Reload() {
+    EXPECT_TRUE(SendSignal(master_, SIGUSR2));
+    bool reloaded = false;
+    for (int i = 0; i < 600 && !reloaded; ++i) {
+      const std::string log = h_->Log();
+      const size_t first = log.find("Loading success");
+      reloaded = first != std::string::npos &&
+                 log.find("Loading success", first + 1) != std::string::npos;
+      if (!reloaded && log.find("Loading failure") != std::string::npos) {
+        break;
+      }
+      if (!reloaded) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      }
+    }
+    EXPECT_TRUE(reloaded) << h_->Log();
+  }
+
+  std::string cnf_;
+  int port_ = 0;
+  std::unique_ptr<Background> h_;
+  std::string master_;
 };
 
 // HAProxy reads `crt` with PEM_read_bio_PrivateKey: with OPENSSL_CONF activating hwid its
@@ -611,87 +646,44 @@ class HaproxyTest : public ServersTest, public ::testing::WithParamInterface<Ser
 // and 1.2, nbthread 2: every request answered.
 TEST_P(HaproxyTest, LoadZeroFailures) {
   HWID_REQUIRE_TOOL("haproxy");
-  const ServerCase& c = GetParam();
-  MakeKey("server", c.store, c.rsa, "IP:127.0.0.1");
-  ASSERT_FALSE(HasFatalFailure());
-  Bundle();
-  const std::string cnf = Cnf(c.store);
-  const int port = FreePort();
-  Write("haproxy.cfg", HaproxyConf(port, false));
-  std::unique_ptr<Background> h = StartHaproxy("OPENSSL_CONF=" + cnf, port);
-  ASSERT_FALSE(HasFailure());
-  RunLoad(LoadScript(port, c.rsa, "", ""));
-  StopHaproxy(*h);
+  ASSERT_NO_FATAL_FAILURE(Up(false));
+  Load();
+  Down();
 }
 
 // USR2 to the master (master-worker mode) while the load runs: the master re-executes itself,
 // reads the key again, starts a new worker; the old worker finishes its connections.
 TEST_P(HaproxyTest, ReloadUnderLoadZeroFailures) {
   HWID_REQUIRE_TOOL("haproxy");
-  const ServerCase& c = GetParam();
-  MakeKey("server", c.store, c.rsa, "IP:127.0.0.1");
-  ASSERT_FALSE(HasFatalFailure());
-  Bundle();
-  const std::string cnf = Cnf(c.store);
-  const int port = FreePort();
-  Write("haproxy.cfg", HaproxyConf(port, false));
-  std::unique_ptr<Background> h = StartHaproxy("OPENSSL_CONF=" + cnf, port);
-  ASSERT_FALSE(HasFailure());
-  const std::string master = Pid("haproxy.pid");
-  ASSERT_NE(master, "0");
-  const std::vector<std::string> before = Workers(master, 1);
-  Background load(LoadScript(port, c.rsa, "", ""), dir_ + "/load.log");
+  ASSERT_NO_FATAL_FAILURE(Up(false));
+  const std::vector<std::string> before = Workers(master_, 1);
+  Background load(LoadScript(port_, GetParam().rsa, "", ""), dir_ + "/load.log");
   ASSERT_TRUE(WaitForReplies(kLoops * kPerLoop / 4)) << Collect().errors;
-  ASSERT_TRUE(SendSignal(master, SIGUSR2));
+  Reload();
   EXPECT_EQ(load.Wait(900), 0) << load.Log();
   LoadResult l = Collect();
   EXPECT_EQ(l.ok, kLoops * kPerLoop) << l.errors;
   EXPECT_EQ(l.errors, "");
-  // The reload succeeded: a second "Loading success", and the new worker serves the next load.
-  bool reloaded = false;
-  for (int i = 0; i < 600 && !reloaded; ++i) {
-    const std::string log = h->Log();
-    const size_t first = log.find("Loading success");
-    reloaded = first != std::string::npos && log.find("Loading success", first + 1) !=
-                                                 std::string::npos;
-    if (!reloaded) {
-      if (log.find("Loading failure") != std::string::npos) {
-        break;
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    }
-  }
-  EXPECT_TRUE(reloaded) << h->Log();
-  LoadResult l2 = RunLoad(LoadScript(port, c.rsa, "", ""));
+  // The new worker serves the next load.
+  LoadResult l2 = Load();
   EXPECT_FALSE(l2.pids.empty());
   for (const std::string& p : l2.pids) {
     EXPECT_THAT(before, Not(::testing::Contains(p))) << "the old worker still answers";
   }
-  StopHaproxy(*h);
+  Down();
 }
 
 // Mutual TLS on HAProxy: curl's client key in the TPM or on the token.
 TEST_P(HaproxyTest, MutualTlsClientKeyThroughProvider) {
   HWID_REQUIRE_TOOL("haproxy");
+  ASSERT_NO_FATAL_FAILURE(Up(true));
   const ServerCase& c = GetParam();
-  MakeKey("server", c.store, c.rsa, "IP:127.0.0.1");
-  MakeKey("client", c.store, c.rsa, "URI:spiffe://example.org/curl");
-  ASSERT_FALSE(HasFatalFailure());
-  Bundle();
-  const std::string cnf = Cnf(c.store);
-  const int port = FreePort();
-  Write("haproxy.cfg", HaproxyConf(port, true));
-  std::unique_ptr<Background> h = StartHaproxy("OPENSSL_CONF=" + cnf, port);
-  ASSERT_FALSE(HasFailure());
-  // Token client keys: curl processes take turns (SoftHSM2, see the nginx case).
-  LoadResult l = RunLoad(LoadScript(port, c.rsa, absl::StrCat("OPENSSL_CONF=", cnf),
-                                    "--cert client.crt --key client.pem",
-                                    c.store == Store::kToken));
+  LoadResult l = MutualLoad(port_, c, cnf_);
   EXPECT_THAT(l.client, ::testing::ElementsAre("/CN=client"));
-  auto [rc, out] = Run(absl::StrCat("curl -sS --cacert ca.crt https://127.0.0.1:", port, "/"), 60);
+  auto [rc, out] = Run(absl::StrCat("curl -sS --cacert ca.crt https://127.0.0.1:", port_, "/"), 60);
   EXPECT_NE(rc, 0) << out;
   EXPECT_THAT(out, Not(HasSubstr(kReply)));
-  StopHaproxy(*h);
+  Down();
 }
 
 // HAProxy 2.6's own `ssl-provider` directives instead of openssl.cnf: the global section loads
@@ -700,29 +692,21 @@ TEST_P(HaproxyTest, MutualTlsClientKeyThroughProvider) {
 TEST_P(HaproxyTest, SslProviderDirectiveWithoutOpensslCnf) {
   HWID_REQUIRE_TOOL("haproxy");
   const ServerCase& c = GetParam();
-  MakeKey("server", c.store, c.rsa, "IP:127.0.0.1");
-  ASSERT_FALSE(HasFatalFailure());
-  Bundle();
-  const int port = FreePort();
-  Write("haproxy.cfg", HaproxyConf(port, false,
-                                   absl::StrCat("  ssl-provider-path ", HWID_PROVIDER_DIR,
-                                                "\n  ssl-provider default\n  ssl-provider hwid\n")));
   const std::string env = absl::StrCat(
       "-u OPENSSL_CONF -u OPENSSL_MODULES HWID_TCTI=", testing::GlobalSwtpm().tcti(),
       c.store == Store::kToken
           ? absl::StrCat(" HWID_PKCS11_MODULE=", SoftHsm::kModule, " HWID_PKCS11_PIN=", kPin)
           : "");
-  std::unique_ptr<Background> h = StartHaproxy(env, port);
-  ASSERT_FALSE(HasFailure());
-  RunLoad(LoadScript(port, c.rsa, "", ""));
-  ASSERT_TRUE(SendSignal(Pid("haproxy.pid"), SIGUSR2));
-  for (int i = 0; i < 600 && h->Log().find("New worker") == h->Log().rfind("New worker"); ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  }
-  RunLoad(LoadScript(port, c.rsa, "", ""));
-  StopHaproxy(*h);
+  ASSERT_NO_FATAL_FAILURE(Up(false,
+                             absl::StrCat("  ssl-provider-path ", HWID_PROVIDER_DIR,
+                                          "\n  ssl-provider default\n  ssl-provider hwid\n"),
+                             env));
+  Load();
+  Reload();
+  Load();
+  Down();
   // The control: without the directives (and without openssl.cnf) HAProxy cannot read the key.
-  Write("haproxy.cfg", HaproxyConf(port, false));
+  Write("haproxy.cfg", HaproxyConf(port_, false));
   auto [rc, out] = Run(absl::StrCat("env ", env, " haproxy -c -f haproxy.cfg"), 60);
   EXPECT_NE(rc, 0) << out;
   EXPECT_THAT(out, HasSubstr("No Private Key found"));
