@@ -1,9 +1,11 @@
-// Helpers for the CLI-driven provider tests (provider_cli_test, provider_pkcs11_cli_test):
-// unmodified programs (openssl, curl, nginx) load hwid.so, each in a process the test starts and
-// stops itself, bounded in time, on loopback ports picked free, in a private directory per test.
+// Helpers for the CLI-driven provider tests (provider_cli_test, provider_pkcs11_cli_test,
+// provider_order_test): unmodified programs (openssl, curl, nginx) load hwid.so, each in a process
+// the test starts and stops itself, bounded in time, on loopback ports picked free, in a private
+// directory per test.
 //
-// Needs HWID_PROVIDER_DIR, HWID_PROVIDER_DOC (docs/provider.md) and, in a sanitized build, HWID_SANITIZER_PRELOAD as compile
-// definitions, and the binary's swtpm (hwid_testing_swtpm's main()).
+// Needs HWID_PROVIDER_DIR, HWID_PROVIDER_DOC (docs/provider.md) and, in a sanitized build,
+// HWID_SANITIZER_PRELOAD as compile definitions, and the binary's swtpm (hwid_testing_swtpm's
+// main()).
 #ifndef HWID_TESTS_PROVIDER_CLI_SUPPORT_H_
 #define HWID_TESTS_PROVIDER_CLI_SUPPORT_H_
 

@@ -183,24 +183,28 @@ TEST_F(CliTest, CurlClientKeyFromOpensslCnf) {
   MakeCa("EC");
   MakeCert("server", "EC", "IP:127.0.0.1");
   MakeCert("client", "EC", "URI:spiffe://example.org/curl");
-  const std::string cnf = WriteOpensslCnf("openssl.cnf");
-  for (const char* v : {"--tlsv1.3", "--tlsv1.2 --tls-max 1.2"}) {
-    SCOPED_TRACE(v);
-    const int port = FreePort();
-    const std::string log = absl::StrCat(dir_, "/server-", port, ".log");
-    Background server(absl::StrCat("openssl s_server ", kP, " -accept 127.0.0.1:", port,
-                                   " -cert ", dir_, "/server.crt -key ", dir_,
-                                   "/server.pem -CAfile ", dir_,
-                                   "/ca.crt -naccept 1 -www -Verify 1 -verify_return_error"),
-                      log);
-    ASSERT_TRUE(server.WaitForLog("ACCEPT")) << server.Log();
-    auto [rc, out] = Run(absl::StrCat("OPENSSL_CONF=", cnf, " curl -sS ", v,
-                                      " --cacert ca.crt --cert client.crt --key client.pem "
-                                      "https://127.0.0.1:", port, "/"), 30);
-    EXPECT_EQ(server.Wait(), 0) << server.Log();
-    EXPECT_EQ(rc, 0) << out;
-    EXPECT_THAT(out, HasSubstr("Ciphers supported in s_server"));
-    EXPECT_THAT(server.Log(), HasSubstr("depth=0 CN = client"));
+  for (const testing::ProviderOrder order :
+       {testing::ProviderOrder::kDefaultFirst, testing::ProviderOrder::kHwidFirst}) {
+    const std::string cnf = WriteOpensslCnf("openssl.cnf", "", order);
+    for (const char* v : {"--tlsv1.3", "--tlsv1.2 --tls-max 1.2"}) {
+      SCOPED_TRACE(absl::StrCat(
+          v, order == testing::ProviderOrder::kHwidFirst ? " hwid first" : " default first"));
+      const int port = FreePort();
+      const std::string log = absl::StrCat(dir_, "/server-", port, ".log");
+      Background server(absl::StrCat("openssl s_server ", kP, " -accept 127.0.0.1:", port,
+                                     " -cert ", dir_, "/server.crt -key ", dir_,
+                                     "/server.pem -CAfile ", dir_,
+                                     "/ca.crt -naccept 1 -www -Verify 1 -verify_return_error"),
+                        log);
+      ASSERT_TRUE(server.WaitForLog("ACCEPT")) << server.Log();
+      auto [rc, out] = Run(absl::StrCat("OPENSSL_CONF=", cnf, " curl -sS ", v,
+                                        " --cacert ca.crt --cert client.crt --key client.pem "
+                                        "https://127.0.0.1:", port, "/"), 30);
+      EXPECT_EQ(server.Wait(), 0) << server.Log();
+      EXPECT_EQ(rc, 0) << out;
+      EXPECT_THAT(out, HasSubstr("Ciphers supported in s_server"));
+      EXPECT_THAT(server.Log(), HasSubstr("depth=0 CN = client"));
+    }
   }
 }
 
@@ -208,6 +212,7 @@ struct NginxCase {
   const char* name;
   const char* alg;
   int workers;
+  testing::ProviderOrder order;  // in openssl.cnf
 };
 
 class NginxTest : public CliTest, public ::testing::WithParamInterface<NginxCase> {};
@@ -221,7 +226,7 @@ TEST_P(NginxTest, ServesWithTpmKeyAndCurlVerifies) {
   const NginxCase& nc = GetParam();
   MakeCa("EC");
   MakeCert("server", nc.alg, "IP:127.0.0.1");
-  const std::string cnf = WriteOpensslCnf("openssl.cnf");
+  const std::string cnf = WriteOpensslCnf("openssl.cnf", "", nc.order);
   const int port = FreePort();
   MustRun("mkdir -p logs tmp");
   const std::string conf =
@@ -249,8 +254,17 @@ TEST_P(NginxTest, ServesWithTpmKeyAndCurlVerifies) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Keys, NginxTest,
-                         ::testing::Values(NginxCase{"EcTwoWorkers", "EC", 2},
-                                           NginxCase{"RsaOneWorker", "RSA2048", 1}),
+                         ::testing::Values(
+                             NginxCase{"EcTwoWorkers", "EC", 2,
+                                       testing::ProviderOrder::kDefaultFirst},
+                             NginxCase{"RsaOneWorker", "RSA2048", 1,
+                                       testing::ProviderOrder::kDefaultFirst},
+                             // TLS 1.2 ECDHE-ECDSA needs libssl's NIST groups: see "Provider
+                             // order" in docs/provider.md.
+                             NginxCase{"EcTwoWorkersHwidFirst", "EC", 2,
+                                       testing::ProviderOrder::kHwidFirst},
+                             NginxCase{"RsaOneWorkerHwidFirst", "RSA2048", 1,
+                                       testing::ProviderOrder::kHwidFirst}),
                          [](const auto& tp) { return std::string(tp.param.name); });
 
 }  // namespace

@@ -67,23 +67,46 @@ class OrderTest : public testing::ProviderCliTest,
 
   // Tls serves GET / once with `key`.pem and server.crt under the openssl.cnf of `env` (Cnf)
   // and connects with s_client under the same openssl.cnf and `client_flags`; returns the
-  // client's output with the server's log appended. The server runs in the background, stopped
-  // when this returns.
+  // client's output with the server's log appended. `mutual`: the server requires a client
+  // certificate and the client sends client.crt with the key client.pem. The server runs in the
+  // background, stopped when this returns.
   std::string Tls(const std::string& env, const std::string& key, const std::string& client_flags,
-                  const std::string& expect_sig) {
+                  const std::string& expect_sig, bool mutual = false) {
     const int port = FreePort();
     const std::string log = absl::StrCat(dir_, "/server-", port, ".log");
     Background server(absl::StrCat("sh -c \"", env, "cd ", dir_, " && openssl s_server -accept ",
                                    "127.0.0.1:", port, " -cert server.crt -key ", key,
-                                   ".pem -naccept 1 -www\""),
+                                   ".pem -naccept 1 -www",
+                                   mutual ? " -CAfile ca.crt -Verify 1 -verify_return_error" : "",
+                                   "\""),
                       log);
     EXPECT_TRUE(server.WaitForLog("ACCEPT")) << server.Log();
     const std::string version = absl::StrContains(client_flags, "-tls1_3") ? "-tls1_3" : "-tls1_2";
     const testing::ShellResult r =
-        Run(absl::StrCat(env, testing::SClientGetCommand("", port, client_flags)), 30);
+        Run(absl::StrCat(env, testing::SClientGetCommand(
+                                  mutual ? "-cert client.crt -key client.pem " : "", port,
+                                  client_flags)),
+            30);
     EXPECT_EQ(server.Wait(), 0) << server.Log();
     testing::ExpectSClientGetOk(r, version, expect_sig);
+    if (mutual) {
+      // The server verified the client's handshake signature.
+      EXPECT_THAT(server.Log(), HasSubstr("depth=0 CN = client"));
+      EXPECT_THAT(server.Log(), HasSubstr("1 server accepts that finished"));
+    }
     return absl::StrCat(r.output, "\n--- server ---\n", server.Log());
+  }
+
+  // Cert writes `name`.crt for `key`.pem (CN `name`, subjectAltName `san`) through a CSR, issued
+  // by ca.pem / ca.crt under the openssl.cnf of `env`, and checks the CSR and the chain.
+  void Cert(const std::string& env, const std::string& key, const std::string& name = "server",
+            const std::string& san = "IP:127.0.0.1") {
+    MustRun(absl::StrCat(env, "openssl req -new -key ", key, ".pem -subj /CN=", name,
+                         " -addext subjectAltName=", san, " -out ", name, ".csr && openssl req "
+                         "-verify -noout -in ", name, ".csr && openssl x509 -req -in ", name,
+                         ".csr -CA ca.crt -CAkey ca.pem -CAcreateserial -copy_extensions copy "
+                         "-days 1 -out ", name, ".crt && openssl verify -CAfile ca.crt ", name,
+                         ".crt"));
   }
 
   // SoftwareOnly runs key generation, CSRs, certificates and TLS 1.2/1.3 with software keys
@@ -105,21 +128,14 @@ class OrderTest : public testing::ProviderCliTest,
     for (const char* k : {"ca.pem", "rsa-ca.pem", "ec.pem", "rsa.pem"}) {
       EXPECT_THAT(Text(k), HasSubstr("BEGIN PRIVATE KEY")) << k;
     }
-    // The server certificate: a CSR signed by the software CA.
-    must("openssl req -new -key ec.pem -subj /CN=server -addext subjectAltName=IP:127.0.0.1 "
-         "-out server.csr && openssl req -verify -noout -in server.csr");
-    must("openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.pem -CAcreateserial "
-         "-copy_extensions copy -days 1 -out server.crt && openssl verify -CAfile ca.crt "
-         "server.crt");
+    Cert(env, "ec");
     // ECDHE on a NIST curve makes libssl generate a P-256 ephemeral key with an unqualified
     // fetch: with hwid first and no default_properties it would be hwid's key management.
     absl::StrAppend(&out, Tls(env, "ec", absl::StrCat(kTls12Ecdsa, " -groups P-256:P-384"),
                               "Signature type: ECDSA"));
     absl::StrAppend(&out, Tls(env, "ec", "-tls1_3 -groups P-256", "Signature type: ECDSA"));
     absl::StrAppend(&out, Tls(env, "ec", "-tls1_3", "Signature type: ECDSA"));
-    must("openssl req -new -key rsa.pem -subj /CN=server -addext subjectAltName=IP:127.0.0.1 "
-         "-out rsa.csr && openssl x509 -req -in rsa.csr -CA ca.crt -CAkey ca.pem "
-         "-CAcreateserial -copy_extensions copy -days 1 -out server.crt");
+    Cert(env, "rsa");
     absl::StrAppend(&out, Tls(env, "rsa", absl::StrCat(kTls12Rsa, " -groups P-384"),
                               "Signature type: RSA"));
     absl::StrAppend(&out, Tls(env, "rsa", "-tls1_3", "Signature type: RSA-PSS"));
@@ -159,10 +175,7 @@ TEST_P(OrderTest, HwidKeysServeTls12AndTls13) {
     MustRun(absl::StrCat(env, "openssl genpkey -propquery provider=hwid ", c.gen,
                          " -out tpm.pem"), 120);
     ASSERT_THAT(Text("tpm.pem"), HasSubstr("BEGIN TSS2 PRIVATE KEY"));
-    MustRun(env + "openssl req -new -key tpm.pem -subj /CN=server "
-                  "-addext subjectAltName=IP:127.0.0.1 -out server.csr && openssl x509 -req "
-                  "-in server.csr -CA ca.crt -CAkey ca.pem -CAcreateserial -copy_extensions copy "
-                  "-days 1 -out server.crt");
+    Cert(env, "tpm");
     for (const std::string& flags :
          {absl::StrCat(c.tls12, " -groups P-256"), std::string(c.tls12),
           std::string("-tls1_3"), std::string("-tls1_3 -groups P-384")}) {
@@ -172,6 +185,14 @@ TEST_P(OrderTest, HwidKeysServeTls12AndTls13) {
       // The server signed its handshake in the TPM: one hwid signature.
       const std::string server = out.substr(out.find("--- server ---"));
       EXPECT_THAT(server, HasSubstr(" signatures=1")) << out;
+    }
+    // Mutual TLS: the client's key is a TPM key too (a second TPM key file).
+    MustRun(absl::StrCat(env, "openssl genpkey -propquery provider=hwid ", c.gen,
+                         " -out client.pem"), 120);
+    Cert(env, "client", "client", "URI:spiffe://example.org/client");
+    for (const std::string& flags : {std::string(c.tls12), std::string("-tls1_3")}) {
+      SCOPED_TRACE(flags);
+      Tls(env, "tpm", flags, absl::StrContains(flags, "-tls1_3") ? c.sig13 : c.sig12, true);
     }
   }
 }
@@ -193,6 +214,10 @@ TEST_P(OrderTest, ExplicitKeyGenerationInTheTpm) {
   EXPECT_EQ(r.exit_code, 0) << r.output;
   EXPECT_THAT(Text("s.pem"), HasSubstr("BEGIN PRIVATE KEY"));
   ExpectNoTpmCommand(r.output);
+  // The TPM key as a CA key for the software key's CSR; the chain checked without hwid.
+  MustRun(env + "openssl req -new -key s.pem -subj /CN=leaf -out s.csr && openssl x509 -req "
+                "-in s.csr -CA k.crt -CAkey k.pem -CAcreateserial -days 1 -out leaf.crt");
+  MustRun("openssl verify -CAfile k.crt leaf.crt");
 }
 
 INSTANTIATE_TEST_SUITE_P(Orders, OrderTest,

@@ -382,12 +382,25 @@ INSTANTIATE_TEST_SUITE_P(
 
 // Provider order does not matter (docs/provider.md "Provider order"): with the documented
 // openssl.cnf, hwid before or after default and no TPM reachable, s_server serves TLS 1.2
-// ECDHE-ECDSA (P-256 ephemeral keys, i.e. libssl's unqualified EC fetch) and TLS 1.3 with the token
-// key file; the token signs, the TPM is never asked.
+// (ECDHE-ECDSA and ECDHE-RSA on P-256 ephemeral keys, i.e. libssl's unqualified EC fetch) and TLS
+// 1.3 with the token key files; the token signs, the TPM is never asked.
 TEST_F(P11CliTest, TokenKeyFileServesTlsInBothProviderOrdersWithNoTpm) {
   MakeCa();
-  MakeCert("server", absl::StrCat(Uri("ec256"), " ", Passin()), "IP:127.0.0.1");
-  Export("ec256");
+  struct Case {
+    const char* label;
+    const char* tls12;
+    const char* sig12;
+    const char* sig13;
+  };
+  const Case cases[] = {
+      {"ec256", "-tls1_2 -cipher ECDHE-ECDSA-AES128-GCM-SHA256", "Signature type: ECDSA",
+       "Signature type: ECDSA"},
+      {"rsa2048", "-tls1_2 -cipher ECDHE-RSA-AES128-GCM-SHA256", "Signature type: RSA",
+       "Signature type: RSA-PSS"}};
+  for (const Case& c : cases) {
+    MakeCert(c.label, absl::StrCat(Uri(c.label), " ", Passin()), "IP:127.0.0.1");
+    Export(c.label);
+  }
   Write("pin", absl::StrCat(kPin, "\n"));
   for (const testing::ProviderOrder order :
        {testing::ProviderOrder::kDefaultFirst, testing::ProviderOrder::kHwidFirst}) {
@@ -398,22 +411,24 @@ TEST_F(P11CliTest, TokenKeyFileServesTlsInBothProviderOrdersWithNoTpm) {
                      dir_, "/pin\n"),
         order, "device:/nonexistent/hwid-test-tpm0");
     const std::string env = absl::StrCat("export OPENSSL_CONF=", cnf, " HWID_PROVIDER_STATS=1 && ");
-    for (const char* v : {"-tls1_2 -cipher ECDHE-ECDSA-AES128-GCM-SHA256 -groups P-256",
-                          "-tls1_3 -groups P-256"}) {
-      SCOPED_TRACE(v);
-      const int port = FreePort();
-      Background server(absl::StrCat("sh -c \"", env, "cd ", dir_, " && openssl s_server ",
-                                     "-accept 127.0.0.1:", port, " -cert server.crt ",
-                                     "-key ec256.wrap.pem -naccept 1 -www\""),
-                        absl::StrCat(dir_, "/server-", port, ".log"));
-      ASSERT_TRUE(server.WaitForLog("ACCEPT")) << server.Log();
-      const testing::ShellResult r =
-          Run(absl::StrCat(env, testing::SClientGetCommand("", port, v)), 30);
-      EXPECT_EQ(server.Wait(), 0) << server.Log();
-      testing::ExpectSClientGetOk(r, absl::StrContains(v, "-tls1_3") ? "-tls1_3" : "-tls1_2",
-                                  "Signature type: ECDSA");
-      EXPECT_THAT(server.Log(), HasSubstr("tpm_commands=0 setup_commands=0 signatures=1"));
-      EXPECT_THAT(r.output, HasSubstr("tpm_commands=0 setup_commands=0 signatures=0"));
+    for (const Case& c : cases) {
+      for (const std::string& v :
+           {absl::StrCat(c.tls12, " -groups P-256"), std::string("-tls1_3 -groups P-256")}) {
+        SCOPED_TRACE(absl::StrCat(c.label, " ", v));
+        const int port = FreePort();
+        Background server(absl::StrCat("sh -c \"", env, "cd ", dir_, " && openssl s_server ",
+                                       "-accept 127.0.0.1:", port, " -cert ", c.label, ".crt ",
+                                       "-key ", c.label, ".wrap.pem -naccept 1 -www\""),
+                          absl::StrCat(dir_, "/server-", port, ".log"));
+        ASSERT_TRUE(server.WaitForLog("ACCEPT")) << server.Log();
+        const testing::ShellResult r =
+            Run(absl::StrCat(env, testing::SClientGetCommand("", port, v)), 30);
+        EXPECT_EQ(server.Wait(), 0) << server.Log();
+        const bool tls13 = absl::StrContains(v, "-tls1_3");
+        testing::ExpectSClientGetOk(r, tls13 ? "-tls1_3" : "-tls1_2", tls13 ? c.sig13 : c.sig12);
+        EXPECT_THAT(server.Log(), HasSubstr("tpm_commands=0 setup_commands=0 signatures=1"));
+        EXPECT_THAT(r.output, HasSubstr("tpm_commands=0 setup_commands=0 signatures=0"));
+      }
     }
   }
 }

@@ -289,6 +289,7 @@ cat >"$work/nginx/openssl.cnf" <<CONF
 openssl_conf = openssl_init
 [openssl_init]
 providers = provider_sect
+alg_section = evp_properties
 [provider_sect]
 default = default_sect
 hwid = hwid_sect
@@ -298,11 +299,14 @@ activate = 1
 module = $provider_dir/hwid.so
 tcti = $tcti
 activate = 1
+[evp_properties]
+default_properties = ?provider!=hwid
 CONF
 cat >"$work/curl.cnf" <<CONF
 openssl_conf = openssl_init
 [openssl_init]
 providers = provider_sect
+alg_section = evp_properties
 [provider_sect]
 default = default_sect
 hwid = hwid_sect
@@ -312,6 +316,8 @@ activate = 1
 module = $provider_dir/hwid.so
 pkcs11-pin-source = file:$work/pin
 activate = 1
+[evp_properties]
+default_properties = ?provider!=hwid
 CONF
 nport=$(free_port)
 user_line=""
