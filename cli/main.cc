@@ -497,6 +497,38 @@ absl::Status CmdKeyCreate(const Args& a) {
   return absl::OkStatus();
 }
 
+absl::Status CmdKeyFile(const Args& a) {
+  auto h = a.Get("persistent");
+  if (!h.has_value()) return UsageError("--persistent 0x81xxxxxx is required");
+  absl::StatusOr<uint32_t> handle = tpm::ParseHandle(*h);
+  if (!handle.ok()) return UsageError(std::string(handle.status().message()));
+  if ((*handle >> 24) != TPM2_HT_PERSISTENT) {
+    return UsageError(absl::StrCat(*h, " is not a persistent handle (0x81xxxxxx)"));
+  }
+  auto out = a.Get("out");
+  if (!out.has_value()) return UsageError("--out FILE is required");
+  ASSIGN_OR_RETURN(auto t, OpenTpm(a));
+  ASSIGN_OR_RETURN(TPM2B_PUBLIC pub, t->ReadPublic(*handle));
+  if ((pub.publicArea.objectAttributes & TPMA_OBJECT_SIGN_ENCRYPT) == 0 ||
+      (pub.publicArea.objectAttributes & TPMA_OBJECT_RESTRICTED) != 0) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "the object at ", tpm::FormatHandle(*handle),
+        " is not an unrestricted signing key; the hwid provider could not sign with it"));
+  }
+  wire::TpmKeyFile key;
+  key.persistent_handle = *handle;
+  ASSIGN_OR_RETURN(key.pub, wire::MarshalPublic(pub));
+  key.empty_auth = !a.Flag("auth");
+  if (auto d = a.Get("description")) {
+    key.description = *d;
+  }
+  ASSIGN_OR_RETURN(std::string pem, wire::EncodeTpmKeyFilePem(key));
+  RETURN_IF_ERROR(WriteFile(*out, AsSpan(pem), 0600));
+  std::cout << absl::StrFormat("wrote %s: a TSS2 PRIVATE KEY naming the persistent key %s\n", *out,
+                               tpm::FormatHandle(*handle));
+  return absl::OkStatus();
+}
+
 absl::Status CmdKeyPub(const Args& a) {
   auto ref = a.Get("key");
   if (!ref.has_value()) return UsageError("--key FILE|handle:0x81xxxxxx|pkcs11:URI is required");
@@ -587,6 +619,7 @@ const char kTopUsage[] =
     "  hwid tpm flush-transient      free object slots leaked by killed processes (no RM)\n"
     "  hwid attest selftest          AK + credential activation + quote, verified in software\n"
     "  hwid key create               create a TPM signing key (TSS2 PRIVATE KEY file)\n"
+    "  hwid key file                 write a key file naming a persistent key\n"
     "  hwid key pub                  export a key's public half (PEM)\n"
     "  hwid key sign                 sign a file with a TPM or PKCS#11 key\n"
     "  hwid key list URI             list the keys on a PKCS#11 token\n"
@@ -637,6 +670,15 @@ std::map<std::string, Command> Commands() {
       "  that the hwid provider, nginx and curl accept as a key file. The PIN comes from the URI (pin-value, pin-source) or\n"
       "  $HWID_PKCS11_PIN; the module from module-path, $HWID_PKCS11_MODULE or p11-kit's proxy.\n",
       {"tcti", "alg", "out", "persist", "auth-env", "description", "pkcs11", "label"}, {}, CmdKeyCreate};
+  c["key file"] = {
+      "usage: hwid key file --persistent 0x81xxxxxx --out KEY.pem [--auth] [--description TEXT]\n"
+      "                     [--tcti T]\n"
+      "  Writes a TSS2 PRIVATE KEY file that names the persistent signing key at the handle (its\n"
+      "  privkey is the 4-byte handle, as proposed in tpm2-openssl PR #165), for programs that\n"
+      "  take only key file paths (nginx, curl, HAProxy). The file holds the key's public area;\n"
+      "  the hwid provider refuses it when the handle holds another key. --auth marks the key as\n"
+      "  needing its authorization value (asked through the program's passphrase callback).\n",
+      {"tcti", "persistent", "out", "description"}, {"auth"}, CmdKeyFile};
   c["key pub"] = {"usage: hwid key pub --key KEY.pem|handle:0x81xxxxxx|pkcs11:URI [--out PUB.pem] [--tcti T]\n",
                   {"tcti", "key", "out"}, {}, CmdKeyPub};
   c["key sign"] = {

@@ -183,7 +183,8 @@ int KeyDecode(void* vctx, OSSL_CORE_BIO* in, int selection, OSSL_CALLBACK* data_
     }
     absl::StatusOr<std::shared_ptr<Key>> key = c->prov->backend->LoadKeyFile(*der, AsSpan(auth));
     if (!key.ok()) {
-      RaiseStatus(c->prov, kReasonKeyLoadFailed, "loading TPM key", key.status());
+      RaiseKeyLoadError(c->prov, kReasonKeyLoadFailed, "loading TPM key", key.status(),
+                        Device::kTpm);
       return 0;
     }
     return PassKeyReference(std::move(*key), c->prov, data_cb, data_cbarg);
@@ -216,8 +217,8 @@ int UriKeyDecode(void* vctx, OSSL_CORE_BIO* in, int selection, OSSL_CALLBACK* da
     absl::StatusOr<std::shared_ptr<Key>> key = c->prov->pkcs11->LoadUri(*uri, ask);
     Debug("%s URI key decoder: %s", KeymgmtName(c->type), key.status().ToString().c_str());
     if (!key.ok()) {
-      RaiseStatus(c->prov, kReasonKeyLoadFailed, "loading the PKCS#11 key of a URI file",
-                  key.status(), Device::kPkcs11);
+      RaiseKeyLoadError(c->prov, kReasonKeyLoadFailed, "loading the PKCS#11 key of a URI file",
+                        key.status(), Device::kPkcs11);
       return 0;
     }
     if ((*key)->type() != c->type) {

@@ -299,19 +299,15 @@ class TpmKey final : public Key {
   PssSaltMode pss_salt_mode() const override { return pss_mode_; }
 
   absl::StatusOr<std::string> EncodePem() const override {
-    if (!file_.has_value()) {
-      return absl::UnimplementedError(absl::StrCat(
-          description_, " has no key file; refer to it as handle:", tpm::FormatHandle(handle_)));
-    }
-    return wire::EncodeTpmKeyFilePem(*file_);
+    ASSIGN_OR_RETURN(const wire::TpmKeyFile* f, KeyFile());
+    return wire::EncodeTpmKeyFilePem(*f);
   }
   absl::StatusOr<Bytes> EncodeDer() const override {
-    if (!file_.has_value()) {
-      return absl::UnimplementedError(absl::StrCat(
-          description_, " has no key file; refer to it as handle:", tpm::FormatHandle(handle_)));
-    }
-    return wire::EncodeTpmKeyFileDer(*file_);
+    ASSIGN_OR_RETURN(const wire::TpmKeyFile* f, KeyFile());
+    return wire::EncodeTpmKeyFileDer(*f);
   }
+  // set_reference_file: the key file that named this persistent key (written back by Encode*).
+  void set_reference_file(wire::TpmKeyFile f) { reference_file_ = std::move(f); }
 
   absl::StatusOr<Bytes> Sign(ByteSpan digest, const SignParams& params) override {
     if (absl::Status st = CheckSignRequest(type_, digest, params); !st.ok()) {
@@ -355,6 +351,7 @@ class TpmKey final : public Key {
       last_use_ = ++Reg().clock;
       absl::StatusOr<TPMT_SIGNATURE> sig = tpm->SignSlotFree(
           *slot_key_, digest, scheme, hash, kSlotWait, [this] { return OnBusyLocked(); });
+      busy_since_ = absl::InfiniteFuture();
       if (!sig.ok()) {
         return absl::Status(sig.status().code(),
                             absl::StrCat("signing with ", description_, ": ", sig.status().message()));
@@ -459,6 +456,7 @@ class TpmKey final : public Key {
               ? tpm->LoadSlotFree(*slot_key_, kSlotWait, [this] { return OnBusyLocked(); })
           : file_.has_value() ? tpm->LoadKey(*file_, AsSpan(auth_))
                               : tpm->LoadPersistentKey(handle_, AsSpan(auth_));
+      busy_since_ = absl::InfiniteFuture();
       if (k.ok()) {
         loaded_ = std::move(*k);
         loaded_gen_ = gen;
@@ -485,16 +483,35 @@ class TpmKey final : public Key {
     }
   }
 
+  absl::StatusOr<const wire::TpmKeyFile*> KeyFile() const {
+    if (file_.has_value()) {
+      return &*file_;
+    }
+    if (reference_file_.has_value()) {
+      return &*reference_file_;
+    }
+    return absl::UnimplementedError(absl::StrCat(
+        description_, " has no key file; refer to it as handle:", tpm::FormatHandle(handle_),
+        " or write one with `hwid key file --persistent ", tpm::FormatHandle(handle_), "`"));
+  }
+
   // OnBusyLocked runs when the shared TPM has no free object slot: give back this process' own
-  // slots and retry (true); when it holds none, other processes do: tell them (they give theirs
-  // back at their next signature) and wait (false).
+  // slots and retry (true); when it holds none, other processes do: wait (false), and when the
+  // slots stay taken for kSignalAfter (longer than another process needs to load a key), tell
+  // them: they give theirs back at their next signature.
   bool OnBusyLocked() {
     if (UnloadAllExceptLocked(this)) {
       return true;
     }
-    device_->SignalBusy();
+    const absl::Time now = absl::Now();
+    if (busy_since_ == absl::InfiniteFuture() || now - busy_since_ > kSlotWait) {
+      busy_since_ = now;  // the first refusal of this wait
+    } else if (now - busy_since_ >= kSignalAfter) {
+      device_->SignalBusy();
+    }
     return false;
   }
+  static constexpr absl::Duration kSignalAfter = absl::Milliseconds(20);
 
   void DropLocked() {
     if (!loaded_.has_value()) {
@@ -519,7 +536,9 @@ class TpmKey final : public Key {
   // For a key file on a shared TPM (no resource manager): the saved-context form used to load it
   // per use, and when it was last used (for IdleReaper).
   std::optional<tpm::SlotFreeKey> slot_key_;
+  std::optional<wire::TpmKeyFile> reference_file_;  // for a persistent key named by a file
   absl::Time idle_since_ = absl::InfinitePast();
+  absl::Time busy_since_ = absl::InfiniteFuture();  // when the current wait for a slot began
   uint64_t last_use_ = 0;
   uint64_t last_gen_ = 0;
   bool activated_ = false;
@@ -639,6 +658,9 @@ absl::StatusOr<std::shared_ptr<Key>> TpmBackend::LoadKeyFile(ByteSpan pem_or_der
     return absl::Status(file.status().code(),
                         absl::StrCat("TSS2 PRIVATE KEY file: ", file.status().message()));
   }
+  if (file->persistent_handle.has_value()) {
+    return LoadPersistentKeyFile(std::move(*file), auth);
+  }
   ASSIGN_OR_RETURN(TPM2B_PUBLIC pub, wire::ParsePublic(file->pub));
   std::string what = absl::StrCat("TPM key file (parent ", tpm::FormatHandle(file->parent),
                                   file->description.has_value() ? ", " : "",
@@ -647,6 +669,31 @@ absl::StatusOr<std::shared_ptr<Key>> TpmBackend::LoadKeyFile(ByteSpan pem_or_der
   ASSIGN_OR_RETURN(OsslPtr<EVP_PKEY> evp, PublicInLibctx(libctx_, pub.publicArea));
   auto key = std::make_shared<TpmKey>(libctx_, device_, type, std::move(evp), std::move(*file), 0,
                                       SecureBytes(auth.begin(), auth.end()), std::move(what));
+  return MakeInactive(std::move(key));
+}
+
+// A key file that names a persistent key: the key is used in place (no slot, no load), and the
+// file's public area must be the one the TPM holds at that handle (a reused handle is refused).
+absl::StatusOr<std::shared_ptr<Key>> TpmBackend::LoadPersistentKeyFile(wire::TpmKeyFile file,
+                                                                       ByteSpan auth) {
+  const uint32_t handle = *file.persistent_handle;
+  std::string what = absl::StrCat("TPM persistent key ", tpm::FormatHandle(handle), " (key file",
+                                  file.description.has_value() ? ", " : "",
+                                  file.description.value_or(""), ")");
+  uint64_t gen = 0;
+  ASSIGN_OR_RETURN(tpm::Tpm * tpm, device_->Get(&gen));
+  absl::StatusOr<TPM2B_PUBLIC> pub = tpm->ReadPublic(handle);
+  if (!pub.ok()) {
+    device_->ResetIfBroken(gen, pub.status());
+    return absl::Status(pub.status().code(),
+                        absl::StrCat("reading ", what, ": ", pub.status().message()));
+  }
+  RETURN_IF_ERROR(tpm::CheckPersistentKeyFile(file, *pub));
+  ASSIGN_OR_RETURN(KeyType type, CheckSigningPublic(pub->publicArea, what));
+  ASSIGN_OR_RETURN(OsslPtr<EVP_PKEY> evp, PublicInLibctx(libctx_, pub->publicArea));
+  auto key = std::make_shared<TpmKey>(libctx_, device_, type, std::move(evp), std::nullopt, handle,
+                                      SecureBytes(auth.begin(), auth.end()), std::move(what));
+  key->set_reference_file(std::move(file));
   return MakeInactive(std::move(key));
 }
 

@@ -22,6 +22,7 @@
 
 #include "absl/status/statusor.h"
 #include "provider/backend.h"
+#include "tpm/wire/keyfile.h"
 
 namespace hwid::provider {
 
@@ -49,6 +50,7 @@ class TpmBackend : public Backend {
 
  private:
   TpmBackend(OSSL_LIB_CTX* libctx, std::shared_ptr<TpmDevice> device);
+  absl::StatusOr<std::shared_ptr<Key>> LoadPersistentKeyFile(wire::TpmKeyFile file, ByteSpan auth);
   OSSL_LIB_CTX* libctx_;
   std::shared_ptr<TpmDevice> device_;
 };

@@ -618,7 +618,32 @@ absl::StatusOr<LoadedKey> Tpm::LoadKeyUnderLocked(const LoadedKey& parent,
   return out;
 }
 
+absl::Status CheckPersistentKeyFile(const wire::TpmKeyFile& file, const TPM2B_PUBLIC& actual) {
+  const uint32_t h = file.persistent_handle.value_or(0);
+  ASSIGN_OR_RETURN(TPM2B_PUBLIC want, wire::ParsePublic(file.pub));
+  auto a = wire::MarshalTpmtPublic(actual.publicArea);
+  auto w = wire::MarshalTpmtPublic(want.publicArea);
+  if (!a.ok() || !w.ok() || *a != *w) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "the persistent handle ", FormatHandle(h), " holds another key than the key file names "
+        "(public areas differ): the handle was evicted and reused; write the key file again "
+        "(`hwid key file --persistent ", FormatHandle(h), "`) or use the right handle"));
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<LoadedKey> Tpm::LoadKeyLocked(const wire::TpmKeyFile& key, ByteSpan auth) {
+  if (key.persistent_handle.has_value()) {
+    const uint32_t h = *key.persistent_handle;
+    TPM2B_PUBLIC pub = {};
+    ASSIGN_OR_RETURN(TpmObject obj, FromPersistentLocked(h, &pub));
+    RETURN_IF_ERROR(CheckPersistentKeyFile(key, pub));
+    if (auth.size() > sizeof(TPMU_HA)) {
+      return absl::InvalidArgumentError("auth value too long");
+    }
+    RETURN_IF_ERROR(SetAuthLocked(obj.tr(), auth));
+    return LoadedKey{std::move(obj), pub, h, SecureBytes(auth.begin(), auth.end()), std::nullopt};
+  }
   ASSIGN_OR_RETURN(LoadedKey parent, LoadParentLocked(key));
   return LoadKeyUnderLocked(parent, key, auth);
 }

@@ -281,6 +281,11 @@ class Tpm {
   uint64_t commands_ = 0;
 };
 
+// CheckPersistentKeyFile checks that the persistent key the TPM holds (its public area
+// `actual`) is the one a persistent-key file names (same TPMT_PUBLIC): FailedPrecondition
+// naming the handle when the handle now holds another object.
+absl::Status CheckPersistentKeyFile(const wire::TpmKeyFile& file, const TPM2B_PUBLIC& actual);
+
 // FormatHandle renders a TPM handle as "0x81010001".
 std::string FormatHandle(uint32_t handle);
 // ParseHandle parses "0x81000001" / "81000001"; errors name the input.

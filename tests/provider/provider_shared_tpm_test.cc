@@ -192,5 +192,42 @@ TEST_F(SharedTpmTest, SignatureWaitsForASlotAndSignalsTheOthers) {
   held.clear();
 }
 
+// A TSS2 PRIVATE KEY file that names a persistent key (`hwid key file --persistent`) works
+// wherever a key file path is taken: openssl pkeyutl, s_server; it holds no slot. When the handle
+// is reused for another key, the file is refused with the cause (through the file: STORE).
+TEST_F(SharedTpmTest, KeyFileNamingAPersistentKey) {
+  const char* cli = std::getenv("HWID_CLI");
+  ASSERT_NE(cli, nullptr) << "HWID_CLI must name the hwid binary";
+  constexpr char kHandle[] = "0x81000311";
+  Run(absl::StrCat("tpm2_evictcontrol -c ", kHandle, " >/dev/null 2>&1"));  // leftovers
+  MustRun(absl::StrCat(cli, " key create --alg ec-p256 --out blob.pem --persist ", kHandle));
+  MustRun(absl::StrCat(cli, " key file --persistent ", kHandle, " --out p.pem"));
+  MustRun(absl::StrCat("openssl pkey ", kP, " -in p.pem -pubout -out p.pub"));
+  MustRun(absl::StrCat("openssl pkey ", kP, " -in blob.pem -pubout -out blob.pub && cmp p.pub blob.pub"));
+  MustRun(absl::StrCat("openssl pkeyutl ", kP, " -sign -inkey p.pem -in dgst -out psig && "
+                       "openssl pkeyutl -verify -pubin -inkey p.pub -in dgst -sigfile psig"));
+  EXPECT_EQ(TransientCount(), 0u);
+  // s_server with the file as its key, a verified TLS 1.3 handshake.
+  MustRun(absl::StrCat("openssl req ", kP, " -new -x509 -key p.pem -subj /CN=persistent "
+                       "-addext subjectAltName=IP:127.0.0.1 -days 1 -out pcert.pem"));
+  const int port = FreePort();
+  Background server(absl::StrCat("openssl s_server ", kP, " -accept 127.0.0.1:", port, " -cert ",
+                                 dir_, "/pcert.pem -key ", dir_, "/p.pem -naccept 1 -www"),
+                    dir_ + "/pserver.log");
+  ASSERT_TRUE(server.WaitForLog("ACCEPT")) << server.Log();
+  MustRun(absl::StrCat("echo | openssl s_client -connect 127.0.0.1:", port, " -tls1_3 -CAfile "
+                       "pcert.pem -verify_return_error -verify_ip 127.0.0.1 -brief"));
+  EXPECT_EQ(server.Wait(), 0) << server.Log();
+
+  // The handle now holds another key: the file is refused, and the error says why.
+  MustRun(absl::StrCat("tpm2_evictcontrol -c ", kHandle, " >/dev/null"));
+  MustRun(absl::StrCat(cli, " key create --alg ec-p256 --out other.pem --persist ", kHandle));
+  const std::string out = MustFail(absl::StrCat("openssl pkeyutl ", kP,
+                                                " -sign -inkey p.pem -in dgst -out psig2"));
+  EXPECT_THAT(out, HasSubstr("holds another key than the key file names"));
+  EXPECT_THAT(out, HasSubstr(kHandle));
+  MustRun(absl::StrCat("tpm2_evictcontrol -c ", kHandle, " >/dev/null"));
+}
+
 }  // namespace
 }  // namespace hwid

@@ -297,6 +297,46 @@ TEST_F(ProviderTest, OneTpmCommandPerSignature) {
   EXPECT_EQ(ctx_->Commands() - before, 5u);
 }
 
+// While another process on this raw TPM found no free object slot (it touched the busy file,
+// docs/provider.md), a key holds no slot between signatures: each signature loads the saved
+// context, signs and flushes (3 commands); once the signal is old, the key stays loaded again
+// (1 command per signature).
+TEST_F(ProviderTest, SlotContentionSwitchesToPerUseSigningAndBack) {
+  OsslPtr<EVP_PKEY> key = Generate(ctx_->get(), kAlgs[0]);
+  ASSERT_NE(key, nullptr) << Errors();
+  OsslPtr<EVP_PKEY> oracle = OraclePublicFromFile(ToPem(key.get()));
+  const std::string msg = "contention";
+  ASSERT_TRUE(Sign(ctx_->get(), key.get(), AsSpan(msg)).ok());
+  ASSERT_EQ(TransientCount(), 1u) << "free slots: the key stays loaded";
+
+  const std::string& tcti = testing::GlobalSwtpm().tcti();
+  const std::string busy = absl::StrCat(
+      "/tmp/hwid-tpm-busy-",
+      Sha256Hex(ByteSpan(reinterpret_cast<const uint8_t*>(tcti.data()), tcti.size())).substr(0, 16));
+  ASSERT_EQ(Shell(absl::StrCat("touch '", busy, "'")).first, 0);
+  ASSERT_TRUE(Sign(ctx_->get(), key.get(), AsSpan(msg)).ok());  // flushes the kept key first
+  EXPECT_EQ(TransientCount(), 0u) << "busy: no slot held between signatures";
+  for (int i = 0; i < 3; ++i) {
+    const uint64_t before = ctx_->Commands();
+    auto sig = Sign(ctx_->get(), key.get(), AsSpan(msg));
+    ASSERT_TRUE(sig.ok()) << sig.status().message();
+    EXPECT_TRUE(OracleVerify(oracle.get(), AsSpan(msg), *sig));
+    EXPECT_EQ(ctx_->Commands() - before, 3u) << "ContextLoad, Sign, FlushContext";
+    EXPECT_EQ(TransientCount(), 0u);
+  }
+
+  // The signal is older than the window: keep the key loaded again.
+  ASSERT_EQ(Shell(absl::StrCat("touch -d '-1 minute' '", busy, "'")).first, 0);
+  ASSERT_TRUE(Sign(ctx_->get(), key.get(), AsSpan(msg)).ok());  // loads the saved context
+  const uint64_t before = ctx_->Commands();
+  for (int i = 0; i < 3; ++i) {
+    ASSERT_TRUE(Sign(ctx_->get(), key.get(), AsSpan(msg)).ok());
+  }
+  EXPECT_EQ(ctx_->Commands() - before, 3u);
+  EXPECT_EQ(TransientCount(), 1u);
+  unlink(busy.c_str());
+}
+
 // The TPM has no SHA-224: a TPM key refuses it when the digest is set, before any TPM command.
 TEST_F(ProviderTest, TpmKeyRefusesSha224AtInit) {
   OsslPtr<EVP_PKEY> key = Generate(ctx_->get(), kAlgs[0]);

@@ -289,10 +289,16 @@ absl::StatusOr<TpmKeyFile> ParseDer(ByteSpan der) {
   if (absl::Status s = ParsePublic(pub).status(); !s.ok()) {
     return Malformed(absl::StrCat("pubkey: ", s.message()));
   }
+  key.pub.assign(pub.begin(), pub.end());
+  if (priv.size() == 4 && priv[0] == (TPM2_HT_PERSISTENT & 0xff)) {
+    key.persistent_handle = (static_cast<uint32_t>(priv[0]) << 24) |
+                            (static_cast<uint32_t>(priv[1]) << 16) |
+                            (static_cast<uint32_t>(priv[2]) << 8) | priv[3];
+    return key;
+  }
   if (absl::Status s = ParsePrivate(priv).status(); !s.ok()) {
     return Malformed(absl::StrCat("privkey: ", s.message()));
   }
-  key.pub.assign(pub.begin(), pub.end());
   key.priv.assign(priv.begin(), priv.end());
   return key;
 }
@@ -402,7 +408,16 @@ absl::StatusOr<Bytes> EncodeTpmKeyFileDer(const TpmKeyFile& key) {
   if (absl::Status s = ParsePublic(key.pub).status(); !s.ok()) {
     return Malformed(absl::StrCat("cannot encode: pubkey: ", s.message()));
   }
-  if (absl::Status s = ParsePrivate(key.priv).status(); !s.ok()) {
+  Bytes priv = key.priv;
+  if (key.persistent_handle.has_value()) {
+    const uint32_t h = *key.persistent_handle;
+    if ((h >> 24) != TPM2_HT_PERSISTENT) {
+      return Malformed(absl::StrCat("cannot encode: 0x", absl::Hex(h, absl::kZeroPad8),
+                                    " is not a persistent handle (0x81xxxxxx)"));
+    }
+    priv = {static_cast<uint8_t>(h >> 24), static_cast<uint8_t>(h >> 16),
+            static_cast<uint8_t>(h >> 8), static_cast<uint8_t>(h)};
+  } else if (absl::Status s = ParsePrivate(key.priv).status(); !s.ok()) {
     return Malformed(absl::StrCat("cannot encode: privkey: ", s.message()));
   }
   static constexpr uint8_t kTrue[] = {0xff};
@@ -433,7 +448,7 @@ absl::StatusOr<Bytes> EncodeTpmKeyFileDer(const TpmKeyFile& key) {
   }
   AppendTlv(kTagInteger, ByteSpan(parent_bytes).subspan(skip), &body);
   AppendTlv(kTagOctetString, key.pub, &body);
-  AppendTlv(kTagOctetString, key.priv, &body);
+  AppendTlv(kTagOctetString, priv, &body);
   return Tlv(kTagSequence, body);
 }
 

@@ -13,6 +13,13 @@
 //     pubkey      OCTET STRING,                      -- marshalled TPM2B_PUBLIC incl. size
 //     privkey     OCTET STRING }                     -- marshalled TPM2B_PRIVATE incl. size
 //
+// A key file may instead name a persistent key (for programs that take only file paths): its
+// privkey is the 4-byte big-endian persistent handle 0x81xxxxxx instead of a TPM2B_PRIVATE, its
+// pubkey the persistent key's TPM2B_PUBLIC (checked against the TPM on load, so a reused
+// handle is refused), its parent the owner hierarchy. This is the encoding of tpm2-openssl's
+// proposal (tpm2-openssl PR #165; not part of the draft specification): a TPM2B_PRIVATE of
+// 4 bytes cannot hold a key, so the two cannot be confused.
+//
 // The decoder is a small strict DER reader of our own (definite minimal lengths, no trailing
 // bytes, fields in order), safe on arbitrary input. One leniency: a BOOLEAN is TRUE for any
 // non-zero octet, because tpm2-openssl and tpm2-tools write TRUE as 0x01.
@@ -37,6 +44,8 @@ struct TpmKeyFile {
   Bytes priv;                       // marshalled TPM2B_PRIVATE including its size
   std::optional<std::string> description;
   bool rsa_parent = false;          // parent primary is the RSA-2048 SRK (SrkTemplateRsa)
+  // Set for a file that names a persistent key (priv is then empty; see above).
+  std::optional<uint32_t> persistent_handle;
 };
 
 // ParseTpmKeyFile decodes PEM ("-----BEGIN TSS2 PRIVATE KEY-----", nothing but whitespace around

@@ -279,6 +279,27 @@ TEST(EncodeTpmKeyFile, RejectsInvalidContents) {
               StatusIs(StatusCode::kInvalidArgument, "description is not valid UTF-8"));
 }
 
+// A file naming a persistent key: privkey is the 4-byte handle (tpm2-openssl PR #165's form).
+TEST(TpmKeyFile, PersistentKeyReference) {
+  TpmKeyFile k = Sample();
+  k.priv.clear();
+  k.persistent_handle = 0x81000301;
+  const Bytes der = EncodeTpmKeyFileDer(k).value();
+  EXPECT_EQ(der, Seq({kLoadable, Explicit(0, kTrue), kOwner, PubOs(), Hex("040481000301")}));
+  absl::StatusOr<TpmKeyFile> back = ParseTpmKeyFile(der);
+  ASSERT_THAT(back, IsOk());
+  EXPECT_EQ(back->persistent_handle, 0x81000301u);
+  EXPECT_TRUE(back->priv.empty());
+  EXPECT_EQ(back->pub, k.pub);
+  // Four bytes that are not a persistent handle stay a malformed TPM2B_PRIVATE.
+  EXPECT_THAT(ParseTpmKeyFile(Seq({kLoadable, kOwner, PubOs(), Hex("040480000001")})),
+              StatusIs(StatusCode::kInvalidArgument, "privkey"));
+  EXPECT_FALSE(ParseTpmKeyFile(Seq({kLoadable, kOwner, PubOs(), PrivOs()}))->persistent_handle);
+  k.persistent_handle = 0x80000001;
+  EXPECT_THAT(EncodeTpmKeyFileDer(k),
+              StatusIs(StatusCode::kInvalidArgument, "not a persistent handle"));
+}
+
 Bytes AsBytes(const std::string& s) { return Bytes(s.begin(), s.end()); }
 
 TEST(ParseTpmKeyFile, PemHandling) {
