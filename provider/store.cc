@@ -92,7 +92,15 @@ int Load(void* vctx, OSSL_CALLBACK* object_cb, void* object_cbarg,
                   key.status(), c->backend->device());
       return 0;
     }
-    return PassKeyReference(std::move(*key), c->prov, object_cb, object_cbarg);
+    // Activation happens in the keymgmt's load(), inside OpenSSL's STORE, which drops its
+    // errors: raise it again here (io.h, RaiseKeyLoadError).
+    ForgetKeyLoadError();
+    const int r = PassKeyReference(std::move(*key), c->prov, object_cb, object_cbarg);
+    if (r == 0) {
+      RaisePendingKeyLoadError();
+    }
+    ForgetKeyLoadError();
+    return r;
   });
 }
 

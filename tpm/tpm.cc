@@ -4,6 +4,12 @@
 #include <tss2/tss2_esys.h>
 #include <tss2/tss2_tctildr.h>
 
+#include <grp.h>
+#include <pwd.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
 #include <cstdlib>
 #include <algorithm>
 #include <cstring>
@@ -15,6 +21,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/strip.h"
 #include "absl/time/clock.h"
 #include "common/status_macros.h"
 #include "tpm/error.h"
@@ -88,6 +95,42 @@ bool SameKeyAlg(const TPMT_PUBLIC& a, const TPMT_PUBLIC& b) {
 }
 
 constexpr uint32_t kSrkHandle = 0x81000001;
+
+// DeviceAccessHint: for a "device:PATH" TCTI this process may not open, says who is asking, the
+// device's owner, group and mode, and what to change ("" when access is not the problem).
+std::string DeviceAccessHint(absl::string_view tcti) {
+  absl::string_view path = tcti;
+  if (!absl::ConsumePrefix(&path, "device:")) {
+    return "";
+  }
+  if (path.empty()) {
+    path = "/dev/tpmrm0";
+  }
+  const std::string p(path);
+  struct stat st;
+  if (stat(p.c_str(), &st) != 0) {
+    return absl::StrCat("; ", p, " does not exist (", std::strerror(errno),
+                        "): is the TPM driver loaded (tpm_tis, tpm_crb)?");
+  }
+  if (access(p.c_str(), R_OK | W_OK) == 0) {
+    return "";
+  }
+  // getpwuid/getgrgid return static buffers: copy each name before the next call.
+  auto user_name = [](uid_t u) {
+    const struct passwd* pw = getpwuid(u);
+    return pw != nullptr ? std::string(pw->pw_name) : std::to_string(u);
+  };
+  const uid_t uid = geteuid();
+  const std::string me = user_name(uid);
+  const std::string owner = user_name(st.st_uid);
+  const struct group* grp = getgrgid(st.st_gid);
+  const std::string gname = grp != nullptr ? std::string(grp->gr_name) : std::to_string(st.st_gid);
+  return absl::StrFormat(
+      "; uid %u (%s) may not read and write %s (owner %s, group %s, mode %04o): run the "
+      "program as a member of group %s (`usermod -aG %s USER`, or the service's "
+      "SupplementaryGroups=%s), or give the device to its user with a udev rule",
+      uid, me, p, owner, gname, st.st_mode & 07777, gname, gname, gname);
+}
 
 }  // namespace
 
@@ -202,6 +245,7 @@ absl::StatusOr<std::unique_ptr<Tpm>> Tpm::Open(const std::string& tcti_in) {
   if (rc != TSS2_RC_SUCCESS) {
     return absl::UnavailableError(absl::StrCat(
         "cannot open TPM connection '", tcti, "': ", TssError(rc, "Tss2_TctiLdr_Initialize").message(),
+        DeviceAccessHint(tcti),
         "; check HWID_TCTI / tcti= (device:/dev/tpmrm0, tabrmd:, swtpm:host=H,port=P)"));
   }
   rc = Esys_Initialize(&impl->esys, impl->tcti, nullptr);
@@ -962,6 +1006,33 @@ absl::StatusOr<SecureBytes> Tpm::ActivateCredential(LoadedKey& ak, Ek& ek, ByteS
   return out;
 }
 
+absl::Status Tpm::AuthFailureLocked(TSS2_RC rc, absl::string_view operation,
+                                     absl::string_view object) {
+  absl::Status st = TssError(rc, operation, object);
+  if (TpmRcBase(rc) != TPM2_RC_LOCKOUT) {
+    return st;
+  }
+  absl::StatusOr<TpmInfo> info = GetInfo();
+  if (!info.ok()) {
+    return absl::FailedPreconditionError(st.message());
+  }
+  std::string when;
+  if (info->lockout_interval == 0) {
+    when = "the TPM forgives no failure by itself (lockout interval 0): only a reset with "
+           "lockout authorization ends it";
+  } else {
+    when = absl::StrFormat(
+        "one failure is forgiven every %u s, so the key can be tried again in about %u s (after "
+        "more wrong tries, longer)",
+        info->lockout_interval, info->lockout_interval);
+  }
+  return absl::FailedPreconditionError(absl::StrFormat(
+      "%s; the TPM is in dictionary-attack lockout: %u failed authorizations of %u allowed; %s; "
+      "or reset the counter now with lockout authorization (`tpm2_dictionarylockout -c`); "
+      "then check the key's authorization value (a wrong one caused the lockout)",
+      st.message(), info->lockout_counter, info->max_auth_fail, when));
+}
+
 TSS2_RC Tpm::SignLocked(uint32_t tr, ByteSpan digest, SignScheme scheme, TPMI_ALG_HASH hash,
                         TPMT_SIGNATURE* out) {
   TPM2B_DIGEST d = {};
@@ -1026,7 +1097,7 @@ absl::StatusOr<TPMT_SIGNATURE> Tpm::Sign(LoadedKey& key, ByteSpan digest, SignSc
       key.object = std::move(fresh.object);
       continue;
     }
-    return TssError(rc, "TPM2_Sign", key.object.label());
+    return AuthFailureLocked(rc, "TPM2_Sign", key.object.label());
   }
   return absl::InternalError("TPM2_Sign: unreachable");
 }
@@ -1117,7 +1188,7 @@ absl::StatusOr<TPMT_SIGNATURE> Tpm::SignSlotFree(SlotFreeKey& key, ByteSpan dige
       key.saved_context.reset();  // flushed underneath us between load and sign: reload once
       continue;
     }
-    return TssError(rc, "TPM2_Sign", "signing key");
+    return AuthFailureLocked(rc, "TPM2_Sign", "signing key");
   }
   return absl::InternalError("TPM2_Sign: unreachable");
 }

@@ -267,6 +267,10 @@ class Tpm {
   absl::StatusOr<LoadedKey> LoadSrkLocked(bool allow_persistent);
   absl::StatusOr<TpmObject> FromPersistentLocked(uint32_t handle, TPM2B_PUBLIC* out_pub);
   absl::StatusOr<wire::PcrValues> PcrReadLocked(const TPML_PCR_SELECTION& selection);
+  // AuthFailureLocked turns a failed command that used an object's authorization into a Status;
+  // for TPM_RC_LOCKOUT it reads the dictionary-attack state (counter, max tries, interval) and
+  // says when to retry (FailedPrecondition), otherwise it is TssError.
+  absl::Status AuthFailureLocked(TSS2_RC rc, absl::string_view operation, absl::string_view object);
   // SignLocked: one TPM2_Sign with an ESYS_TR (no retry).
   TSS2_RC SignLocked(uint32_t tr, ByteSpan digest, SignScheme scheme, TPMI_ALG_HASH hash,
                      TPMT_SIGNATURE* out);

@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <cstdlib>
@@ -227,6 +228,61 @@ TEST_F(SharedTpmTest, KeyFileNamingAPersistentKey) {
   EXPECT_THAT(out, HasSubstr("holds another key than the key file names"));
   EXPECT_THAT(out, HasSubstr(kHandle));
   MustRun(absl::StrCat("tpm2_evictcontrol -c ", kHandle, " >/dev/null"));
+}
+
+// A key whose authorization value is guessed wrong until the TPM locks out (dictionary-attack
+// protection, here 2 tries and 30 s per forgiven failure): the first failures say "wrong
+// authorization value", then the error says lockout, the counter, and when to retry.
+TEST_F(SharedTpmTest, DictionaryAttackLockoutSaysWhenToRetry) {
+  constexpr char kHandle[] = "0x81000321";
+  Run(absl::StrCat("tpm2_evictcontrol -c ", kHandle, " >/dev/null 2>&1"));  // leftovers
+  // A DA-protected signing key (no noDA attribute) with the auth value "right", persisted.
+  MustRun(absl::StrCat(
+      "tpm2_createprimary -Q -C o -G ecc -c prim.ctx && tpm2_flushcontext -t && "
+      "tpm2_create -Q -C prim.ctx -G ecc -p right -u da.pub -r da.priv "
+      "-a \"fixedtpm|fixedparent|sensitivedataorigin|userwithauth|sign\" && "
+      "tpm2_flushcontext -t && tpm2_load -Q -C prim.ctx -u da.pub -r da.priv -c da.ctx && "
+      "tpm2_flushcontext -t && tpm2_evictcontrol -Q -c da.ctx ", kHandle,
+      " && tpm2_flushcontext -t"));
+  MustRun("tpm2_dictionarylockout -Q -c && tpm2_dictionarylockout -Q -s -n 2 -t 30 -l 30");
+  const std::string sign = absl::StrCat("openssl pkeyutl ", kP, " -sign -inkey \"handle:",
+                                        kHandle, "?pass\" -in dgst -out dasig -passin pass:");
+  MustRun(sign + "right");
+  for (int i = 0; i < 2; ++i) {
+    const std::string out = MustFail(sign + "wrong");
+    EXPECT_THAT(out, HasSubstr("wrong authorization value")) << i;
+  }
+  const std::string out = MustFail(sign + "right");
+  EXPECT_THAT(out, HasSubstr("dictionary-attack lockout"));
+  EXPECT_THAT(out, HasSubstr("2 failed authorizations of 2 allowed"));
+  EXPECT_THAT(out, HasSubstr("again in about 30 s"));
+  EXPECT_THAT(out, HasSubstr(kHandle));
+  MustRun("tpm2_dictionarylockout -Q -c && tpm2_dictionarylockout -Q -s -n 1000 -t 1 -l 1");
+  MustRun(sign + "right");
+  MustRun(absl::StrCat("tpm2_evictcontrol -Q -c ", kHandle));
+}
+
+// A process whose uid may not open the TPM device (here a root-only stand-in for /dev/tpm0, used
+// by user nobody, as an nginx worker would): the error names the uid, the device, its owner,
+// group and mode, and what to change.
+TEST_F(SharedTpmTest, UidThatCannotOpenTheTpmDeviceIsNamed) {
+  HWID_REQUIRE_TOOL("runuser");
+  if (geteuid() != 0) {
+    GTEST_SKIP() << "needs root to run a command as user nobody";
+  }
+  MustRun("touch tpm0 && chmod 600 tpm0 && chmod 755 . && chmod 644 key.pem dgst");
+  const std::string out = MustFail(absl::StrCat(
+      "runuser -u nobody -- env HWID_TCTI=device:", dir_, "/tpm0 openssl pkeyutl ", kP,
+      " -sign -inkey key.pem -in dgst -out /dev/null"));
+  EXPECT_THAT(out, HasSubstr("uid 65534 (nobody) may not read and write"));
+  EXPECT_THAT(out, HasSubstr(absl::StrCat(dir_, "/tpm0 (owner root, group root, mode 0600)")));
+  EXPECT_THAT(out, HasSubstr("usermod -aG root"));
+  // The same device readable and writable: access is not the problem, so no such hint.
+  MustRun("chmod 666 tpm0");
+  const std::string out2 = MustFail(absl::StrCat(
+      "runuser -u nobody -- env HWID_TCTI=device:", dir_, "/tpm0 openssl pkeyutl ", kP,
+      " -sign -inkey key.pem -in dgst -out /dev/null"));
+  EXPECT_THAT(out2, ::testing::Not(HasSubstr("may not read and write")));
 }
 
 }  // namespace
