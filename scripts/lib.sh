@@ -10,7 +10,7 @@ HWID_DEB_PACKAGES=(
   libtss2-dev libtss2-tcti-swtpm0
   libabsl-dev libgtest-dev libgmock-dev
   swtpm swtpm-tools tpm2-tools tpm2-openssl
-  nginx-light curl
+  nginx-light haproxy curl procps
   python3 ccache
   libgrpc++-dev protobuf-compiler-grpc clang libclang-rt-14-dev
   libprotobuf-dev protobuf-compiler
