@@ -675,6 +675,7 @@ int main(int argc, char** argv) {
   in.trust_domain = "example.org";
   in.ek_ca_bundle_paths = {ca};
   in.pcrs = kPcrs;
+  in.ek_algs = {"ecc-p256", "rsa-2048"};  // both EK types are measured
   auto recording_config = Must(ValidateServerConfig(in), "ValidateServerConfig");
 
   std::printf("== hwid_tpm attestation benchmark (TCTI %s) ==\n", tcti.c_str());

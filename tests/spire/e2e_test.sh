@@ -78,8 +78,8 @@ wait_for 90 "spire-agent healthy (attested)" "$bin/spire-agent" healthcheck -soc
 
 # The expected agent ID: sha256 of the EK SubjectPublicKeyInfo, computed here with openssl from
 # the EK certificate the CLI exports (independently of the plugins).
-"$hwid_cli" tpm ek --tcti "$tpm1_tcti" --alg ecc-p256 --out-dir "$work" >/dev/null
-ek_hash=$(openssl x509 -in "$work/ek-ecc-p256.crt.pem" -pubkey -noout | openssl pkey -pubin -outform DER | sha256sum | cut -d' ' -f1)
+"$hwid_cli" tpm ek --tcti "$tpm1_tcti" --alg rsa2048 --out-dir "$work" >/dev/null
+ek_hash=$(openssl x509 -in "$work/ek-rsa2048.crt.pem" -pubkey -noout | openssl pkey -pubin -outform DER | sha256sum | cut -d' ' -f1)
 agent_id="spiffe://example.org/spire/agent/hwid_tpm/$ek_hash"
 "$bin/spire-server" agent list -socketPath "$sock" >"$work/agents.txt"
 grep -q "$agent_id" "$work/agents.txt" || { cat "$work/agents.txt" >&2; fail "agent list does not show $agent_id"; }
