@@ -4,6 +4,8 @@
 #include <openssl/pem.h>
 #include <openssl/x509v3.h>
 
+#include <memory>
+
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 #include "tpm/wire/crypto.h"
@@ -24,6 +26,11 @@ std::string NameToString(X509_NAME* name) {
   long len = BIO_get_mem_data(bio.get(), &data);
   return std::string(data, static_cast<size_t>(len));
 }
+
+// OpensslFree releases PEM_read_bio's OPENSSL_malloc'd outputs.
+struct OpensslFree {
+  void operator()(void* p) const noexcept { OPENSSL_free(p); }
+};
 
 constexpr char kEkCertificateEku[] = "2.23.133.8.1";
 constexpr char kTcgManufacturer[] = "2.23.133.2.1";
@@ -108,12 +115,11 @@ absl::StatusOr<CaBundle> LoadCaBundlePem(ByteSpan pem) {
     long len = 0;
     ERR_clear_error();
     const int ok = PEM_read_bio(bio.get(), &name_raw, &header_raw, &data_raw, &len);
+    const std::unique_ptr<char, OpensslFree> name_owner(name_raw), header_owner(header_raw);
+    const std::unique_ptr<unsigned char, OpensslFree> data_owner(data_raw);
     const std::string name = name_raw != nullptr ? name_raw : "";
     const std::string header = header_raw != nullptr ? header_raw : "";
     const Bytes der(data_raw, data_raw + (ok == 1 && len > 0 ? len : 0));
-    OPENSSL_free(name_raw);
-    OPENSSL_free(header_raw);
-    OPENSSL_free(data_raw);
     if (ok != 1) {
       const unsigned long err = ERR_peek_last_error();
       if (ERR_GET_LIB(err) == ERR_LIB_PEM && ERR_GET_REASON(err) == PEM_R_NO_START_LINE) {
