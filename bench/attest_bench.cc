@@ -431,7 +431,8 @@ void Breakdown(const std::shared_ptr<const ServerConfig>& config, const Vector& 
                        Keep(wire::VerifyEkCertificate(cert.get(), *config->ca,
                                                       config->verification_time));
                      })});
-    steps.push_back({"  of which: EK-certificate profile (in the chain step)", MicrosPerCall(s, [&] {
+    steps.push_back({"  of which: EK-certificate profile (in the chain step)",
+                     MicrosPerCall(s, [&] {
                        Keep(wire::CheckEkCertificateProfile(cert.get()));
                      })});
     steps.push_back({"  of which: EK public key hash", MicrosPerCall(s, [&] {

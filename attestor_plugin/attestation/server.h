@@ -163,7 +163,8 @@ absl::StatusOr<EkTrust> VerifyEkTrust(const ServerConfig& config, const EVP_PKEY
 
 // CheckAkPolicy: wire::CheckAkAttributes (restricted, sign, fixedTPM, fixedParent,
 // sensitiveDataOrigin, no decrypt, name algorithm, key type/size, scheme), wire::CheckKeyStrength
-// (no SHA-1 nameAlg, RSA >= 2048 bits, no ROCA fingerprint) and the configured algorithm list. Returns the AK's algorithm; PERMISSION_DENIED naming the failed attribute.
+// (no SHA-1 nameAlg, RSA >= 2048 bits, no ROCA fingerprint) and the configured algorithm list.
+// Returns the AK's algorithm; PERMISSION_DENIED naming the failed attribute or weakness.
 absl::StatusOr<wire::KeyAlg> CheckAkPolicy(const ServerConfig& config, const TPMT_PUBLIC& ak);
 
 // CheckActivationSecret compares in constant time; PERMISSION_DENIED on mismatch.

@@ -297,9 +297,10 @@ TEST(ConfigTest, FailsClosedNamingTheKey) {
   const std::string bad_list = WriteTemp("bad-allow.txt", HashOf(SoftEk()) + "\nnot-a-hash\n");
   const std::string empty_list = WriteTemp("empty-allow.txt", "# nothing\n");
   const std::string garbled = WriteTemp(
-      "garbled.pem", ToPem({SharedPki().root.cert.get()}) +
-                         "-----BEGIN CERTIFICATE-----\nMIIB!!not base64!!\n-----END CERTIFICATE-----\n" +
-                         ToPem({SharedPki().inter.cert.get()}));
+      "garbled.pem",
+      ToPem({SharedPki().root.cert.get()}) +
+          "-----BEGIN CERTIFICATE-----\nMIIB!!not base64!!\n-----END CERTIFICATE-----\n" +
+          ToPem({SharedPki().inter.cert.get()}));
   const std::vector<BadConfig> rows = {
       {"no trust domain", [](auto& in) { in.trust_domain = ""; }, "trust_domain"},
       {"bad trust domain", [](auto& in) { in.trust_domain = "Example.ORG/x"; }, "trust_domain"},
@@ -822,7 +823,8 @@ TEST(WeakKeyTest, EkAndAkEachWithItsOwnReason) {
   EXPECT_THAT(CheckEkStrength(sha1_ek), StatusIs(kDenied, "EK policy: nameAlg sha1 is refused"));
   EXPECT_THAT(CheckEkStrength(SoftEk(RsaKey(1024))),
               StatusIs(kDenied, "EK policy: RSA key of 1024 bits"));
-  EXPECT_THAT(CheckEkStrength(roca_ek), StatusIs(kDenied, "EK policy: the RSA modulus has the ROCA"));
+  EXPECT_THAT(CheckEkStrength(roca_ek),
+              StatusIs(kDenied, "EK policy: the RSA modulus has the ROCA"));
 
   std::shared_ptr<const ServerConfig> c = Config(CertInput());
   const TPMT_PUBLIC rsa_ak = WithKey(wire::AkTemplate(wire::KeyAlg::kRsa2048).publicArea, RsaKey());
