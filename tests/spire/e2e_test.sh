@@ -54,12 +54,12 @@ start_server
 ok "spire-server $("$bin/spire-server" --version 2>&1) running with hwid_tpm (server plugin)"
 "$bin/spire-server" bundle show -socketPath "$sock" >"$work/bundle.pem"
 
-write_agent_conf() {  # write_agent_conf NAME TCTI
+write_agent_conf() {  # write_agent_conf NAME TCTI [EK]
   mkdir -p "$work/$1-data"
   cat >"$work/$1.conf" <<CONF
 $(agent_block "$1" "$work/$1-data")
 plugins {
-$(hwid_tpm_agent_plugin "$2")
+$(hwid_tpm_agent_plugin "$2" "" "${3:-auto}")
   KeyManager "memory" {
     plugin_data {}
   }
@@ -132,4 +132,17 @@ grep -q "chain verification failed" "$work/agent2.log" "$work/agent2.out" "$work
 n=$("$bin/spire-server" agent list -socketPath "$sock" | grep -c "spiffe://example.org/spire/agent/hwid_tpm/")
 [[ $n == 1 ]] || fail "the untrusted TPM was listed as an agent"
 ok "a TPM with an EK certificate from an untrusted CA is refused (PERMISSION_DENIED, chain verification failed)"
-echo "spire e2e: 4 passed, 0 failed"
+
+# ---- 5. one identity per TPM: the same TPM's ECC EK is refused by the default ek_algs -------
+write_agent_conf agent3 "$tpm1_tcti" ecc
+set +e
+timeout 60 "$bin/spire-agent" run -config "$work/agent3.conf" >"$work/agent3.out" 2>&1
+rc=$?
+set -e
+((rc != 0 && rc != 124)) || fail "spire-agent with the ECC EK: expected an attestation failure exit, got $rc"
+grep -q "not in the configured ek_algs" "$work/agent3.log" "$work/agent3.out" "$work/server.log" ||
+  fail "the refusal of the second EK type does not name ek_algs"
+n=$("$bin/spire-server" agent list -socketPath "$sock" | grep -c "spiffe://example.org/spire/agent/hwid_tpm/")
+[[ $n == 1 ]] || fail "the same TPM got a second agent ID through its ECC EK"
+ok "the same TPM presenting its ECC EK is refused (default ek_algs = rsa-2048: one identity per TPM)"
+echo "spire e2e: 5 passed, 0 failed"
