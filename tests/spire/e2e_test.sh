@@ -145,4 +145,32 @@ grep -q "not in the configured ek_algs" "$work/agent3.log" "$work/agent3.out" "$
 n=$("$bin/spire-server" agent list -socketPath "$sock" | grep -c "spiffe://example.org/spire/agent/hwid_tpm/")
 [[ $n == 1 ]] || fail "the same TPM got a second agent ID through its ECC EK"
 ok "the same TPM presenting its ECC EK is refused (default ek_algs = rsa-2048: one identity per TPM)"
-echo "spire e2e: 5 passed, 0 failed"
+
+# ---- 6. a failed PCR policy: the golden value stays in the server's log ----------------------
+golden=$(printf '5a%.0s' {1..32})
+stop_server
+cat >"$work/server.conf" <<CONF
+$(server_block "$work/server-data")
+plugins {
+$(sql_datastore "$work/server-data")
+  KeyManager "memory" {
+    plugin_data {}
+  }
+$(hwid_tpm_server_plugin "$trusted_ca" "expected_pcrs { \"sha256:7\" = \"$golden\" }")
+}
+CONF
+start_server
+# The memory KeyManager made a new CA at the restart: the agent needs the new bundle.
+"$bin/spire-server" bundle show -socketPath "$sock" >"$work/bundle.pem"
+write_agent_conf agent4 "$tpm1_tcti"
+set +e
+timeout 60 "$bin/spire-agent" run -config "$work/agent4.conf" >"$work/agent4.out" 2>&1
+rc=$?
+set -e
+((rc != 0 && rc != 124)) || fail "spire-agent against a PCR policy it does not meet: expected a failure exit, got $rc"
+grep -q "PCR policy: sha256 PCR 7 is" "$work/agent4.log" "$work/agent4.out" ||
+  fail "the agent's refusal does not name the failed PCR: $(tail -3 "$work/agent4.out")"
+! grep -q "$golden" "$work/agent4.log" "$work/agent4.out" || fail "the configured PCR value reached the agent"
+grep -q "server_detail.*$golden" "$work/server.log" || fail "the server log does not hold the expected PCR value"
+ok "a failed PCR policy names the PCR to the agent; the golden value is only in the server log"
+echo "spire e2e: 6 passed, 0 failed"
