@@ -410,6 +410,10 @@ void Breakdown(const std::shared_ptr<const ServerConfig>& config, const Vector& 
                      Keep(wire::ParsePublic(p.ak_public));
                    })});
   steps.push_back({"EK public area policy", MicrosPerCall(s, [&] { Keep(CheckEkPublicArea(ek)); })});
+  steps.push_back({"EK strength (SHA-1, RSA size, ROCA) + ek_algs", MicrosPerCall(s, [&] {
+                     Keep(CheckEkStrength(ek));
+                     Keep(CheckEkAlgorithm(*config, ek));
+                   })});
   hwid::OsslPtr<EVP_PKEY> ek_key = Must(wire::PublicToEvp(ek), "PublicToEvp(EK)");
   steps.push_back({"EK to EVP_PKEY with OpenSSL's public-key check (once)", MicrosPerCall(s, [&] {
                      Keep(wire::PublicToEvp(ek));
@@ -426,6 +430,10 @@ void Breakdown(const std::shared_ptr<const ServerConfig>& config, const Vector& 
     steps.push_back({"  of which: chain verification (X509_verify_cert)", MicrosPerCall(s, [&] {
                        Keep(wire::VerifyEkCertificate(cert.get(), *config->ca,
                                                       config->verification_time));
+                     })});
+    steps.push_back({"  of which: EK-certificate profile (in the chain step)",
+                     MicrosPerCall(s, [&] {
+                       Keep(wire::CheckEkCertificateProfile(cert.get()));
                      })});
     steps.push_back({"  of which: EK public key hash", MicrosPerCall(s, [&] {
                        Keep(EkPublicKeyHash(ek_key.get()));
@@ -675,6 +683,7 @@ int main(int argc, char** argv) {
   in.trust_domain = "example.org";
   in.ek_ca_bundle_paths = {ca};
   in.pcrs = kPcrs;
+  in.ek_algs = {"ecc-p256", "rsa-2048"};  // both EK types are measured
   auto recording_config = Must(ValidateServerConfig(in), "ValidateServerConfig");
 
   std::printf("== hwid_tpm attestation benchmark (TCTI %s) ==\n", tcti.c_str());

@@ -153,8 +153,11 @@ absl::Status AgentResponder::EnsureKeys() {
         }
       }
     } else {
-      // auto: prefer the EK types whose primary is cheapest to load, among those with a cert.
-      std::vector<wire::EkType> order = {wire::EkType::kEccP256, wire::EkType::kRsa2048};
+      // auto: the first EK type with a certificate in a fixed order: RSA-2048 (L-1, the one type
+      // every certified TPM ships and the server's default ek_algs), ECC P-256 (L-2), then the
+      // high range. Deterministic, so a node keeps its ID; the server refuses a type outside its
+      // ek_algs (one identity per TPM), so a fleet on another type sets `ek` explicitly.
+      std::vector<wire::EkType> order = {wire::EkType::kRsa2048, wire::EkType::kEccP256};
       for (const wire::EkSpec& s : wire::AllEkSpecs()) {
         if (s.type != wire::EkType::kEccP256 && s.type != wire::EkType::kRsa2048) {
           order.push_back(s.type);

@@ -24,8 +24,9 @@ inline constexpr uint32_t kDefaultAkHandle = 0x81000100;
 // AgentConfigInput is what the plugin adapter fills from the HCL plugin_data.
 struct AgentConfigInput {
   std::string tcti = "device:/dev/tpmrm0";  // tcti
-  // ek: "auto" (the first EK that has a certificate, ECC P-256 then RSA-2048 then the others;
-  // RSA-2048 without a certificate when none has one), "rsa" (= rsa2048), "ecc" (= ecc-p256), or
+  // ek: "auto" (the first EK that has a certificate, RSA-2048 then ECC P-256 then the others —
+  // a fixed order, RSA-2048 first because it is the server's default ek_algs; RSA-2048 without a
+  // certificate when none has one), "rsa" (= rsa2048), "ecc" (= ecc-p256), or
   // an exact template name ("rsa2048", "ecc-p256", "ecc-p384-h3", ...).
   std::string ek = "auto";
   // pcrs: the PCRs the agent agrees to quote; the server's request must be a subset. Empty means

@@ -10,7 +10,9 @@
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
+#include "absl/strings/cord.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "common/ossl.h"
@@ -18,6 +20,7 @@
 #include "tpm/wire/attest.h"
 #include "tpm/wire/credential.h"
 #include "tpm/wire/crypto.h"
+#include "tpm/wire/keystrength.h"
 #include "tpm/wire/marshal.h"
 
 namespace hwid::attestation {
@@ -117,6 +120,33 @@ absl::StatusOr<wire::KeyAlg> AkKeyAlg(const TPMT_PUBLIC& ak) {
       "AK policy: the AK key type/size is not one of ec-p256, ec-p384, rsa-2048, rsa-3072");
 }
 
+// UpRef returns a new owner of `cert` (shares the certificate).
+OsslPtr<X509> UpRef(X509* cert) {
+  X509_up_ref(cert);
+  return OsslPtr<X509>(cert);
+}
+
+absl::StatusOr<Bytes> RandomBytes(size_t n, absl::string_view what) {
+  Bytes out(n);
+  if (RAND_bytes(out.data(), static_cast<int>(n)) != 1) {
+    return OpenSslError(absl::StrCat("RAND_bytes for the ", what));
+  }
+  return out;
+}
+
+// kEkAlgNames are the EK types ek_algs accepts (EkAlgName's spelling of the keys PublicToEvp
+// converts, RSA >= 2048 bits).
+constexpr const char* kEkAlgNames[] = {"rsa-2048", "rsa-3072", "rsa-4096",
+                                       "ecc-p256", "ecc-p384", "ecc-p521"};
+constexpr char kDefaultEkAlg[] = "rsa-2048";
+
+}  // namespace
+
+std::string ServerLogDetail(const absl::Status& s) {
+  absl::optional<absl::Cord> detail = s.GetPayload(kServerLogDetail);
+  return detail.has_value() ? std::string(*detail) : std::string();
+}
+
 std::string EkAlgName(const TPMT_PUBLIC& ek) {
   if (ek.type == TPM2_ALG_RSA) {
     return absl::StrCat("rsa-", ek.parameters.rsaDetail.keyBits);
@@ -133,42 +163,19 @@ std::string EkAlgName(const TPMT_PUBLIC& ek) {
   }
 }
 
-// TcgTemplateName returns the name of the TCG default EK template whose attributes, nameAlg,
-// authPolicy and parameters the EK has (its unique field aside), or "" when none matches.
-std::string TcgTemplateName(const TPMT_PUBLIC& ek) {
-  absl::StatusOr<Bytes> have = wire::MarshalTpmtPublic(ek);
-  if (!have.ok()) {
-    return "";
+absl::Status CheckEkAlgorithm(const ServerConfig& config, const TPMT_PUBLIC& ek) {
+  const std::string alg = EkAlgName(ek);
+  if (!config.ek_algs.count(alg)) {
+    return absl::PermissionDeniedError(absl::StrCat(
+        "EK policy: the EK is ", alg, ", which is not in the configured ek_algs (",
+        absl::StrJoin(config.ek_algs, ", "),
+        "); one identity per TPM: the server accepts only these EK types (set the agent's ek "
+        "to one of them, or add the type to ek_algs during a migration)"));
   }
-  for (const wire::EkSpec& spec : wire::AllEkSpecs()) {
-    TPMT_PUBLIC t = wire::EkTemplate(spec.type).publicArea;
-    if (t.type != ek.type) {
-      continue;
-    }
-    t.unique = ek.unique;
-    absl::StatusOr<Bytes> want = wire::MarshalTpmtPublic(t);
-    if (want.ok() && *want == *have) {
-      return spec.name;
-    }
-  }
-  return "";
+  return absl::OkStatus();
 }
 
-// UpRef returns a new owner of `cert` (shares the certificate).
-OsslPtr<X509> UpRef(X509* cert) {
-  X509_up_ref(cert);
-  return OsslPtr<X509>(cert);
-}
-
-absl::StatusOr<Bytes> RandomBytes(size_t n, absl::string_view what) {
-  Bytes out(n);
-  if (RAND_bytes(out.data(), static_cast<int>(n)) != 1) {
-    return OpenSslError(absl::StrCat("RAND_bytes for the ", what));
-  }
-  return out;
-}
-
-}  // namespace
+absl::Status CheckEkStrength(const TPMT_PUBLIC& ek) { return wire::CheckKeyStrength(ek, "EK"); }
 
 absl::StatusOr<std::shared_ptr<const ServerConfig>> ValidateServerConfig(
     const ServerConfigInput& in) {
@@ -236,6 +243,19 @@ absl::StatusOr<std::shared_ptr<const ServerConfig>> ValidateServerConfig(
                        "ever be trusted");
   }
 
+  for (const std::string& a : in.ek_algs) {
+    if (std::find(std::begin(kEkAlgNames), std::end(kEkAlgNames), a) == std::end(kEkAlgNames)) {
+      return ConfigError("ek_algs", absl::StrCat("'", a.substr(0, 80), "' is not one of ",
+                                                 absl::StrJoin(kEkAlgNames, ", ")));
+    }
+    if (!config->ek_algs.insert(a).second) {
+      return ConfigError("ek_algs", absl::StrCat("'", a, "' is listed twice"));
+    }
+  }
+  if (config->ek_algs.empty()) {
+    config->ek_algs = {kDefaultEkAlg};
+  }
+
   if (in.pcrs.empty()) {
     return ConfigError("pcrs", "the PCR selection is empty (e.g. sha256:0-7)");
   }
@@ -267,7 +287,13 @@ absl::StatusOr<std::shared_ptr<const ServerConfig>> ValidateServerConfig(
                          absl::StrCat("'", key, "': the value must be ",
                                       wire::DigestSize(pcr->first), " bytes in hex"));
     }
-    config->expected_pcrs[pcr->first][pcr->second] = std::move(*value);
+    // Keys are free text ("sha256:7", "SHA256:07"): two spellings of one PCR would make the
+    // policy depend on map order, so they are refused.
+    if (!config->expected_pcrs[pcr->first].emplace(pcr->second, std::move(*value)).second) {
+      return ConfigError("expected_pcrs",
+                         absl::StrCat("'", key, "' names ", PcrLabel(pcr->first, pcr->second),
+                                      ", which another key already sets (one value per PCR)"));
+    }
   }
 
   if (in.ak_algs.empty()) {
@@ -395,6 +421,7 @@ absl::StatusOr<wire::KeyAlg> CheckAkPolicy(const ServerConfig& config, const TPM
     // A well-formed public area that is not acceptable as an attestation key: a failed policy.
     return absl::PermissionDeniedError(absl::StrCat("AK policy: ", attrs.message()));
   }
+  RETURN_IF_ERROR(wire::CheckKeyStrength(ak, "AK"));
   ASSIGN_OR_RETURN(wire::KeyAlg alg, AkKeyAlg(ak));
   if (!config.ak_algs.count(alg)) {
     return absl::PermissionDeniedError(absl::StrCat(
@@ -459,9 +486,14 @@ absl::Status CheckPcrPolicy(const wire::PcrValues& expected, const wire::PcrValu
       }
       const Bytes& got = b->second.at(index);
       if (got != want) {
-        return absl::PermissionDeniedError(absl::StrCat("PCR policy: ", PcrLabel(bank, index),
-                                                        " is ", HexEncode(got), ", expected ",
-                                                        HexEncode(want)));
+        // The golden value is the operator's, not the agent's: log only (see server.h).
+        absl::Status st = absl::PermissionDeniedError(
+            absl::StrCat("PCR policy: ", PcrLabel(bank, index), " is ", HexEncode(got),
+                         ", which is not the configured expected value"));
+        st.SetPayload(kServerLogDetail,
+                      absl::Cord(absl::StrCat("expected_pcrs ", wire::HashAlgName(bank), ":",
+                                              index, " = ", HexEncode(want))));
+        return st;
       }
     }
   }
@@ -560,6 +592,8 @@ absl::StatusOr<Bytes> ServerSession::HandlePayloadImpl(ByteSpan payload) {
   ek_ = ek->publicArea;
   ak_ = ak->publicArea;
   RETURN_IF_ERROR(CheckEkPublicArea(ek_));
+  RETURN_IF_ERROR(CheckEkStrength(ek_));
+  RETURN_IF_ERROR(CheckEkAlgorithm(*config_, ek_));
   // The EK is converted to an OpenSSL key (with OpenSSL's public-key check) once per session and
   // shared by the EK hash, the certificate key match and MakeCredential.
   ASSIGN_OR_RETURN(OsslPtr<EVP_PKEY> ek_key, wire::PublicToEvp(ek_));
@@ -640,10 +674,6 @@ absl::StatusOr<AttestationResult> ServerSession::HandleResponseImpl(ByteSpan res
   selectors.insert(absl::StrCat("ek_pubhash:", ek_trust_.pubhash));
   selectors.insert(absl::StrCat("ek_trust:", out.ek_trust));
   selectors.insert(absl::StrCat("ek_alg:", EkAlgName(ek_)));
-  const std::string tmpl = TcgTemplateName(ek_);
-  if (!tmpl.empty()) {
-    selectors.insert(absl::StrCat("ek_type:", tmpl));
-  }
   if (ek_trust_.via_certificate) {
     if (ek_trust_.device.has_value()) {
       const wire::TcgDeviceInfo& d = *ek_trust_.device;

@@ -8,6 +8,8 @@
 //                        quote signature/nonce/digest, PCR selection or values);
 //   FAILED_PRECONDITION  the server is not (validly) configured.
 // Messages name the failed check; they never contain the secret, the nonce or credential blobs.
+// Detail meant for the server's log only (e.g. the configured golden value of a failed PCR
+// policy) travels as the Status payload kServerLogDetail, never in the message.
 #ifndef HWID_ATTESTOR_PLUGIN_ATTESTATION_SERVER_H_
 #define HWID_ATTESTOR_PLUGIN_ATTESTATION_SERVER_H_
 
@@ -33,6 +35,14 @@
 
 namespace hwid::attestation {
 
+// kServerLogDetail is the type URL of a Status payload with detail for the server's log only.
+// The plugin logs it next to the refusal and never sends it to the agent (the gRPC status
+// carries the message alone).
+inline constexpr char kServerLogDetail[] = "type.hwid.dev/hwid.attestation.ServerLogDetail";
+
+// ServerLogDetail returns the kServerLogDetail payload of `s` ("" when there is none).
+std::string ServerLogDetail(const absl::Status& s);
+
 // ServerConfigInput is what the plugin adapter fills from the HCL plugin_data (keys named in
 // comments). Plain data; ValidateServerConfig turns it into a ServerConfig or fails closed.
 struct ServerConfigInput {
@@ -45,6 +55,11 @@ struct ServerConfigInput {
   std::vector<std::string> ek_allowlist;
   // ek_allowlist_path: a file with one such hash per line ('#' comments and blank lines allowed).
   std::string ek_allowlist_path;
+  // ek_algs: the EK key types accepted ("rsa-2048", "rsa-3072", "rsa-4096", "ecc-p256",
+  // "ecc-p384", "ecc-p521"; the ek_alg selector's spelling). Empty = the default, exactly
+  // {"rsa-2048"}: a TPM that holds several EKs (RSA and ECC) would otherwise get one agent ID per
+  // EK. More than one type is for migrating a fleet (each TPM then has one ID per accepted type).
+  std::vector<std::string> ek_algs;
   // pcrs: the PCR selection every quote must cover exactly, e.g. "sha256:0-7".
   std::string pcrs = "sha256:0,1,2,3,4,5,6,7";
   // expected_pcrs: "<bank>:<index>" -> hex digest; each PCR must be in `pcrs`.
@@ -64,6 +79,7 @@ struct ServerConfig {
   std::string trust_domain;
   std::optional<wire::CaBundle> ca;   // certificate mode when set
   std::set<std::string> allowlist;    // lower-case hex; allowlist mode when non-empty
+  std::set<std::string> ek_algs;      // never empty after validation (default {"rsa-2048"})
   TPML_PCR_SELECTION required_pcrs{};
   std::string required_pcrs_text;     // canonical form, sent in the challenge
   wire::PcrValues expected_pcrs;
@@ -75,8 +91,9 @@ struct ServerConfig {
 // ValidateServerConfig checks every key and loads the CA bundles and the allowlist file. Fails
 // closed with FAILED_PRECONDITION naming the key: missing or invalid trust domain; neither CA
 // bundle nor allowlist; unreadable/invalid bundle or allowlist file; a malformed hash; an empty or
-// invalid PCR selection; an expected PCR value outside the selection or of the wrong length; an
-// unknown AK algorithm.
+// invalid PCR selection; an expected PCR value outside the selection or of the wrong length; two
+// expected_pcrs keys naming the same PCR (e.g. "sha256:7" and "SHA256:07"); an unknown or
+// repeated EK or AK algorithm.
 absl::StatusOr<std::shared_ptr<const ServerConfig>> ValidateServerConfig(
     const ServerConfigInput& in);
 
@@ -106,6 +123,19 @@ absl::StatusOr<std::string> EkPublicKeyHash(const EVP_PKEY* ek_key);
 // clear) with fixedTPM and fixedParent. PERMISSION_DENIED naming the attribute.
 absl::Status CheckEkPublicArea(const TPMT_PUBLIC& ek);
 
+// EkAlgName names the EK's key type as ek_algs and the ek_alg selector spell it ("rsa-2048",
+// "ecc-p256", ...). The type and size are those of the key itself, which the EK certificate (or
+// the allowlisted hash) and credential activation prove.
+std::string EkAlgName(const TPMT_PUBLIC& ek);
+
+// CheckEkAlgorithm (one identity per TPM): the EK's key type must be in the configured ek_algs.
+// PERMISSION_DENIED naming the type and the setting.
+absl::Status CheckEkAlgorithm(const ServerConfig& config, const TPMT_PUBLIC& ek);
+
+// CheckEkStrength: wire::CheckKeyStrength for the EK (no SHA-1 nameAlg, RSA >= 2048 bits, no
+// ROCA fingerprint). PERMISSION_DENIED with the reason.
+absl::Status CheckEkStrength(const TPMT_PUBLIC& ek);
+
 // EkTrust is how an EK was admitted and the validated certificate facts.
 struct EkTrust {
   std::string pubhash;
@@ -132,8 +162,9 @@ absl::StatusOr<EkTrust> VerifyEkTrust(const ServerConfig& config, const EVP_PKEY
                                       absl::Span<const Bytes> intermediates_der);
 
 // CheckAkPolicy: wire::CheckAkAttributes (restricted, sign, fixedTPM, fixedParent,
-// sensitiveDataOrigin, no decrypt, name algorithm, key type/size, scheme) and the configured
-// algorithm list. Returns the AK's algorithm; PERMISSION_DENIED naming the failed attribute.
+// sensitiveDataOrigin, no decrypt, name algorithm, key type/size, scheme), wire::CheckKeyStrength
+// (no SHA-1 nameAlg, RSA >= 2048 bits, no ROCA fingerprint) and the configured algorithm list.
+// Returns the AK's algorithm; PERMISSION_DENIED naming the failed attribute or weakness.
 absl::StatusOr<wire::KeyAlg> CheckAkPolicy(const ServerConfig& config, const TPMT_PUBLIC& ak);
 
 // CheckActivationSecret compares in constant time; PERMISSION_DENIED on mismatch.
@@ -149,8 +180,9 @@ absl::Status CheckQuotedSelection(const TPML_PCR_SELECTION& quoted,
                                   const TPML_PCR_SELECTION& required);
 
 // CheckPcrPolicy: every expected value must equal the quoted one. PERMISSION_DENIED naming the
-// first mismatching PCR (bank and index) with both values; a PCR expected but not quoted also
-// fails.
+// first mismatching PCR (bank and index) and the quoted value; the configured (golden) value is
+// only in the kServerLogDetail payload, for the server's log, never in the message that reaches
+// the agent. A PCR expected but not quoted also fails.
 absl::Status CheckPcrPolicy(const wire::PcrValues& expected, const wire::PcrValues& quoted);
 
 // VerifyCertifiedKeys (protocol version 2) verifies each certification with wire::VerifyCertify

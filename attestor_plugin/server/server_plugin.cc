@@ -26,6 +26,7 @@ absl::StatusOr<ServerConfigPtr> ParseServerPluginConfig(const pluginmain::CoreCo
   d.Optional("ek_ca_bundle_paths", &in.ek_ca_bundle_paths);
   d.Optional("ek_allowlist", &in.ek_allowlist);
   d.Optional("ek_allowlist_path", &in.ek_allowlist_path);
+  d.Optional("ek_algs", &in.ek_algs);
   d.Optional("pcrs", &in.pcrs);
   d.Optional("expected_pcrs", &in.expected_pcrs);
   d.Optional("ak_algs", &in.ak_algs);
@@ -59,8 +60,17 @@ grpc::Status ServerNodeAttestor::Attest(
     return pluginmain::ToGrpcStatus(session.status());
   }
   auto fail = [&](const absl::Status& st) {
-    log.Warn("attestation refused", {{"code", absl::StatusCodeToString(st.code())},
-                                     {"reason", st.message()}});
+    // The server-only detail (e.g. a PCR policy's golden value) goes to the log, never to the
+    // agent: ToGrpcStatus sends the message alone.
+    const std::string detail = attestation::ServerLogDetail(st);
+    if (detail.empty()) {
+      log.Warn("attestation refused", {{"code", absl::StatusCodeToString(st.code())},
+                                       {"reason", st.message()}});
+    } else {
+      log.Warn("attestation refused", {{"code", absl::StatusCodeToString(st.code())},
+                                       {"reason", st.message()},
+                                       {"server_detail", detail}});
+    }
     return pluginmain::ToGrpcStatus(st);
   };
   nav1::AttestRequest req;

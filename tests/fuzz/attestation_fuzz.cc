@@ -87,6 +87,7 @@ const Fixture& GetFixture() {
     in.ek_ca_bundle_paths = {bundle};
     in.ek_allowlist = {*att::EkPublicKeyHash(ek)};
     in.pcrs = "sha256:0-7";
+    in.ek_algs = {"ecc-p256"};
     absl::StatusOr<std::shared_ptr<const att::ServerConfig>> c = att::ValidateServerConfig(in);
     unlink(bundle.c_str());
     if (!c.ok()) {

@@ -1,5 +1,6 @@
 // libFuzzer target for the tpm/wire code that runs on attacker-controlled bytes: the TPM structure
-// parsers, the TSS2 PRIVATE KEY codec, the PCR selection parser and VerifyQuote.
+// parsers, the TSS2 PRIVATE KEY codec, the PCR selection parser, VerifyQuote, and (issue 13) the
+// weak-key checks, the EK-certificate profile on a parsed certificate and the CA bundle reader.
 //
 // With Clang the target `wire_fuzz` is built with -fsanitize=fuzzer,address,undefined:
 //   ./wire_fuzz -max_total_time=600 <corpus dir, e.g. tests/tpm/wire/testdata>
@@ -15,6 +16,8 @@
 #include "common/bytes.h"
 #include "tpm/wire/attest.h"
 #include "tpm/wire/crypto.h"
+#include "tpm/wire/ekcert.h"
+#include "tpm/wire/keystrength.h"
 #include "tpm/wire/keyfile.h"
 #include "tpm/wire/marshal.h"
 #include "tpm/wire/pcr.h"
@@ -37,7 +40,14 @@ TPMT_PUBLIC FixedAk() {
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const ByteSpan in(data, size);
-  (void)hwid::wire::ParsePublic(in);
+  if (auto pub = hwid::wire::ParsePublic(in); pub.ok()) {
+    (void)hwid::wire::CheckKeyStrength(pub->publicArea, "EK");
+  }
+  (void)hwid::wire::HasRocaFingerprint(in);
+  if (auto cert = hwid::wire::ParseCertificateDer(in); cert.ok()) {
+    (void)hwid::wire::CheckEkCertificateProfile(cert->get());
+  }
+  (void)hwid::wire::LoadCaBundlePem(in);
   (void)hwid::wire::ParseTpmtPublic(in);
   (void)hwid::wire::ParsePrivate(in);
   (void)hwid::wire::ParseIdObject(in);

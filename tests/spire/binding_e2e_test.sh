@@ -50,10 +50,10 @@ record_name() {
   keyfile_pub_pem "$2" "$work/tmp-rec.pem" || return 1
   { printf '%s\0' "$1"; openssl pkey -pubin -in "$work/tmp-rec.pem" -outform DER; } | sha256sum | cut -c1-64
 }
-ek_agent_id() {  # ek_agent_id TCTI OUTDIR: the hwid_tpm agent ID from the ECC P-256 EK certificate
+ek_agent_id() {  # ek_agent_id TCTI OUTDIR: the hwid_tpm agent ID from the RSA-2048 EK certificate (ek = "auto")
   mkdir -p "$2"
-  "$hwid_cli" tpm ek --tcti "$1" --alg ecc-p256 --out-dir "$2" >/dev/null
-  echo "spiffe://example.org/spire/agent/hwid_tpm/$(pub_of_cert "$2/ek-ecc-p256.crt.pem")"
+  "$hwid_cli" tpm ek --tcti "$1" --alg rsa2048 --out-dir "$2" >/dev/null
+  echo "spiffe://example.org/spire/agent/hwid_tpm/$(pub_of_cert "$2/ek-rsa2048.crt.pem")"
 }
 
 # ---- TPMs: tpm1 from the template (if any); tpm2 provisioned from scratch (own EK and EK CA).

@@ -54,12 +54,12 @@ start_server
 ok "spire-server $("$bin/spire-server" --version 2>&1) running with hwid_tpm (server plugin)"
 "$bin/spire-server" bundle show -socketPath "$sock" >"$work/bundle.pem"
 
-write_agent_conf() {  # write_agent_conf NAME TCTI
+write_agent_conf() {  # write_agent_conf NAME TCTI [EK]
   mkdir -p "$work/$1-data"
   cat >"$work/$1.conf" <<CONF
 $(agent_block "$1" "$work/$1-data")
 plugins {
-$(hwid_tpm_agent_plugin "$2")
+$(hwid_tpm_agent_plugin "$2" "" "${3:-auto}")
   KeyManager "memory" {
     plugin_data {}
   }
@@ -78,8 +78,8 @@ wait_for 90 "spire-agent healthy (attested)" "$bin/spire-agent" healthcheck -soc
 
 # The expected agent ID: sha256 of the EK SubjectPublicKeyInfo, computed here with openssl from
 # the EK certificate the CLI exports (independently of the plugins).
-"$hwid_cli" tpm ek --tcti "$tpm1_tcti" --alg ecc-p256 --out-dir "$work" >/dev/null
-ek_hash=$(openssl x509 -in "$work/ek-ecc-p256.crt.pem" -pubkey -noout | openssl pkey -pubin -outform DER | sha256sum | cut -d' ' -f1)
+"$hwid_cli" tpm ek --tcti "$tpm1_tcti" --alg rsa2048 --out-dir "$work" >/dev/null
+ek_hash=$(openssl x509 -in "$work/ek-rsa2048.crt.pem" -pubkey -noout | openssl pkey -pubin -outform DER | sha256sum | cut -d' ' -f1)
 agent_id="spiffe://example.org/spire/agent/hwid_tpm/$ek_hash"
 "$bin/spire-server" agent list -socketPath "$sock" >"$work/agents.txt"
 grep -q "$agent_id" "$work/agents.txt" || { cat "$work/agents.txt" >&2; fail "agent list does not show $agent_id"; }
@@ -132,4 +132,45 @@ grep -q "chain verification failed" "$work/agent2.log" "$work/agent2.out" "$work
 n=$("$bin/spire-server" agent list -socketPath "$sock" | grep -c "spiffe://example.org/spire/agent/hwid_tpm/")
 [[ $n == 1 ]] || fail "the untrusted TPM was listed as an agent"
 ok "a TPM with an EK certificate from an untrusted CA is refused (PERMISSION_DENIED, chain verification failed)"
-echo "spire e2e: 4 passed, 0 failed"
+
+# ---- 5. one identity per TPM: the same TPM's ECC EK is refused by the default ek_algs -------
+write_agent_conf agent3 "$tpm1_tcti" ecc
+set +e
+timeout 60 "$bin/spire-agent" run -config "$work/agent3.conf" >"$work/agent3.out" 2>&1
+rc=$?
+set -e
+((rc != 0 && rc != 124)) || fail "spire-agent with the ECC EK: expected an attestation failure exit, got $rc"
+grep -q "not in the configured ek_algs" "$work/agent3.log" "$work/agent3.out" "$work/server.log" ||
+  fail "the refusal of the second EK type does not name ek_algs"
+n=$("$bin/spire-server" agent list -socketPath "$sock" | grep -c "spiffe://example.org/spire/agent/hwid_tpm/")
+[[ $n == 1 ]] || fail "the same TPM got a second agent ID through its ECC EK"
+ok "the same TPM presenting its ECC EK is refused (default ek_algs = rsa-2048: one identity per TPM)"
+
+# ---- 6. a failed PCR policy: the golden value stays in the server's log ----------------------
+golden=$(printf '5a%.0s' {1..32})
+stop_server
+cat >"$work/server.conf" <<CONF
+$(server_block "$work/server-data")
+plugins {
+$(sql_datastore "$work/server-data")
+  KeyManager "memory" {
+    plugin_data {}
+  }
+$(hwid_tpm_server_plugin "$trusted_ca" "expected_pcrs { \"sha256:7\" = \"$golden\" }")
+}
+CONF
+start_server
+# The memory KeyManager made a new CA at the restart: the agent needs the new bundle.
+"$bin/spire-server" bundle show -socketPath "$sock" >"$work/bundle.pem"
+write_agent_conf agent4 "$tpm1_tcti"
+set +e
+timeout 60 "$bin/spire-agent" run -config "$work/agent4.conf" >"$work/agent4.out" 2>&1
+rc=$?
+set -e
+((rc != 0 && rc != 124)) || fail "spire-agent against a PCR policy it does not meet: expected a failure exit, got $rc"
+grep -q "PCR policy: sha256 PCR 7 is" "$work/agent4.log" "$work/agent4.out" ||
+  fail "the agent's refusal does not name the failed PCR: $(tail -3 "$work/agent4.out")"
+! grep -q "$golden" "$work/agent4.log" "$work/agent4.out" || fail "the configured PCR value reached the agent"
+grep -q "server_detail.*$golden" "$work/server.log" || fail "the server log does not hold the expected PCR value"
+ok "a failed PCR policy names the PCR to the agent; the golden value is only in the server log"
+echo "spire e2e: 6 passed, 0 failed"

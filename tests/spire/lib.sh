@@ -159,15 +159,16 @@ agent {
 }
 CONF
 }
-# hwid_tpm_agent_plugin TCTI [LINE]: NodeAttestor "hwid_tpm" ($agent_na) on the TPM at TCTI (EK
-# chosen automatically, AK persisted at 0x81000100); LINE added to its plugin_data.
+# hwid_tpm_agent_plugin TCTI [LINE [EK]]: NodeAttestor "hwid_tpm" ($agent_na) on the TPM at TCTI
+# (EK chosen automatically unless EK is given, AK persisted at 0x81000100); LINE added to its
+# plugin_data.
 hwid_tpm_agent_plugin() {
   cat <<CONF
   NodeAttestor "hwid_tpm" {
     plugin_cmd = "$agent_na"
     plugin_data {
       tcti = "$1"
-      ek = "auto"
+      ek = "${3:-auto}"
       ak_handle = "0x81000100"
       ${2:-}
     }

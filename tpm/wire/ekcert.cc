@@ -1,7 +1,10 @@
 #include "tpm/wire/ekcert.h"
 
+#include <openssl/err.h>
 #include <openssl/pem.h>
 #include <openssl/x509v3.h>
+
+#include <memory>
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
@@ -23,6 +26,11 @@ std::string NameToString(X509_NAME* name) {
   long len = BIO_get_mem_data(bio.get(), &data);
   return std::string(data, static_cast<size_t>(len));
 }
+
+// OpensslFree releases PEM_read_bio's OPENSSL_malloc'd outputs.
+struct OpensslFree {
+  void operator()(void* p) const noexcept { OPENSSL_free(p); }
+};
 
 constexpr char kEkCertificateEku[] = "2.23.133.8.1";
 constexpr char kTcgManufacturer[] = "2.23.133.2.1";
@@ -97,15 +105,49 @@ absl::StatusOr<CaBundle> LoadCaBundlePem(ByteSpan pem) {
     return OpenSslError("BIO_new_mem_buf");
   }
   CaBundle out;
-  for (;;) {
-    OsslPtr<X509> cert(PEM_read_bio_X509(bio.get(), nullptr, nullptr, nullptr));
-    if (!cert) {
-      break;
+  // Block by block, so that a garbled block or one of another type fails the whole bundle
+  // instead of silently ending it (PEM_read_bio_X509 stops at the first bad block, and a bundle
+  // missing the rest of its roots fails later, far from the cause).
+  for (int block = 1;; ++block) {
+    char* name_raw = nullptr;
+    char* header_raw = nullptr;
+    unsigned char* data_raw = nullptr;
+    long len = 0;
+    ERR_clear_error();
+    const int ok = PEM_read_bio(bio.get(), &name_raw, &header_raw, &data_raw, &len);
+    const std::unique_ptr<char, OpensslFree> name_owner(name_raw), header_owner(header_raw);
+    const std::unique_ptr<unsigned char, OpensslFree> data_owner(data_raw);
+    const std::string name = name_raw != nullptr ? name_raw : "";
+    const std::string header = header_raw != nullptr ? header_raw : "";
+    const Bytes der(data_raw, data_raw + (ok == 1 && len > 0 ? len : 0));
+    if (ok != 1) {
+      const unsigned long err = ERR_peek_last_error();
+      if (ERR_GET_LIB(err) == ERR_LIB_PEM && ERR_GET_REASON(err) == PEM_R_NO_START_LINE) {
+        DrainOpenSslErrors();  // the end of the data: no further "-----BEGIN" line
+        break;
+      }
+      return OpenSslError(absl::StrCat("CA bundle: PEM block ", block,
+                                       " cannot be read (bad base64, a missing END line or "
+                                       "truncated data)"),
+                          absl::StatusCode::kInvalidArgument);
     }
-    const bool self_signed = X509_check_issued(cert.get(), cert.get()) == X509_V_OK;
-    (self_signed ? out.roots : out.intermediates).push_back(std::move(cert));
+    if (name != "CERTIFICATE") {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "CA bundle: PEM block ", block, " is a '", name.substr(0, 40),
+          "', not a CERTIFICATE (a CA bundle holds certificates only)"));
+    }
+    if (!header.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "CA bundle: PEM block ", block, " has PEM headers (encrypted or legacy PEM)"));
+    }
+    absl::StatusOr<OsslPtr<X509>> cert = ParseCertificateDer(der);
+    if (!cert.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("CA bundle: PEM block ", block, ": ", cert.status().message()));
+    }
+    const bool self_signed = X509_check_issued(cert->get(), cert->get()) == X509_V_OK;
+    (self_signed ? out.roots : out.intermediates).push_back(std::move(*cert));
   }
-  DrainOpenSslErrors();  // PEM_read_bio_X509 leaves "no start line" at the end of the data
   if (out.roots.empty() && out.intermediates.empty()) {
     return absl::InvalidArgumentError("CA bundle holds no PEM certificate");
   }
@@ -163,24 +205,76 @@ absl::Status VerifyEkCertificate(X509* cert, const CaBundle& ca, std::optional<t
         " (at depth ", depth, ", certificate '", bad != nullptr ? SubjectString(bad) : "?",
         "'); check that the CA bundle holds the TPM manufacturer's root and intermediates"));
   }
+  return CheckEkCertificateProfile(cert);
+}
+
+absl::Status CheckEkCertificateProfile(X509* cert) {
+  const std::string subject = SubjectString(cert);
+  auto denied = [&](absl::string_view what) {
+    return absl::PermissionDeniedError(
+        absl::StrCat("EK certificate profile: '", subject, "' ", what));
+  };
+  // 1. An end entity: a CA certificate under a configured root is not an EK certificate.
   int crit = 0;
+  OsslPtr<BASIC_CONSTRAINTS> bc(static_cast<BASIC_CONSTRAINTS*>(
+      X509_get_ext_d2i(cert, NID_basic_constraints, &crit, nullptr)));
+  if (!bc && crit != -1) {
+    DrainOpenSslErrors();
+    return absl::InvalidArgumentError(
+        absl::StrCat("EK certificate profile: '", subject, "' has a malformed basicConstraints"));
+  }
+  if (bc && bc->ca) {
+    return denied("is a CA certificate (basicConstraints cA TRUE); an EK certificate is an end "
+                  "entity");
+  }
+  // 2. keyUsage, when present, fits an EK: keyEncipherment (RSA) or keyAgreement (ECC), and never
+  //    certificate or CRL signing.
+  EVP_PKEY* key = X509_get0_pubkey(cert);
+  if (key == nullptr) {
+    return OpenSslError(
+        absl::StrCat("EK certificate profile: '", subject, "' public key cannot be decoded"),
+        absl::StatusCode::kInvalidArgument);
+  }
+  if ((X509_get_extension_flags(cert) & EXFLAG_INVALID) != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "EK certificate profile: '", subject, "' has malformed or repeated extensions"));
+  }
+  if ((X509_get_extension_flags(cert) & EXFLAG_KUSAGE) != 0) {
+    const uint32_t ku = X509_get_key_usage(cert);
+    const bool rsa = EVP_PKEY_get_base_id(key) == EVP_PKEY_RSA;
+    const uint32_t need = rsa ? KU_KEY_ENCIPHERMENT : KU_KEY_AGREEMENT;
+    if ((ku & need) == 0) {
+      return denied(rsa ? "has a keyUsage without keyEncipherment (required for an RSA EK)"
+                        : "has a keyUsage without keyAgreement (required for an ECC EK)");
+    }
+    if ((ku & (KU_KEY_CERT_SIGN | KU_CRL_SIGN)) != 0) {
+      return denied("has a keyUsage with keyCertSign or cRLSign (an EK certificate is no CA)");
+    }
+  }
+  // 3. It says it is an EK certificate: the EK extended key usage, or, without an EKU, the TCG
+  //    TPM attributes (manufacturer, model and version) in the subjectAltName.
   OsslPtr<EXTENDED_KEY_USAGE> eku(static_cast<EXTENDED_KEY_USAGE*>(
       X509_get_ext_d2i(cert, NID_ext_key_usage, &crit, nullptr)));
   if (eku) {
-    bool found = false;
     for (int i = 0; i < sk_ASN1_OBJECT_num(eku.get()); ++i) {
       if (ObjToText(sk_ASN1_OBJECT_value(eku.get(), i)) == kEkCertificateEku) {
-        found = true;
+        return absl::OkStatus();
       }
     }
-    if (!found) {
-      return absl::PermissionDeniedError(
-          "EK certificate has an extended key usage without tcg-kp-EKCertificate "
-          "(2.23.133.8.1): it is not an EK certificate");
-    }
-  } else if (crit != -1) {
+    return denied("has an extended key usage without tcg-kp-EKCertificate (2.23.133.8.1): it is "
+                  "not an EK certificate");
+  }
+  if (crit != -1) {
     DrainOpenSslErrors();
-    return absl::InvalidArgumentError("EK certificate has a malformed extended key usage");
+    return absl::InvalidArgumentError(absl::StrCat(
+        "EK certificate profile: '", subject, "' has a malformed extended key usage"));
+  }
+  absl::StatusOr<TcgDeviceInfo> device = ParseTcgDeviceInfo(cert);
+  if (!device.ok() || device->manufacturer.empty() || device->model.empty() ||
+      device->version.empty()) {
+    return denied("has neither the EK extended key usage tcg-kp-EKCertificate (2.23.133.8.1) nor "
+                  "the TCG TPM manufacturer, model and version (2.23.133.2.1/2/3) in its "
+                  "subjectAltName: it is not an EK certificate");
   }
   return absl::OkStatus();
 }

@@ -30,16 +30,29 @@ struct CaBundle {
   std::vector<OsslPtr<X509>> roots;
   std::vector<OsslPtr<X509>> intermediates;
 };
-// LoadCaBundlePem fails when the data holds no certificate or no self-signed root.
+// LoadCaBundlePem fails (InvalidArgument naming the block) when the data holds no certificate or
+// no self-signed root, or when any PEM block is unreadable (bad base64, no END line), is not a
+// CERTIFICATE, has PEM headers, or is not exactly one DER certificate: a bundle is taken whole or
+// not at all, never silently cut at a bad block.
 absl::StatusOr<CaBundle> LoadCaBundlePem(ByteSpan pem);
 absl::StatusOr<CaBundle> LoadCaBundleFile(const std::string& path);
 
 // VerifyEkCertificate checks that `cert` chains to a root of `ca` (intermediates are untrusted
-// helpers, never anchors), is valid at `at` (now when unset) and, when it has an extended key
-// usage extension, that it includes tcg-kp-EKCertificate (2.23.133.8.1). Failures are
-// PermissionDenied and name the certificate and the X509 verification error.
+// helpers, never anchors; every certificate above the leaf must be a CA by basicConstraints and
+// respect its issuers' pathLenConstraint, which X509_verify_cert enforces), is valid at `at` (now
+// when unset) and passes CheckEkCertificateProfile. Failures are PermissionDenied and name the
+// certificate and the X509 verification error or the profile rule.
 absl::Status VerifyEkCertificate(X509* cert, const CaBundle& ca,
                                  std::optional<time_t> at = std::nullopt);
+
+// CheckEkCertificateProfile applies the TCG EK Credential Profile to the leaf:
+//   1. not a CA: basicConstraints absent or cA FALSE;
+//   2. keyUsage, when present: keyEncipherment for an RSA key, keyAgreement for an ECC key, and
+//      neither keyCertSign nor cRLSign;
+//   3. an EKU, when present, includes tcg-kp-EKCertificate (2.23.133.8.1); without an EKU, the
+//      subjectAltName must carry the TCG TPM manufacturer, model and version (2.23.133.2.1/2/3).
+// PermissionDenied naming the rule; InvalidArgument for malformed extensions.
+absl::Status CheckEkCertificateProfile(X509* cert);
 
 // CheckCertificateMatchesPublic: PermissionDenied unless the certificate's key equals `pub`.
 absl::Status CheckCertificateMatchesPublic(X509* cert, const TPMT_PUBLIC& pub);

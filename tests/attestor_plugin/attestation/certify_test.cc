@@ -392,6 +392,7 @@ ServerConfigInput CertConfig() {
   in.trust_domain = "example.org";
   in.ek_ca_bundle_paths = {::hwid::testing::GlobalSwtpm().ek_ca_bundle()};
   in.pcrs = "sha256:0-7";
+  in.ek_algs = {"rsa-2048", "ecc-p256"};  // the agents here use either
   return in;
 }
 

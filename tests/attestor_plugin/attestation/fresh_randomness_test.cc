@@ -24,6 +24,7 @@ std::shared_ptr<const ServerConfig> Config() {
   in.trust_domain = "example.org";
   in.ek_ca_bundle_paths = {::hwid::testing::GlobalSwtpm().ek_ca_bundle()};
   in.pcrs = "sha256:0-7";
+  in.ek_algs = {"ecc-p256"};  // the agent below uses the ECC EK
   absl::StatusOr<std::shared_ptr<const ServerConfig>> c = ValidateServerConfig(in);
   EXPECT_TRUE(c.ok()) << c.status();
   return c.ok() ? *c : nullptr;

@@ -261,6 +261,7 @@ TEST(ConfigTest, ValidCertificateAndAllowlistModes) {
   EXPECT_EQ(c->ca->intermediates.size(), 1u);
   EXPECT_EQ(c->required_pcrs_text, "sha256:0,1,2,3,4,5,6,7");
   EXPECT_EQ(c->ak_algs.size(), 4u);
+  EXPECT_EQ(c->ek_algs, std::set<std::string>{"rsa-2048"});  // one identity per TPM
 
   ServerConfigInput in = AllowlistInput(SoftEk());
   in.ek_allowlist.push_back(std::string(64, 'A'));  // upper case is accepted, stored lower
@@ -295,6 +296,11 @@ TEST(ConfigTest, FailsClosedNamingTheKey) {
       WriteTemp("inter.pem", ToPem({SharedPki().inter.cert.get()}));
   const std::string bad_list = WriteTemp("bad-allow.txt", HashOf(SoftEk()) + "\nnot-a-hash\n");
   const std::string empty_list = WriteTemp("empty-allow.txt", "# nothing\n");
+  const std::string garbled = WriteTemp(
+      "garbled.pem",
+      ToPem({SharedPki().root.cert.get()}) +
+          "-----BEGIN CERTIFICATE-----\nMIIB!!not base64!!\n-----END CERTIFICATE-----\n" +
+          ToPem({SharedPki().inter.cert.get()}));
   const std::vector<BadConfig> rows = {
       {"no trust domain", [](auto& in) { in.trust_domain = ""; }, "trust_domain"},
       {"bad trust domain", [](auto& in) { in.trust_domain = "Example.ORG/x"; }, "trust_domain"},
@@ -326,6 +332,19 @@ TEST(ConfigTest, FailsClosedNamingTheKey) {
       {"expected pcr bad key", [](auto& in) { in.expected_pcrs = {{"sha256", "00"}}; },
        "expected_pcrs"},
       {"unknown ak alg", [](auto& in) { in.ak_algs = {"rsa-1024"}; }, "ak_algs"},
+      {"unknown ek alg", [](auto& in) { in.ek_algs = {"rsa-1024"}; },
+       "ek_algs: 'rsa-1024' is not one of rsa-2048"},
+      {"ek alg spelled like ak_algs", [](auto& in) { in.ek_algs = {"ec-p256"}; }, "ek_algs"},
+      {"ek alg listed twice", [](auto& in) { in.ek_algs = {"rsa-2048", "rsa-2048"}; },
+       "ek_algs: 'rsa-2048' is listed twice"},
+      {"one PCR spelled twice",
+       [](auto& in) {
+         in.expected_pcrs = {{"sha256:7", std::string(64, '0')},
+                             {"SHA256:07", std::string(64, '1')}};
+       },
+       "expected_pcrs: 'sha256:7' names sha256 PCR 7, which another key already sets"},
+      {"garbled PEM block in the bundle", [&](auto& in) { in.ek_ca_bundle_paths = {garbled}; },
+       "ek_ca_bundle_paths"},
   };
   for (const BadConfig& row : rows) {
     SCOPED_TRACE(row.name);
@@ -724,6 +743,225 @@ TEST(SessionTest, ResponseNegativeMatrixAndRounds) {
   ASSERT_THAT((*s2)->HandlePayload(SoftPayload(SoftEk(), SoftAk())), IsOk());
   EXPECT_THAT((*s2)->HandlePayload(SoftPayload(SoftEk(), SoftAk())),
               StatusIs(kInvalid, "second attestation payload"));
+}
+
+// ---------------------------------------------------------------- issue 13: verifier hardening
+
+// A CA bundle is taken whole or not at all (wire::LoadCaBundlePem).
+TEST(CaBundleTest, UnreadableOrForeignBlocksFailLoudly) {
+  Pki& pki = SharedPki();
+  const std::string root = ToPem({pki.root.cert.get()});
+  const std::string inter = ToPem({pki.inter.cert.get()});
+  ASSERT_THAT(wire::LoadCaBundlePem(AsSpan(root + inter)), IsOk());
+  struct Row {
+    const char* name;
+    std::string pem;
+    const char* message;
+  };
+  std::string truncated = root + inter;
+  truncated.resize(truncated.size() - 30);  // the last block loses its END line
+  std::string bad_der = "-----BEGIN CERTIFICATE-----\nMAMCAQE=\n-----END CERTIFICATE-----\n";
+  const std::vector<Row> rows = {
+      {"bad base64 between good blocks",
+       root + "-----BEGIN CERTIFICATE-----\n@@@@\n-----END CERTIFICATE-----\n" + inter,
+       "PEM block 2 cannot be read"},
+      {"truncated last block", truncated, "PEM block 2 cannot be read"},
+      {"a private key block", root + "-----BEGIN PRIVATE KEY-----\nMAMCAQE=\n-----END PRIVATE "
+                                     "KEY-----\n",
+       "PEM block 2 is a 'PRIVATE KEY', not a CERTIFICATE"},
+      {"a block that is not a certificate", bad_der + root, "PEM block 1: "},
+  };
+  for (const Row& row : rows) {
+    SCOPED_TRACE(row.name);
+    EXPECT_THAT(wire::LoadCaBundlePem(AsSpan(row.pem)), StatusIs(kInvalid, row.message));
+  }
+}
+
+TEST(EkAlgorithmTest, OneEkTypePerTpmByDefault) {
+  std::shared_ptr<const ServerConfig> c = Config(CertInput());
+  EXPECT_THAT(CheckEkAlgorithm(*c, SoftEk()), IsOk());
+  EXPECT_THAT(CheckEkAlgorithm(*c, SoftEccEk()),
+              StatusIs(kDenied, "the EK is ecc-p256, which is not in the configured ek_algs "
+                                "(rsa-2048)"));
+  TPMT_PUBLIC p384 = WithKey(wire::EkTemplate(wire::EkType::kEccP384High).publicArea,
+                             EcKey("P-384"));
+  EXPECT_THAT(CheckEkAlgorithm(*c, p384), StatusIs(kDenied, "ecc-p384"));
+  EXPECT_THAT(CheckEkAlgorithm(*c, SoftEk(RsaKey(3072))), StatusIs(kDenied, "rsa-3072"));
+  ServerConfigInput both = CertInput();
+  both.ek_algs = {"ecc-p256", "rsa-2048"};
+  std::shared_ptr<const ServerConfig> b = Config(both);
+  EXPECT_THAT(CheckEkAlgorithm(*b, SoftEk()), IsOk());
+  EXPECT_THAT(CheckEkAlgorithm(*b, SoftEccEk()), IsOk());
+  EXPECT_THAT(CheckEkAlgorithm(*b, p384), StatusIs(kDenied, "ecc-p256, rsa-2048"));
+
+  // In a session: an allowlisted ECC EK is still refused by the default, before any work.
+  ServerConfigInput allow = AllowlistInput(SoftEccEk());
+  auto s = ServerSession::New(Config(allow));
+  ASSERT_THAT(s, IsOk());
+  EXPECT_THAT((*s)->HandlePayload(SoftPayload(SoftEccEk(), SoftAk())),
+              StatusIs(kDenied, "ek_algs"));
+  allow.ek_algs = {"ecc-p256"};
+  auto s2 = ServerSession::New(Config(allow));
+  ASSERT_THAT(s2, IsOk());
+  EXPECT_THAT((*s2)->HandlePayload(SoftPayload(SoftEccEk(), SoftAk())), IsOk());
+}
+
+TPMT_PUBLIC WithModulus(TPMT_PUBLIC p, const Bytes& n) {
+  p.parameters.rsaDetail.keyBits = static_cast<UINT16>(n.size() * 8);
+  p.unique.rsa.size = static_cast<UINT16>(n.size());
+  std::copy(n.begin(), n.end(), p.unique.rsa.buffer);
+  return p;
+}
+
+TEST(WeakKeyTest, EkAndAkEachWithItsOwnReason) {
+  const Bytes& roca = wire::testing::RocaModulus(2048);
+  TPMT_PUBLIC sha1_ek = SoftEk();
+  sha1_ek.nameAlg = TPM2_ALG_SHA1;
+  TPMT_PUBLIC roca_ek = WithModulus(SoftEk(), roca);
+  EXPECT_THAT(CheckEkStrength(SoftEk()), IsOk());
+  EXPECT_THAT(CheckEkStrength(SoftEccEk()), IsOk());
+  EXPECT_THAT(CheckEkStrength(sha1_ek), StatusIs(kDenied, "EK policy: nameAlg sha1 is refused"));
+  EXPECT_THAT(CheckEkStrength(SoftEk(RsaKey(1024))),
+              StatusIs(kDenied, "EK policy: RSA key of 1024 bits"));
+  EXPECT_THAT(CheckEkStrength(roca_ek),
+              StatusIs(kDenied, "EK policy: the RSA modulus has the ROCA"));
+
+  std::shared_ptr<const ServerConfig> c = Config(CertInput());
+  const TPMT_PUBLIC rsa_ak = WithKey(wire::AkTemplate(wire::KeyAlg::kRsa2048).publicArea, RsaKey());
+  EXPECT_THAT(CheckAkPolicy(*c, rsa_ak), IsOk());
+  EXPECT_THAT(CheckAkPolicy(*c, WithModulus(rsa_ak, roca)),
+              StatusIs(kDenied, "AK policy: the RSA modulus has the ROCA fingerprint"));
+
+  // In a session, with the weak EK allowlisted (so only the strength check can refuse it).
+  struct Row {
+    const char* name;
+    TPMT_PUBLIC ek;
+    const char* message;
+  };
+  const std::vector<Row> rows = {
+      {"sha1 nameAlg", sha1_ek, "nameAlg sha1"},
+      {"RSA-1024", SoftEk(RsaKey(1024)), "RSA key of 1024 bits"},
+      {"ROCA", roca_ek, "ROCA fingerprint"},
+  };
+  for (const Row& row : rows) {
+    SCOPED_TRACE(row.name);
+    ServerConfigInput in;
+    in.trust_domain = "example.org";
+    in.ek_allowlist = {HashOf(SoftEk())};
+    auto s = ServerSession::New(Config(in));
+    ASSERT_THAT(s, IsOk());
+    EXPECT_THAT((*s)->HandlePayload(SoftPayload(row.ek, SoftAk())),
+                StatusIs(kDenied, row.message));
+  }
+}
+
+TEST(EkProfileTest, LeafProfileViolationsAreRefused) {
+  Pki& pki = SharedPki();
+  std::shared_ptr<const ServerConfig> c = Config(CertInput());
+  auto with = [](auto mutate) {
+    CertOptions o;
+    mutate(o);
+    return o;
+  };
+  struct Row {
+    const char* name;
+    EVP_PKEY* key;
+    TPMT_PUBLIC ek;
+    CertOptions options;
+    const char* message;
+  };
+  const std::vector<Row> rows = {
+      {"a CA certificate", RsaKey(), SoftEk(),
+       with([](CertOptions& o) { o.basic_constraints = "critical,CA:TRUE"; }),
+       "is a CA certificate (basicConstraints cA TRUE)"},
+      {"RSA keyUsage without keyEncipherment", RsaKey(), SoftEk(),
+       with([](CertOptions& o) { o.key_usage = "critical,digitalSignature"; }),
+       "without keyEncipherment"},
+      {"ECC keyUsage without keyAgreement", EcKey(), SoftEccEk(),
+       with([](CertOptions& o) { o.key_usage = "critical,keyEncipherment"; }),
+       "without keyAgreement"},
+      {"keyUsage with keyCertSign", RsaKey(), SoftEk(),
+       with([](CertOptions& o) { o.key_usage = "critical,keyEncipherment,keyCertSign"; }),
+       "keyCertSign or cRLSign"},
+      {"neither EK EKU nor TCG SAN", RsaKey(), SoftEk(),
+       with([](CertOptions& o) {
+         o.eku_oid = nullptr;
+         o.tcg_san = false;
+       }),
+       "neither the EK extended key usage"},
+      {"another EKU, TCG SAN present", RsaKey(), SoftEk(),
+       with([](CertOptions& o) { o.eku_oid = "1.3.6.1.5.5.7.3.2"; }), "tcg-kp-EKCertificate"},
+  };
+  for (const Row& row : rows) {
+    SCOPED_TRACE(row.name);
+    OsslPtr<X509> cert = MakeEkCert(row.key, pki.inter, row.options);
+    EXPECT_THAT(VerifyEkTrust(*c, row.ek, ToDer(cert.get()), {}),
+                StatusIs(kDenied, "EK certificate profile: "));
+    EXPECT_THAT(VerifyEkTrust(*c, row.ek, ToDer(cert.get()), {}), StatusIs(kDenied, row.message));
+  }
+  // What the profile accepts: EKU without SAN, SAN without EKU, no basicConstraints, no keyUsage,
+  // and the ECC key usage for an ECC EK.
+  const std::vector<std::pair<const char*, CertOptions>> good = {
+      {"EKU only", with([](CertOptions& o) { o.tcg_san = false; })},
+      {"SAN only", with([](CertOptions& o) { o.eku_oid = nullptr; })},
+      {"no basicConstraints, no keyUsage", with([](CertOptions& o) {
+         o.basic_constraints = "";
+         o.key_usage = "";
+       })},
+  };
+  for (const auto& [name, options] : good) {
+    SCOPED_TRACE(name);
+    OsslPtr<X509> cert = MakeEkCert(RsaKey(), pki.inter, options);
+    EXPECT_THAT(VerifyEkTrust(*c, SoftEk(), ToDer(cert.get()), {}), IsOk());
+  }
+  OsslPtr<X509> ecc = MakeEkCert(EcKey(), pki.inter);
+  EXPECT_THAT(VerifyEkTrust(*c, SoftEccEk(), ToDer(ecc.get()), {}), IsOk());
+}
+
+TEST(EkProfileTest, ChainCaAndPathLengthConstraintsAreEnforced) {
+  // An "intermediate" that is not a CA (cA FALSE) cannot issue EK certificates.
+  TestCert root = MakeRoot("constraint test root");
+  CertOptions not_ca;
+  not_ca.basic_constraints = "critical,CA:FALSE";
+  not_ca.key_usage = "critical,digitalSignature,keyCertSign";
+  TestCert fake_ca = MakeIntermediate("end entity posing as CA", root, not_ca);
+  ServerConfigInput in = CertInput();
+  in.ek_ca_bundle_paths = {
+      WriteTemp("not-ca.pem", ToPem({root.cert.get(), fake_ca.cert.get()}))};
+  OsslPtr<X509> under_fake = MakeEkCert(RsaKey(), fake_ca);
+  EXPECT_THAT(VerifyEkTrust(*Config(in), SoftEk(), ToDer(under_fake.get()), {}),
+              StatusIs(kDenied, "invalid CA certificate"));
+  // The same chain with a real CA verifies (the control).
+  TestCert real_ca = MakeIntermediate("real CA", root);
+  in.ek_ca_bundle_paths = {WriteTemp("real-ca.pem", ToPem({root.cert.get(), real_ca.cert.get()}))};
+  OsslPtr<X509> under_real = MakeEkCert(RsaKey(), real_ca);
+  EXPECT_THAT(VerifyEkTrust(*Config(in), SoftEk(), ToDer(under_real.get()), {}), IsOk());
+
+  // pathLenConstraint 0 on the root: an intermediate below it may not issue.
+  CertOptions path0;
+  path0.basic_constraints = "critical,CA:TRUE,pathlen:0";
+  TestCert short_root = MakeRoot("pathlen 0 root", path0);
+  TestCert inter = MakeIntermediate("inter below pathlen 0", short_root);
+  in.ek_ca_bundle_paths = {
+      WriteTemp("pathlen.pem", ToPem({short_root.cert.get(), inter.cert.get()}))};
+  OsslPtr<X509> too_deep = MakeEkCert(RsaKey(), inter);
+  EXPECT_THAT(VerifyEkTrust(*Config(in), SoftEk(), ToDer(too_deep.get()), {}),
+              StatusIs(kDenied, "path length constraint exceeded"));
+  // Directly under the pathlen-0 root is within the constraint.
+  OsslPtr<X509> direct = MakeEkCert(RsaKey(), short_root);
+  EXPECT_THAT(VerifyEkTrust(*Config(in), SoftEk(), ToDer(direct.get()), {}), IsOk());
+}
+
+TEST(PcrStepsTest, PolicyFailureKeepsTheGoldenValueServerSide) {
+  wire::PcrValues quoted;
+  quoted[TPM2_ALG_SHA256][7] = Bytes(32, 1);
+  wire::PcrValues expected;
+  expected[TPM2_ALG_SHA256][7] = Bytes(32, 0xab);
+  absl::Status st = CheckPcrPolicy(expected, quoted);
+  EXPECT_THAT(st, StatusIs(kDenied, "PCR policy: sha256 PCR 7 is " + HexEncode(Bytes(32, 1))));
+  EXPECT_THAT(std::string(st.message()), Not(HasSubstr("abab")));
+  EXPECT_EQ(ServerLogDetail(st), "expected_pcrs sha256:7 = " + HexEncode(Bytes(32, 0xab)));
+  EXPECT_EQ(ServerLogDetail(absl::PermissionDeniedError("x")), "");
 }
 
 }  // namespace

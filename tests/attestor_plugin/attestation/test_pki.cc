@@ -40,6 +40,16 @@ void AddExt(X509* cert, X509* issuer, int nid, const char* value) {
   Check(X509_add_ext(cert, ext.get(), -1) == 1, "X509_add_ext");
 }
 
+// AddExtOr adds the extension `nid` with `override_value` when it is set (none when it is ""),
+// else with `default_value`.
+void AddExtOr(X509* cert, X509* issuer, int nid, const char* override_value,
+              const char* default_value) {
+  const char* value = override_value != nullptr ? override_value : default_value;
+  if (*value != '\0') {
+    AddExt(cert, issuer, nid, value);
+  }
+}
+
 OsslPtr<X509> NewCert(const std::string& cn, EVP_PKEY* subject_key, const CertOptions& o) {
   static long serial = 1000;
   OsslPtr<X509> cert(X509_new());
@@ -65,8 +75,9 @@ TestCert MakeCa(const std::string& cn, const TestCert* issuer, const CertOptions
   X509* issuer_cert = issuer != nullptr ? issuer->cert.get() : out.cert.get();
   EVP_PKEY* issuer_key = issuer != nullptr ? issuer->key.get() : out.key.get();
   Check(X509_set_issuer_name(out.cert.get(), X509_get_subject_name(issuer_cert)) == 1, "issuer");
-  AddExt(out.cert.get(), issuer_cert, NID_basic_constraints, "critical,CA:TRUE");
-  AddExt(out.cert.get(), issuer_cert, NID_key_usage, "critical,keyCertSign,cRLSign");
+  AddExtOr(out.cert.get(), issuer_cert, NID_basic_constraints, o.basic_constraints,
+           "critical,CA:TRUE");
+  AddExtOr(out.cert.get(), issuer_cert, NID_key_usage, o.key_usage, "critical,keyCertSign,cRLSign");
   AddExt(out.cert.get(), issuer_cert, NID_subject_key_identifier, "hash");
   Check(X509_sign(out.cert.get(), issuer_key, EVP_sha256()) > 0, "X509_sign");
   return out;
@@ -84,8 +95,11 @@ OsslPtr<X509> MakeEkCert(EVP_PKEY* ek_key, const TestCert& issuer, const CertOpt
   OsslPtr<X509> cert = NewCert("hwid test EK", ek_key, o);
   Check(X509_set_issuer_name(cert.get(), X509_get_subject_name(issuer.cert.get())) == 1,
         "issuer");
-  AddExt(cert.get(), issuer.cert.get(), NID_basic_constraints, "critical,CA:FALSE");
-  AddExt(cert.get(), issuer.cert.get(), NID_key_usage, "critical,keyEncipherment");
+  AddExtOr(cert.get(), issuer.cert.get(), NID_basic_constraints, o.basic_constraints,
+           "critical,CA:FALSE");
+  AddExtOr(cert.get(), issuer.cert.get(), NID_key_usage, o.key_usage,
+           EVP_PKEY_get_base_id(ek_key) == EVP_PKEY_RSA ? "critical,keyEncipherment"
+                                                        : "critical,keyAgreement");
   if (o.eku_oid != nullptr) {
     OsslPtr<EXTENDED_KEY_USAGE> eku(sk_ASN1_OBJECT_new_null());
     ASN1_OBJECT* obj = OBJ_txt2obj(o.eku_oid, 1);

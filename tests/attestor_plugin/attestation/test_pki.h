@@ -33,6 +33,12 @@ struct CertOptions {
   const char* manufacturer = "id:58595A00";
   const char* model = "hwid-test";
   const char* version = "id:00010002";
+  // Extension overrides in openssl x509v3_config syntax; nullptr = the default (CA certificates:
+  // "critical,CA:TRUE" and "critical,keyCertSign,cRLSign"; EK certificates: "critical,CA:FALSE"
+  // and the TCG profile's key usage for the key type, keyEncipherment for RSA, keyAgreement for
+  // ECC); "" = leave the extension out.
+  const char* basic_constraints = nullptr;
+  const char* key_usage = nullptr;
 };
 
 // MakeRoot makes a self-signed P-256 CA.

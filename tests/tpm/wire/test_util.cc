@@ -1,5 +1,6 @@
 #include "tests/tpm/wire/test_util.h"
 
+#include <openssl/bn.h>
 #include <openssl/core_names.h>
 #include <openssl/ec.h>
 #include <openssl/rsa.h>
@@ -104,6 +105,70 @@ EVP_PKEY* EcKey(const char* group) { return Cached(group, &MakeEc); }
 EVP_PKEY* EcKey2() { return Cached("P-256#2", &MakeEc); }
 EVP_PKEY* RsaKey(int bits) { return Cached(std::to_string(bits), &MakeRsa); }
 EVP_PKEY* RsaKey2() { return Cached("2048#2", &MakeRsa); }
+
+namespace {
+
+OsslPtr<BIGNUM> RocaPrime(int bits, const BIGNUM* m, BN_CTX* ctx) {
+  OsslPtr<BIGNUM> g(BN_new()), a(BN_new()), base(BN_new()), k(BN_new()), p(BN_new());
+  if (!g || !a || !base || !k || !p || BN_set_word(g.get(), 65537) != 1) {
+    std::abort();
+  }
+  for (;;) {
+    if (BN_rand(a.get(), 64, BN_RAND_TOP_ANY, BN_RAND_BOTTOM_ANY) != 1 ||
+        BN_mod_exp(base.get(), g.get(), a.get(), m, ctx) != 1 ||
+        BN_rand(k.get(), bits - BN_num_bits(m) + 1, BN_RAND_TOP_ANY, BN_RAND_BOTTOM_ANY) != 1 ||
+        BN_mul(p.get(), k.get(), m, ctx) != 1 || BN_add(p.get(), p.get(), base.get()) != 1) {
+      std::abort();
+    }
+    // The top two bits set, so that p*q has exactly twice the bits.
+    if (BN_num_bits(p.get()) == bits && BN_is_bit_set(p.get(), bits - 2) &&
+        BN_check_prime(p.get(), ctx, nullptr) == 1) {
+      return p;
+    }
+  }
+}
+
+Bytes MakeRocaModulus(int bits) {
+  OsslPtr<BN_CTX> ctx(BN_CTX_new());
+  OsslPtr<BIGNUM> m(BN_new()), n(BN_new());
+  if (!ctx || !m || !n || BN_one(m.get()) != 1) {
+    std::abort();
+  }
+  int primes = 0;
+  for (BN_ULONG c = 2; primes < 39; ++c) {
+    bool prime = true;
+    for (BN_ULONG d = 2; d * d <= c; ++d) {
+      prime = prime && c % d != 0;
+    }
+    if (prime) {
+      ++primes;
+      if (BN_mul_word(m.get(), c) != 1) {
+        std::abort();
+      }
+    }
+  }
+  OsslPtr<BIGNUM> p = RocaPrime(bits / 2, m.get(), ctx.get());
+  OsslPtr<BIGNUM> q = RocaPrime(bits / 2, m.get(), ctx.get());
+  if (BN_mul(n.get(), p.get(), q.get(), ctx.get()) != 1 || BN_num_bits(n.get()) != bits) {
+    std::abort();
+  }
+  Bytes out(static_cast<size_t>(bits) / 8);
+  if (BN_bn2binpad(n.get(), out.data(), static_cast<int>(out.size())) < 0) {
+    std::abort();
+  }
+  return out;
+}
+
+}  // namespace
+
+const Bytes& RocaModulus(int bits) {
+  static auto* cache = new std::map<int, Bytes>();
+  auto it = cache->find(bits);
+  if (it == cache->end()) {
+    it = cache->emplace(bits, MakeRocaModulus(bits)).first;
+  }
+  return it->second;
+}
 
 TPMT_PUBLIC WithKey(TPMT_PUBLIC tmpl, EVP_PKEY* pkey) {
   if (EVP_PKEY_is_a(pkey, "RSA")) {

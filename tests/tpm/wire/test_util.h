@@ -30,6 +30,13 @@ EVP_PKEY* EcKey2();                             // a second, different P-256 key
 EVP_PKEY* RsaKey(int bits = 2048);              // 2048 / 3072
 EVP_PKEY* RsaKey2();                            // a second, different RSA-2048 key
 
+// RocaModulus returns a big-endian `bits`-bit RSA modulus p*q whose primes have the structure
+// of Infineon RSALib keys (ROCA, CVE-2017-15361), made from the published description and
+// independently of the detector under test: p = k*M + (65537^a mod M) with random k and a, M the
+// product of the first 39 primes (RSALib's M for 512-bit keys, which divides its M for every
+// larger size). p and q are real primes, so the modulus is a valid RSA public key. Cached.
+const Bytes& RocaModulus(int bits = 2048);
+
 // WithKey returns `tmpl` with its unique field set to the public key of `pkey` (RSA n, exponent
 // kept from the template unless it is not 65537; ECC x/y left-padded to the field size).
 TPMT_PUBLIC WithKey(TPMT_PUBLIC tmpl, EVP_PKEY* pkey);
