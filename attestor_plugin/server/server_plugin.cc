@@ -30,6 +30,12 @@ absl::StatusOr<ServerConfigPtr> ParseServerPluginConfig(const pluginmain::CoreCo
   d.Optional("expected_pcrs", &in.expected_pcrs);
   d.Optional("ak_algs", &in.ak_algs);
   d.Optional("certified_keys_dir", &in.certified_keys_dir);
+  d.Optional("clock_state", &in.clock_state);
+  d.Optional("clock_state_path", &in.clock_state_path);
+  d.Optional("clock_state_conninfo_file", &in.clock_state_conninfo_file);
+  d.Optional("clock_state_conninfo_env", &in.clock_state_conninfo_env);
+  d.Optional("on_store_unavailable", &in.on_store_unavailable);
+  d.Optional("challenge_timeout_seconds", &in.challenge_timeout_seconds);
   absl::Status st = d.Finish();
   if (!st.ok()) {
     return absl::InvalidArgumentError(absl::StrCat("plugin_data: ", st.message()));
