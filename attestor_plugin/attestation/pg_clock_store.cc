@@ -165,6 +165,9 @@ class PostgresClockStore final : public ClockStateStore {
                        " (check the database and the connection string in the configured "
                        "conninfo file or environment variable)"));
     }
+    // Server notices (e.g. "relation already exists, skipping") would go to stderr, which is the
+    // plugin's log channel: dropped.
+    PQsetNoticeProcessor(c.get(), [](void*, const char*) {}, nullptr);
     bool need_table = false;
     {
       std::lock_guard<std::mutex> lock(mu_);
