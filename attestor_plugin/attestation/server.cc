@@ -287,11 +287,11 @@ absl::StatusOr<std::shared_ptr<const ServerConfig>> ValidateServerConfig(
                    NewClockStateChecker({in.clock_state, in.clock_state_path,
                                          in.clock_state_conninfo_file, in.clock_state_conninfo_env,
                                          in.on_store_unavailable}));
-  if (in.challenge_timeout_seconds < 1 || in.challenge_timeout_seconds > 3600) {
-    return ConfigError("challenge_timeout_seconds",
-                       absl::StrCat(in.challenge_timeout_seconds, " is not within 1-3600"));
+  if (in.attestation_timeout_seconds < 1 || in.attestation_timeout_seconds > 3600) {
+    return ConfigError("attestation_timeout_seconds",
+                       absl::StrCat(in.attestation_timeout_seconds, " is not within 1-3600"));
   }
-  config->challenge_timeout_seconds = in.challenge_timeout_seconds;
+  config->attestation_timeout_seconds = in.attestation_timeout_seconds;
   return std::shared_ptr<const ServerConfig>(std::move(config));
 }
 

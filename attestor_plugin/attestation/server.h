@@ -68,9 +68,10 @@ struct ServerConfigInput {
   std::string clock_state_conninfo_env;
   // on_store_unavailable: "fail_closed" (default) or "fail_open".
   std::string on_store_unavailable = "fail_closed";
-  // challenge_timeout_seconds: an agent that has not finished answering the challenge this long
-  // after the attestation began is cut off (1-3600; default 60).
-  int64_t challenge_timeout_seconds = 60;
+  // attestation_timeout_seconds: the plugin ends an attestation stream (DEADLINE_EXCEEDED) when the
+  // agent has not sent its payload and challenge response this long after the stream began
+  // (1-3600; default 60).
+  int64_t attestation_timeout_seconds = 60;
 };
 
 // ServerConfig is a validated, immutable configuration snapshot shared by sessions.
@@ -85,7 +86,7 @@ struct ServerConfig {
   std::optional<time_t> verification_time;
   std::string certified_keys_dir;
   std::shared_ptr<ClockStateChecker> clock_state;  // null: clock_state = "none"
-  int64_t challenge_timeout_seconds = 60;
+  int64_t attestation_timeout_seconds = 60;
 };
 
 // ValidateServerConfig checks every key and loads the CA bundles and the allowlist file. Fails
