@@ -36,7 +36,8 @@ absl::Status Refuse(absl::string_view rule, const std::string& identity,
   return absl::PermissionDeniedError(absl::StrCat(
       rule, ": TPM history of ", identity, ": ", detail,
       ". If the TPM was cleared (TPM2_Clear) or its state deliberately restored, delete this "
-      "identity's clock record to accept the new history (docs/configuration.md)"));
+      "identity's clock record to accept the new history (docs/plugin-protocol.md, section "
+      "Clock state)"));
 }
 
 std::string Describe(const ClockRecord& r) {
@@ -231,11 +232,11 @@ absl::Status ClockStateChecker::Advance(const std::string& identity, const Clock
         policy_ == StoreUnavailablePolicy::kFailOpen) {
       return absl::OkStatus();
     }
-    return absl::Status(st.code(),
-                        absl::StrCat("clock state (", store_->Describe(), ", on_store_unavailable = ",
-                                     policy_ == StoreUnavailablePolicy::kFailOpen ? "fail_open"
-                                                                                  : "fail_closed",
-                                     "): ", st.message()));
+    const char* policy =
+        policy_ == StoreUnavailablePolicy::kFailOpen ? "fail_open" : "fail_closed";
+    return absl::Status(st.code(), absl::StrCat("clock state (", store_->Describe(),
+                                                ", on_store_unavailable = ", policy,
+                                                "): ", st.message()));
   };
   for (int attempt = 0; attempt < kMaxCasAttempts; ++attempt) {
     absl::StatusOr<std::optional<StoredClockRecord>> current = store_->Load(identity);

@@ -175,14 +175,14 @@ class PostgresClockStore final : public ClockStateStore {
     }
     if (need_table) {
       PgResult res(PQexec(c.get(), kCreateTable));
-      const std::string state =
-          PQresultErrorField(res.get(), PG_DIAG_SQLSTATE) ? PQresultErrorField(res.get(), PG_DIAG_SQLSTATE) : "";
+      const char* sqlstate = PQresultErrorField(res.get(), PG_DIAG_SQLSTATE);
+      const std::string state = sqlstate != nullptr ? sqlstate : "";
       // 23505/42P07: another server created the table at the same moment.
       if (PQresultStatus(res.get()) != PGRES_COMMAND_OK && state != "23505" && state != "42P07") {
         return absl::UnavailableError(absl::StrCat(
             "cannot create table hwid_tpm_clock_state: ", PgError(c.get()),
             " (the database user needs CREATE on the schema, or create the table as in "
-            "docs/configuration.md)"));
+            "docs/plugin-protocol.md, section Clock state)"));
       }
       std::lock_guard<std::mutex> lock(mu_);
       table_ready_ = true;

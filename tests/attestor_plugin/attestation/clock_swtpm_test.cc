@@ -193,7 +193,8 @@ TEST_F(ClockSwtpmTest, ClonedTpmStateIsRefusedOnceHistoriesDiverge) {
   ASSERT_TRUE(unchecked.ok()) << unchecked.status();
   EXPECT_EQ(unchecked->clock_state, "not configured");
 
-  // The operator accepts B's history by deleting the record (docs/configuration.md).
+  // The operator accepts B's history by deleting the record (docs/plugin-protocol.md, section
+  // Clock state).
   std::filesystem::remove(
       absl::StrCat(state_dir_, "/records/", from_a->ek_pubhash, ".clock"));
   absl::StatusOr<AttestationResult> accepted = Attest(**b, config);

@@ -184,7 +184,8 @@ TEST_F(PgClockStoreTest, ConfigFromConninfoFileAndEnvNeverShowsPassword) {
   ASSERT_TRUE((*from_file)->Advance(kId, Base()).ok());
 
   setenv("HWID_TEST_PG_CONNINFO", pg_->conninfo().c_str(), 1);
-  auto from_env = NewClockStateChecker({"postgres", "", "", "HWID_TEST_PG_CONNINFO", "fail_closed"});
+  auto from_env =
+      NewClockStateChecker({"postgres", "", "", "HWID_TEST_PG_CONNINFO", "fail_closed"});
   ASSERT_TRUE(from_env.ok()) << from_env.status();
   ClockRecord next = Base();
   next.clock += 1;
