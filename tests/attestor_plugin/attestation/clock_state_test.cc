@@ -26,14 +26,8 @@ using ::testing::StartsWith;
 const std::string kId(64, 'a');
 
 ClockRecord Base() {
-  ClockRecord r;
-  r.ak_name = "000b" + std::string(64, '1');
-  r.clock = 10'000'000;
-  r.reset_count = 7;
-  r.restart_count = 2;
-  r.safe = true;
-  r.firmware_version = 0x0002000100000000ull;
-  return r;
+  return {.ak_name = "000b" + std::string(64, '1'), .clock = 10'000'000, .reset_count = 7,
+          .restart_count = 2, .safe = true, .firmware_version = 0x0002000100000000ull};
 }
 
 struct Row {

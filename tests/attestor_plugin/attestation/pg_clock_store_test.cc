@@ -26,15 +26,10 @@ using ::testing::StartsWith;
 
 const std::string kId(64, 'b');
 
+// firmware_version above INT64_MAX: stored as numeric(20).
 ClockRecord Base() {
-  ClockRecord r;
-  r.ak_name = "000b" + std::string(64, '3');
-  r.clock = 5'000'000;
-  r.reset_count = 3;
-  r.restart_count = 0;
-  r.safe = true;
-  r.firmware_version = 0xfedcba9876543210ull;  // above INT64_MAX: stored as numeric(20)
-  return r;
+  return {.ak_name = "000b" + std::string(64, '3'), .clock = 5'000'000, .reset_count = 3,
+          .restart_count = 0, .safe = true, .firmware_version = 0xfedcba9876543210ull};
 }
 
 class PgClockStoreTest : public ::testing::Test {
