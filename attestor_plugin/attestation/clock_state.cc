@@ -14,6 +14,8 @@
 #include <vector>
 
 #include "absl/strings/ascii.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -62,7 +64,8 @@ std::string EncodeRecord(const StoredClockRecord& s) {
   return absl::StrCat(kFileMagic, "\nversion=", s.version, "\nak_name=", r.ak_name,
                       "\nclock=", r.clock, "\nreset_count=", r.reset_count,
                       "\nrestart_count=", r.restart_count, "\nsafe=", r.safe ? 1 : 0,
-                      "\nfirmware_version=", r.firmware_version, "\n");
+                      "\nfirmware_version=", r.firmware_version,
+                      "\nverified_at_ms=", r.verified_at_ms, "\n");
 }
 
 absl::StatusOr<StoredClockRecord> DecodeRecord(const std::string& path, absl::string_view text) {
@@ -71,11 +74,11 @@ absl::StatusOr<StoredClockRecord> DecodeRecord(const std::string& path, absl::st
                                             "); move it away to start this identity afresh"));
   };
   std::vector<absl::string_view> lines = absl::StrSplit(text, '\n');
-  if (lines.size() != 9 || lines[0] != kFileMagic || !lines[8].empty()) {
-    return corrupt("not 8 lines under the header");
+  if (lines.size() != 10 || lines[0] != kFileMagic || !lines[9].empty()) {
+    return corrupt("not 9 lines under the header");
   }
   std::map<absl::string_view, absl::string_view> kv;
-  for (size_t i = 1; i < 8; ++i) {
+  for (size_t i = 1; i < 9; ++i) {
     std::pair<absl::string_view, absl::string_view> p = absl::StrSplit(lines[i], '=');
     if (!kv.emplace(p.first, p.second).second) {
       return corrupt(absl::StrCat("key ", p.first, " twice"));
@@ -90,6 +93,7 @@ absl::StatusOr<StoredClockRecord> DecodeRecord(const std::string& path, absl::st
       !absl::SimpleAtoi(kv["restart_count"], &r.restart_count) ||
       !absl::SimpleAtoi(kv["safe"], &safe) || safe > 1 ||
       !absl::SimpleAtoi(kv["firmware_version"], &r.firmware_version) ||
+      !absl::SimpleAtoi(kv["verified_at_ms"], &r.verified_at_ms) || r.verified_at_ms < 0 ||
       !HexDecode(kv["ak_name"]).ok()) {
     return corrupt("a field is missing or out of range");
   }
@@ -203,6 +207,20 @@ absl::Status CheckClockSuccession(const std::string& identity, const ClockRecord
                     absl::StrCat("firmwareVersion went back; ", both));
     }
   }
+  if (next.clock > prev.clock && prev.verified_at_ms > 0 && next.verified_at_ms > 0) {
+    const int64_t elapsed = std::max<int64_t>(0, next.verified_at_ms - prev.verified_at_ms);
+    const uint64_t allowed = static_cast<uint64_t>(
+        elapsed + elapsed / 100 * kClockRateTolerancePercent + kClockSlackMs);
+    const uint64_t gained = next.clock - prev.clock;
+    if (gained > allowed) {
+      return Refuse("clock_ahead_of_real_time", identity,
+                    absl::StrCat("Clock gained ", gained, " ms in ", elapsed,
+                                 " ms of server time (at most ", allowed,
+                                 " allowed): TPM2_ClockSet, or two copies of one TPM state "
+                                 "attesting in turn; ",
+                                 both));
+    }
+  }
   if (next.clock < prev.clock) {
     const uint64_t gap = prev.clock - next.clock;
     if (next.safe) {
@@ -222,7 +240,7 @@ absl::Status CheckClockSuccession(const std::string& identity, const ClockRecord
   return absl::OkStatus();
 }
 
-absl::Status ClockStateChecker::Advance(const std::string& identity, const ClockRecord& next,
+absl::Status ClockStateChecker::Advance(const std::string& identity, const ClockRecord& record,
                                         bool* stored) {
   if (stored != nullptr) {
     *stored = false;
@@ -238,6 +256,10 @@ absl::Status ClockStateChecker::Advance(const std::string& identity, const Clock
                                                 ", on_store_unavailable = ", policy,
                                                 "): ", st.message()));
   };
+  ClockRecord next = record;
+  if (next.verified_at_ms == 0) {
+    next.verified_at_ms = absl::ToUnixMillis(absl::Now());
+  }
   for (int attempt = 0; attempt < kMaxCasAttempts; ++attempt) {
     absl::StatusOr<std::optional<StoredClockRecord>> current = store_->Load(identity);
     if (!current.ok()) {

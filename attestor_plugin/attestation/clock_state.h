@@ -42,6 +42,9 @@ struct ClockRecord {
   uint32_t restart_count = 0;  // TPMS_CLOCK_INFO.restartCount (as quoted; maybe obfuscated)
   bool safe = true;            // TPMS_CLOCK_INFO.safe
   uint64_t firmware_version = 0;  // TPMS_ATTEST.firmwareVersion (as quoted; maybe obfuscated)
+  // The server's wall clock (Unix ms) when it verified the quote; 0 = unknown. Set by
+  // ClockStateChecker::Advance. Servers sharing a store must keep their clocks in sync (NTP).
+  int64_t verified_at_ms = 0;
   friend bool operator==(const ClockRecord&, const ClockRecord&) = default;
 };
 
@@ -53,6 +56,13 @@ absl::StatusOr<ClockRecord> ClockRecordFromQuote(const TPMT_PUBLIC& ak, const TP
 // non-orderly power loss: the TPM saves Clock to NV at least every 2^22 ms (~70 min, the
 // reference implementation's NV_CLOCK_UPDATE_INTERVAL), so a larger gap is not a power loss.
 inline constexpr uint64_t kMaxUnsafeClockRollbackMs = uint64_t{1} << 22;
+
+// A TPM's Clock never advances faster than real time (only TPM2_ClockSet moves it ahead). Between
+// two verifications it may gain at most the server time elapsed, plus kClockRateTolerancePercent
+// of it (oscillator drift, TPM2_ClockRateAdjust) and kClockSlackMs (quote-to-verification latency,
+// clock differences between servers).
+inline constexpr int64_t kClockRateTolerancePercent = 10;
+inline constexpr int64_t kClockSlackMs = 120'000;
 
 // CheckClockSuccession decides whether `next` can follow `prev` on one TPM. OK when it can;
 // PERMISSION_DENIED whose message starts with the rule's name otherwise:
@@ -68,7 +78,12 @@ inline constexpr uint64_t kMaxUnsafeClockRollbackMs = uint64_t{1} << 22;
 //   clock_rollback_too_large   Clock is lower with safe = NO but by more than
 //                              kMaxUnsafeClockRollbackMs;
 //   firmware_changed_without_reset  same AK and resetCount, another firmwareVersion;
-//   firmware_downgraded        same AK, firmwareVersion went back.
+//   firmware_downgraded        same AK, firmwareVersion went back;
+//   clock_ahead_of_real_time   Clock advanced more than the server's time elapsed since `prev`
+//                              (plus tolerance): TPM2_ClockSet, or two copies of one TPM state
+//                              taking turns (the one behind passes as a paused VM, the one ahead
+//                              then gained more than real time). Checked only when both records
+//                              carry verified_at_ms.
 // `identity` only labels the message.
 absl::Status CheckClockSuccession(const std::string& identity, const ClockRecord& prev,
                                   const ClockRecord& next);

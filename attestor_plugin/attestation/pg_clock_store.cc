@@ -31,23 +31,25 @@ constexpr char kCreateTable[] =
     " restart_count bigint NOT NULL,"
     " safe boolean NOT NULL,"
     " firmware_version numeric(20,0) NOT NULL,"
+    " verified_at_ms bigint NOT NULL,"
     " updated_at timestamptz NOT NULL DEFAULT now())";
 
 constexpr char kSelect[] =
-    "SELECT version, ak_name, clock, reset_count, restart_count, safe, firmware_version"
-    " FROM hwid_tpm_clock_state WHERE identity = $1";
+    "SELECT version, ak_name, clock, reset_count, restart_count, safe, firmware_version,"
+    " verified_at_ms FROM hwid_tpm_clock_state WHERE identity = $1";
 
 // Insert only when no row exists (another server may have inserted first: 0 rows).
 constexpr char kInsert[] =
     "INSERT INTO hwid_tpm_clock_state"
-    " (identity, version, ak_name, clock, reset_count, restart_count, safe, firmware_version)"
-    " VALUES ($1, 1, $2, $3, $4, $5, $6, $7) ON CONFLICT (identity) DO NOTHING";
+    " (identity, version, ak_name, clock, reset_count, restart_count, safe, firmware_version,"
+    " verified_at_ms) VALUES ($1, 1, $2, $3, $4, $5, $6, $7, $8)"
+    " ON CONFLICT (identity) DO NOTHING";
 
 // Update only the version this server read (another server may have moved it: 0 rows).
 constexpr char kUpdate[] =
     "UPDATE hwid_tpm_clock_state SET version = version + 1, ak_name = $2, clock = $3,"
-    " reset_count = $4, restart_count = $5, safe = $6, firmware_version = $7, updated_at = now()"
-    " WHERE identity = $1 AND version = $8";
+    " reset_count = $4, restart_count = $5, safe = $6, firmware_version = $7,"
+    " verified_at_ms = $8, updated_at = now() WHERE identity = $1 AND version = $9";
 
 struct PgConnDeleter {
   void operator()(PGconn* c) const { PQfinish(c); }
@@ -98,7 +100,8 @@ class PostgresClockStore final : public ClockStateStore {
           !absl::SimpleAtoi(PQgetvalue(res.get(), 0, 2), &r.clock) ||
           !absl::SimpleAtoi(PQgetvalue(res.get(), 0, 3), &reset) ||
           !absl::SimpleAtoi(PQgetvalue(res.get(), 0, 4), &restart) ||
-          !absl::SimpleAtoi(PQgetvalue(res.get(), 0, 6), &r.firmware_version) || reset < 0 ||
+          !absl::SimpleAtoi(PQgetvalue(res.get(), 0, 6), &r.firmware_version) ||
+          !absl::SimpleAtoi(PQgetvalue(res.get(), 0, 7), &r.verified_at_ms) || reset < 0 ||
           reset > UINT32_MAX || restart < 0 || restart > UINT32_MAX ||
           (safe != "t" && safe != "f")) {
         Release(std::move(*conn));
@@ -126,13 +129,14 @@ class PostgresClockStore final : public ClockStateStore {
     const std::string reset = absl::StrCat(record.reset_count);
     const std::string restart = absl::StrCat(record.restart_count);
     const std::string fw = absl::StrCat(record.firmware_version);
+    const std::string verified_at = absl::StrCat(record.verified_at_ms);
     const std::string version = absl::StrCat(expected_version);
     const char* params[] = {identity.c_str(), record.ak_name.c_str(), clock.c_str(),
                             reset.c_str(),    restart.c_str(),        record.safe ? "t" : "f",
-                            fw.c_str(),       version.c_str()};
+                            fw.c_str(),       verified_at.c_str(),    version.c_str()};
     PgResult res(expected_version == 0
-                     ? PQexecParams(conn->get(), kInsert, 7, nullptr, params, nullptr, nullptr, 0)
-                     : PQexecParams(conn->get(), kUpdate, 8, nullptr, params, nullptr, nullptr, 0));
+                     ? PQexecParams(conn->get(), kInsert, 8, nullptr, params, nullptr, nullptr, 0)
+                     : PQexecParams(conn->get(), kUpdate, 9, nullptr, params, nullptr, nullptr, 0));
     if (PQresultStatus(res.get()) != PGRES_COMMAND_OK) {
       return Failed(std::move(*conn), "writing the clock record");
     }

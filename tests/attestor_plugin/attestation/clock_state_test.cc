@@ -27,7 +27,8 @@ const std::string kId(64, 'a');
 
 ClockRecord Base() {
   return {.ak_name = "000b" + std::string(64, '1'), .clock = 10'000'000, .reset_count = 7,
-          .restart_count = 2, .safe = true, .firmware_version = 0x0002000100000000ull};
+          .restart_count = 2, .safe = true, .firmware_version = 0x0002000100000000ull,
+          .verified_at_ms = 1'780'000'000'000};
 }
 
 struct Row {
@@ -40,8 +41,41 @@ struct Row {
 const Row kRows[] = {
     {"same clock (two quotes within one ms)", [](ClockRecord&) {}, nullptr},
     {"clock advanced", [](ClockRecord& r) { r.clock += 5000; }, nullptr},
-    {"clock set forward (TPM2_ClockSet)", [](ClockRecord& r) { r.clock += 3'600'000'000; },
+    // Real time: the records below share verified_at_ms unless a row moves it (elapsed 0, so
+    // Clock may gain only kClockSlackMs).
+    {"clock set forward beyond real time (TPM2_ClockSet)",
+     [](ClockRecord& r) { r.clock += 3'600'000; }, "clock_ahead_of_real_time"},
+    {"clock gained the server time elapsed",
+     [](ClockRecord& r) {
+       r.verified_at_ms += 3'600'000;
+       r.clock += 3'600'000;
+     },
      nullptr},
+    {"clock gained exactly the tolerance (10 % + 120 s)",
+     [](ClockRecord& r) {
+       r.verified_at_ms += 3'600'000;
+       r.clock += 3'600'000 + 360'000 + 120'000;
+     },
+     nullptr},
+    {"clock gained 1 ms more than the tolerance",
+     [](ClockRecord& r) {
+       r.verified_at_ms += 3'600'000;
+       r.clock += 3'600'000 + 360'000 + 120'001;
+     },
+     "clock_ahead_of_real_time"},
+    {"paused VM: clock gained less than the time elapsed",
+     [](ClockRecord& r) {
+       r.verified_at_ms += 3'600'000;
+       r.clock += 600'000;
+     },
+     nullptr},
+    {"clock far ahead after a reset (ClockSet on another history)",
+     [](ClockRecord& r) {
+       r.reset_count += 1;
+       r.restart_count = 0;
+       r.clock += 86'400'000;
+     },
+     "clock_ahead_of_real_time"},
     {"clock behind, powered throughout", [](ClockRecord& r) { r.clock -= 1; },
      "clock_went_backwards"},
     {"clock behind, powered throughout, safe=NO", [](ClockRecord& r) {
@@ -157,6 +191,23 @@ TEST(ClockSuccessionTest, Rules) {
       EXPECT_THAT(std::string(st.message()), HasSubstr(kId));
     }
   }
+}
+
+// Two copies of one TPM state taking turns, their Clocks 10 minutes apart (one VM started 10
+// minutes after the other from the same snapshot), one attestation per hour: the copy behind
+// passes once, as a paused VM would; the copy ahead then gained more than real time.
+TEST(ClockSuccessionTest, ClonesTakingTurnsAreCaught) {
+  const ClockRecord a1 = Base();
+  ClockRecord b = a1;
+  b.verified_at_ms += 3'600'000;
+  b.clock += 3'600'000 - 600'000;
+  ASSERT_TRUE(CheckClockSuccession(kId, a1, b).ok());
+  ClockRecord a2 = a1;
+  a2.verified_at_ms += 7'200'000;
+  a2.clock += 7'200'000;
+  absl::Status st = CheckClockSuccession(kId, b, a2);
+  EXPECT_EQ(st.code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_THAT(std::string(st.message()), StartsWith("clock_ahead_of_real_time"));
 }
 
 class TempDir {

@@ -162,14 +162,15 @@ TEST_F(ClockSwtpmTest, ClonedTpmStateIsRefusedOnceHistoriesDiverge) {
   ASSERT_TRUE(b.ok()) << b.status();
   ASSERT_TRUE((*a)->Restart().ok());
 
-  // A's clock moves ahead (as it would after running for an hour); B's stays behind.
+  // A's clock moves 60 s ahead (as if it had been started a minute earlier; within the
+  // real-time tolerance); B's stays behind.
   ShellResult clock = RunShell(absl::StrCat(
       "tpm2_readclock -T 'swtpm:host=127.0.0.1,port=", (*a)->port(),
       "' | sed -n 's/^ *clock: *//p'"));
   ASSERT_EQ(clock.exit_code, 0) << clock.output;
   const uint64_t a_clock = std::strtoull(clock.output.c_str(), nullptr, 10);
   ASSERT_GT(a_clock, 0u) << clock.output;
-  Tpm2(**a, absl::StrCat("tpm2_setclock ", a_clock + 3'600'000));
+  Tpm2(**a, absl::StrCat("tpm2_setclock ", a_clock + 60'000));
 
   absl::StatusOr<AttestationResult> from_a = Attest(**a, config);
   ASSERT_TRUE(from_a.ok()) << from_a.status();
@@ -199,6 +200,23 @@ TEST_F(ClockSwtpmTest, ClonedTpmStateIsRefusedOnceHistoriesDiverge) {
       absl::StrCat(state_dir_, "/records/", from_a->ek_pubhash, ".clock"));
   absl::StatusOr<AttestationResult> accepted = Attest(**b, config);
   EXPECT_TRUE(accepted.ok()) << accepted.status();
+}
+
+// A TPM whose Clock is set an hour ahead (TPM2_ClockSet) gained more than real time since the
+// last verification: refused; the record keeps the earlier history.
+TEST_F(ClockSwtpmTest, ClockSetAheadOfRealTimeIsRefused) {
+  absl::StatusOr<std::unique_ptr<Swtpm>> tpm = Swtpm::Start();
+  ASSERT_TRUE(tpm.ok()) << tpm.status();
+  auto config = Config(**tpm);
+  absl::StatusOr<AttestationResult> first = Attest(**tpm, config);
+  ASSERT_TRUE(first.ok()) << first.status();
+  const ClockRecord before = Recorded(*config, first->ek_pubhash);
+  Tpm2(**tpm, absl::StrCat("tpm2_setclock ", before.clock + 3'600'000));
+  absl::StatusOr<AttestationResult> after = Attest(**tpm, config);
+  ASSERT_FALSE(after.ok());
+  EXPECT_EQ(after.status().code(), absl::StatusCode::kPermissionDenied) << after.status();
+  EXPECT_THAT(std::string(after.status().message()), StartsWith("clock_ahead_of_real_time"));
+  EXPECT_EQ(Recorded(*config, first->ek_pubhash), before);
 }
 
 }  // namespace

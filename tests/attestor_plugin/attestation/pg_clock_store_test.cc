@@ -29,7 +29,8 @@ const std::string kId(64, 'b');
 // firmware_version above INT64_MAX: stored as numeric(20).
 ClockRecord Base() {
   return {.ak_name = "000b" + std::string(64, '3'), .clock = 5'000'000, .reset_count = 3,
-          .restart_count = 0, .safe = true, .firmware_version = 0xfedcba9876543210ull};
+          .restart_count = 0, .safe = true, .firmware_version = 0xfedcba9876543210ull,
+          .verified_at_ms = 1'780'000'000'000};
 }
 
 class PgClockStoreTest : public ::testing::Test {
