@@ -4,6 +4,7 @@
 // swtpm) completes in the middle of them; afterwards the plugin's threads are back to where they
 // were (no thread held by an ended session).
 #include <chrono>
+#include <cstdio>
 #include <fstream>
 #include <memory>
 #include <string>
@@ -140,6 +141,7 @@ TEST(StalledAgentTest, StalledStreamsEndAtTheDeadlineAndDoNotStarveHonestOnes) {
     stalled.push_back(std::move(s));
   }
 
+  const int with_stalled = Threads(pid);
   // With 20 stalled sessions open, an honest attestation still completes.
   grpc::Status ok = honest();
   EXPECT_TRUE(ok.ok()) << ok.error_code() << " " << ok.error_message();
@@ -161,6 +163,8 @@ TEST(StalledAgentTest, StalledStreamsEndAtTheDeadlineAndDoNotStarveHonestOnes) {
     now = Threads(pid);
   }
   EXPECT_LE(now, baseline + 2) << "threads at rest " << baseline << ", after the stalls " << now;
+  std::printf("plugin threads: %d at rest, %d with %d stalled streams open, %d after they ended\n",
+              baseline, with_stalled, kStalledBeforePayload + kStalledAfterChallenge, now);
 
   EXPECT_TRUE(plugin->Stop().ok());
 }
