@@ -17,6 +17,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/attestor_plugin/attestation/agent_testing.h"
+#include "tests/attestor_plugin/attestation/clone_testing.h"
 #include "tests/testing/run_shell.h"
 #include "tests/testing/swtpm.h"
 
@@ -97,9 +98,8 @@ class ClockSwtpmTest : public ::testing::Test {
   }
 
   static void Tpm2(const Swtpm& tpm, const std::string& args) {
-    ShellResult r = RunShell(absl::StrCat(args, " -T 'swtpm:host=127.0.0.1,port=", tpm.port(),
-                                          "'"));
-    EXPECT_EQ(r.exit_code, 0) << args << ": " << r.output;
+    absl::StatusOr<std::string> r = testing::Tpm2Tool(tpm, args);
+    EXPECT_TRUE(r.ok()) << r.status();
   }
 
   // PowerCycle: _TPM_Init through the control channel (swtpm_ioctl -i), then TPM2_Startup(CLEAR)
@@ -148,49 +148,37 @@ TEST_F(ClockSwtpmTest, PowerCycleIncrementsResetCountAndStillAttests) {
 }
 
 TEST_F(ClockSwtpmTest, ClonedTpmStateIsRefusedOnceHistoriesDiverge) {
-  absl::StatusOr<std::unique_ptr<Swtpm>> a = Swtpm::Start();
-  ASSERT_TRUE(a.ok()) << a.status();
-  auto config = Config(**a);
-  {
-    // The AK is created and persisted once, before the state is copied: both clones have it.
-    absl::StatusOr<AttestationResult> first = Attest(**a, config);
-    ASSERT_TRUE(first.ok()) << first.status();
-  }
-  // Snapshot: stop A, copy its state into B, bring both up (two VMs from one snapshot).
-  ASSERT_TRUE((*a)->Stop().ok());
-  absl::StatusOr<std::unique_ptr<Swtpm>> b = Swtpm::StartFrom((*a)->dir());
-  ASSERT_TRUE(b.ok()) << b.status();
-  ASSERT_TRUE((*a)->Restart().ok());
+  std::shared_ptr<const ServerConfig> config;
+  // The AK is created and persisted by a first attestation, before the state is copied: both
+  // clones have it.
+  absl::StatusOr<testing::TpmClones> clones =
+      testing::MakeClones([&](const Swtpm& original) -> absl::Status {
+        config = Config(original);
+        return Attest(original, config).status();
+      });
+  ASSERT_TRUE(clones.ok()) << clones.status();
+  Swtpm& a = *clones->a;
+  Swtpm& b = *clones->b;
 
-  // A's clock moves 60 s ahead (as if it had been started a minute earlier; within the
-  // real-time tolerance); B's stays behind.
-  ShellResult clock = RunShell(absl::StrCat(
-      "tpm2_readclock -T 'swtpm:host=127.0.0.1,port=", (*a)->port(),
-      "' | sed -n 's/^ *clock: *//p'"));
-  ASSERT_EQ(clock.exit_code, 0) << clock.output;
-  const uint64_t a_clock = std::strtoull(clock.output.c_str(), nullptr, 10);
-  ASSERT_GT(a_clock, 0u) << clock.output;
-  Tpm2(**a, absl::StrCat("tpm2_setclock ", a_clock + 60'000));
-
-  absl::StatusOr<AttestationResult> from_a = Attest(**a, config);
+  absl::StatusOr<AttestationResult> from_a = Attest(a, config);
   ASSERT_TRUE(from_a.ok()) << from_a.status();
-  absl::StatusOr<AttestationResult> from_b = Attest(**b, config);
+  absl::StatusOr<AttestationResult> from_b = Attest(b, config);
   ASSERT_FALSE(from_b.ok());
   EXPECT_EQ(from_b.status().code(), absl::StatusCode::kPermissionDenied) << from_b.status();
   EXPECT_THAT(std::string(from_b.status().message()), StartsWith("clock_went_backwards"));
   EXPECT_THAT(std::string(from_b.status().message()), HasSubstr(from_a->ek_pubhash));
   // The original keeps attesting; the clone keeps being refused.
-  EXPECT_TRUE(Attest(**a, config).ok());
-  EXPECT_FALSE(Attest(**b, config).ok());
+  EXPECT_TRUE(Attest(a, config).ok());
+  EXPECT_FALSE(Attest(b, config).ok());
 
   // Without a clock state the clone would pass: the refusal comes from the recorded history.
   ServerConfigInput plain;
   plain.trust_domain = "example.org";
-  plain.ek_ca_bundle_paths = {(*b)->ek_ca_bundle()};
+  plain.ek_ca_bundle_paths = {b.ek_ca_bundle()};
   plain.pcrs = "sha256:0-7";
   absl::StatusOr<std::shared_ptr<const ServerConfig>> no_state = ValidateServerConfig(plain);
   ASSERT_TRUE(no_state.ok());
-  absl::StatusOr<AttestationResult> unchecked = Attest(**b, *no_state);
+  absl::StatusOr<AttestationResult> unchecked = Attest(b, *no_state);
   ASSERT_TRUE(unchecked.ok()) << unchecked.status();
   EXPECT_EQ(unchecked->clock_state, "not configured");
 
@@ -198,7 +186,7 @@ TEST_F(ClockSwtpmTest, ClonedTpmStateIsRefusedOnceHistoriesDiverge) {
   // Clock state).
   std::filesystem::remove(
       absl::StrCat(state_dir_, "/records/", from_a->ek_pubhash, ".clock"));
-  absl::StatusOr<AttestationResult> accepted = Attest(**b, config);
+  absl::StatusOr<AttestationResult> accepted = Attest(b, config);
   EXPECT_TRUE(accepted.ok()) << accepted.status();
 }
 

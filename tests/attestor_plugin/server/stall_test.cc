@@ -20,32 +20,22 @@
 #include "spire/plugin/server/nodeattestor/v1/nodeattestor.grpc.pb.h"
 #include "tests/attestor_plugin/attestation/agent_testing.h"
 #include "tests/attestor_plugin/plugin_client.h"
+#include "tests/attestor_plugin/server/server_testing.h"
 #include "tests/testing/swtpm.h"
 
 namespace hwid::attestor {
 namespace {
 
 namespace nav1 = ::spire::plugin::server::nodeattestor::v1;
+using ::hwid::attestor::testing::Open;
+using ::hwid::attestor::testing::OpenStream;
+using ::hwid::attestor::testing::StartPlugin;
 using ::hwid::testing::PluginClient;
 using ::testing::HasSubstr;
 using namespace std::chrono_literals;
 
 constexpr int kStalledBeforePayload = 10;
 constexpr int kStalledAfterChallenge = 10;
-
-using Stream = grpc::ClientReaderWriter<nav1::AttestRequest, nav1::AttestResponse>;
-
-struct OpenStream {
-  std::unique_ptr<grpc::ClientContext> ctx;
-  std::unique_ptr<Stream> stream;
-};
-
-OpenStream Open(nav1::NodeAttestor::Stub* stub) {
-  OpenStream s;
-  s.ctx = hwid::testing::CallContext(120s);  // far beyond the plugin's deadline
-  s.stream = stub->Attest(s.ctx.get());
-  return s;
-}
 
 // Threads: the number of threads of process `pid` (/proc/<pid>/status).
 int Threads(pid_t pid) {
@@ -57,19 +47,6 @@ int Threads(pid_t pid) {
     }
   }
   return -1;
-}
-
-// StartPlugin: the server plugin binary, started and initialised like SPIRE does; null on failure
-// (with a gtest failure recorded).
-std::unique_ptr<PluginClient> StartPlugin() {
-  absl::StatusOr<std::unique_ptr<PluginClient>> plugin =
-      PluginClient::StartFromEnv("HWID_NODEATTESTOR_SERVER", "NodeAttestor");
-  EXPECT_TRUE(plugin.ok()) << plugin.status();
-  if (!plugin.ok() || !(*plugin)->Init().ok()) {
-    ADD_FAILURE() << "cannot start and Init the server plugin";
-    return nullptr;
-  }
-  return std::move(*plugin);
 }
 
 TEST(StalledAgentTest, StalledStreamsEndAtTheDeadlineAndDoNotStarveHonestOnes) {
@@ -92,38 +69,7 @@ TEST(StalledAgentTest, StalledStreamsEndAtTheDeadlineAndDoNotStarveHonestOnes) {
   payload_req.set_payload(std::string(payload->begin(), payload->end()));
 
   // Warm-up attestation (the plugin's thread pool at rest afterwards is the baseline).
-  auto honest = [&]() -> grpc::Status {
-    absl::StatusOr<Bytes> fresh = agent->MakePayload();  // the responder is one-shot
-    if (!fresh.ok()) {
-      return grpc::Status(grpc::StatusCode::INTERNAL, std::string(fresh.status().message()));
-    }
-    nav1::AttestRequest req;
-    req.set_payload(std::string(fresh->begin(), fresh->end()));
-    OpenStream s = Open(stub.get());
-    if (!s.stream->Write(req)) {
-      return s.stream->Finish();
-    }
-    nav1::AttestResponse resp;
-    if (!s.stream->Read(&resp)) {
-      return s.stream->Finish();
-    }
-    absl::StatusOr<Bytes> response =
-        agent->RespondToChallenge(AsSpan(absl::string_view(resp.challenge())));
-    if (!response.ok()) {
-      return grpc::Status(grpc::StatusCode::INTERNAL, std::string(response.status().message()));
-    }
-    nav1::AttestRequest answer;
-    answer.set_challenge_response(std::string(response->begin(), response->end()));
-    if (!s.stream->Write(answer) || !s.stream->Read(&resp)) {
-      return s.stream->Finish();
-    }
-    s.stream->WritesDone();
-    if (!resp.has_agent_attributes()) {
-      return grpc::Status(grpc::StatusCode::INTERNAL, "no agent attributes");
-    }
-    s.ctx->TryCancel();  // as SPIRE does after reading the attributes
-    return grpc::Status::OK;
-  };
+  auto honest = [&] { return testing::AttestOverGrpc(stub.get(), *agent); };
   ASSERT_TRUE(honest().ok());
   const int baseline = Threads(pid);
   ASSERT_GT(baseline, 0);
