@@ -16,6 +16,7 @@ HWID_DEB_PACKAGES=(
   libprotobuf-dev protobuf-compiler
   iproute2 util-linux coreutils
   softhsm2 libp11-dev libp11-kit-dev p11-kit-modules libengine-pkcs11-openssl opensc
+  postgresql libpq-dev
 )
 
 hwid_log() { printf '\n== %s\n' "$*" >&2; }

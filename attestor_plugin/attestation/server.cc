@@ -309,6 +309,15 @@ absl::StatusOr<std::shared_ptr<const ServerConfig>> ValidateServerConfig(
   }
   config->verification_time = in.verification_time;
   config->certified_keys_dir = in.certified_keys_dir;
+  ASSIGN_OR_RETURN(config->clock_state,
+                   NewClockStateChecker({in.clock_state, in.clock_state_path,
+                                         in.clock_state_conninfo_file, in.clock_state_conninfo_env,
+                                         in.on_store_unavailable}));
+  if (in.attestation_timeout_seconds < 1 || in.attestation_timeout_seconds > 3600) {
+    return ConfigError("attestation_timeout_seconds",
+                       absl::StrCat(in.attestation_timeout_seconds, " is not within 1-3600"));
+  }
+  config->attestation_timeout_seconds = in.attestation_timeout_seconds;
   return std::shared_ptr<const ServerConfig>(std::move(config));
 }
 
@@ -665,6 +674,14 @@ absl::StatusOr<AttestationResult> ServerSession::HandleResponseImpl(ByteSpan res
                    VerifyCertifiedKeys(ak_, r.certified_keys, certify_nonce_));
 
   AttestationResult out;
+  out.clock_state = "not configured";
+  if (config_->clock_state != nullptr) {
+    // Last: the record moves only for an attestation that passed every other check.
+    bool stored = false;
+    ASSIGN_OR_RETURN(ClockRecord clock, ClockRecordFromQuote(ak_, quote->attest));
+    RETURN_IF_ERROR(config_->clock_state->Advance(ek_trust_.pubhash, clock, &stored));
+    out.clock_state = stored ? "recorded" : "unchecked (store unavailable, fail_open)";
+  }
   out.certified_keys = std::move(certified);
   out.ek_pubhash = ek_trust_.pubhash;
   out.ek_trust = ek_trust_.via_certificate ? "certificate" : "allowlist";

@@ -27,6 +27,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
+#include "attestor_plugin/attestation/clock_state.h"
 #include "attestor_plugin/attestation/messages.h"
 #include "common/bytes.h"
 #include "tpm/wire/ekcert.h"
@@ -72,6 +73,20 @@ struct ServerConfigInput {
   // verification_time: check certificate validity at this time instead of now (tests only; the
   // plugin never sets it).
   std::optional<time_t> verification_time;
+  // clock_state: where the last verified TPMS_CLOCK_INFO per agent is kept (clock_state.h):
+  // "none" (default), "file" (one server; clock_state_path is a directory) or "postgres"
+  // (several servers; the libpq connection string is read from clock_state_conninfo_file or from
+  // the environment variable named by clock_state_conninfo_env, never from plugin_data).
+  std::string clock_state = "none";
+  std::string clock_state_path;
+  std::string clock_state_conninfo_file;
+  std::string clock_state_conninfo_env;
+  // on_store_unavailable: "fail_closed" (default) or "fail_open".
+  std::string on_store_unavailable = "fail_closed";
+  // attestation_timeout_seconds: the plugin ends an attestation stream (DEADLINE_EXCEEDED) when the
+  // agent has not sent its payload and challenge response this long after the stream began
+  // (1-3600; default 60).
+  int64_t attestation_timeout_seconds = 60;
 };
 
 // ServerConfig is a validated, immutable configuration snapshot shared by sessions.
@@ -86,6 +101,8 @@ struct ServerConfig {
   std::set<wire::KeyAlg> ak_algs;     // never empty after validation
   std::optional<time_t> verification_time;
   std::string certified_keys_dir;
+  std::shared_ptr<ClockStateChecker> clock_state;  // null: clock_state = "none"
+  int64_t attestation_timeout_seconds = 60;
 };
 
 // ValidateServerConfig checks every key and loads the CA bundles and the allowlist file. Fails
@@ -109,6 +126,8 @@ struct AttestationResult {
   std::vector<Bytes> certified_keys;
   std::string ek_pubhash;
   std::string ek_trust;  // "certificate" or "allowlist"
+  // "recorded", "not configured", or "unchecked (store unavailable, fail_open)": for the log.
+  std::string clock_state;
 };
 
 // ---- Verification steps (each with its own negative tests) ----
@@ -223,8 +242,9 @@ class ServerSession {
   absl::StatusOr<Bytes> HandlePayload(ByteSpan payload);
 
   // HandleChallengeResponse verifies the activation secret, the quote (AK signature, magic, type,
-  // nonce, PCR selection both ways, digest), the required selection and the PCR policy, and returns
-  // the node's identity.
+  // nonce, PCR selection both ways, digest), the required selection and the PCR policy, then, when
+  // a clock state store is configured, that the quote's clock info can follow the recorded one
+  // (ClockStateChecker::Advance), and returns the node's identity.
   absl::StatusOr<AttestationResult> HandleChallengeResponse(ByteSpan response);
 
  private:

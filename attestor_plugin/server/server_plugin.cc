@@ -1,6 +1,10 @@
 #include "attestor_plugin/server/server_plugin.h"
 
+#include <grpc/grpc.h>
+
+#include <algorithm>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -31,6 +35,12 @@ absl::StatusOr<ServerConfigPtr> ParseServerPluginConfig(const pluginmain::CoreCo
   d.Optional("expected_pcrs", &in.expected_pcrs);
   d.Optional("ak_algs", &in.ak_algs);
   d.Optional("certified_keys_dir", &in.certified_keys_dir);
+  d.Optional("clock_state", &in.clock_state);
+  d.Optional("clock_state_path", &in.clock_state_path);
+  d.Optional("clock_state_conninfo_file", &in.clock_state_conninfo_file);
+  d.Optional("clock_state_conninfo_env", &in.clock_state_conninfo_env);
+  d.Optional("on_store_unavailable", &in.on_store_unavailable);
+  d.Optional("attestation_timeout_seconds", &in.attestation_timeout_seconds);
   absl::Status st = d.Finish();
   if (!st.ok()) {
     return absl::InvalidArgumentError(absl::StrCat("plugin_data: ", st.message()));
@@ -44,18 +54,100 @@ absl::StatusOr<ServerConfigPtr> ParseServerPluginConfig(const pluginmain::CoreCo
   return attestation::ValidateServerConfig(in);
 }
 
+StreamDeadlines::~StreamDeadlines() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stop_ = true;
+  }
+  cv_.notify_all();
+  if (thread_.joinable()) {
+    thread_.join();
+  }
+}
+
+uint64_t StreamDeadlines::Add(std::chrono::steady_clock::time_point deadline, grpc_call* call,
+                              std::string message) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!thread_.joinable()) {
+    thread_ = std::thread([this] { Run(); });
+  }
+  const uint64_t id = next_id_++;
+  entries_.emplace(id, Entry{deadline, call, std::move(message)});
+  cv_.notify_all();
+  return id;
+}
+
+bool StreamDeadlines::Remove(uint64_t id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = entries_.find(id);
+  if (it == entries_.end()) {
+    return false;
+  }
+  const bool fired = it->second.fired;
+  entries_.erase(it);
+  return fired;
+}
+
+void StreamDeadlines::Run() {
+  std::unique_lock<std::mutex> lock(mu_);
+  while (!stop_) {
+    auto next = std::chrono::steady_clock::time_point::max();
+    const auto now = std::chrono::steady_clock::now();
+    for (auto& [id, e] : entries_) {
+      if (e.fired) {
+        continue;
+      }
+      if (e.deadline <= now) {
+        // Under the lock: Remove cannot return (and the call cannot end) while this runs.
+        grpc_call_cancel_with_status(e.call, GRPC_STATUS_DEADLINE_EXCEEDED, e.message.c_str(),
+                                     nullptr);
+        e.fired = true;
+      } else {
+        next = std::min(next, e.deadline);
+      }
+    }
+    if (next == std::chrono::steady_clock::time_point::max()) {
+      cv_.wait(lock);
+    } else {
+      cv_.wait_until(lock, next);
+    }
+  }
+}
+
 ServerNodeAttestor::ServerNodeAttestor() : config_(ParseServerPluginConfig) {}
 
 grpc::Status ServerNodeAttestor::Attest(
-    grpc::ServerContext* /*context*/,
+    grpc::ServerContext* context,
     grpc::ServerReaderWriter<nav1::AttestResponse, nav1::AttestRequest>* stream) {
-  auto& log = pluginmain::PluginLogger();
   absl::StatusOr<std::shared_ptr<const ServerConfigPtr>> cfg = config_.GetOrError();
   if (!cfg.ok()) {
     return pluginmain::ToGrpcStatus(cfg.status());
   }
+  // A stalled agent (no payload, or no answer to the challenge) is cut off at the deadline; the
+  // stream, its thread and its session are freed then (StreamDeadlines).
+  const int64_t timeout = (**cfg)->attestation_timeout_seconds;
+  const std::string expired = absl::StrCat(
+      "hwid_tpm: the agent did not complete the attestation within attestation_timeout_seconds = ",
+      timeout, " (stalled agent or TPM); the stream was ended");
+  const uint64_t deadline_id = deadlines_.Add(
+      std::chrono::steady_clock::now() + std::chrono::seconds(timeout), context->c_call(),
+      expired);
+  grpc::Status st = AttestWithin(**cfg, stream);
+  if (deadlines_.Remove(deadline_id)) {
+    pluginmain::PluginLogger().Warn(
+        "attestation refused",
+        {{"code", "DEADLINE_EXCEEDED"}, {"reason", expired}});
+    return grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED, expired);
+  }
+  return st;
+}
+
+grpc::Status ServerNodeAttestor::AttestWithin(
+    const ServerConfigPtr& config,
+    grpc::ServerReaderWriter<nav1::AttestResponse, nav1::AttestRequest>* stream) {
+  auto& log = pluginmain::PluginLogger();
   absl::StatusOr<std::unique_ptr<attestation::ServerSession>> session =
-      attestation::ServerSession::New(**cfg);
+      attestation::ServerSession::New(config);
   if (!session.ok()) {
     return pluginmain::ToGrpcStatus(session.status());
   }
@@ -104,10 +196,10 @@ grpc::Status ServerNodeAttestor::Attest(
   }
   // Agent-key binding: hand the certified keys to the CredentialComposer before SPIRE signs the
   // agent SVID (the next step of the same AttestAgent RPC).
-  if (!(**cfg)->certified_keys_dir.empty()) {
+  if (!config->certified_keys_dir.empty()) {
     for (const Bytes& key : result->certified_keys) {
       absl::Status st =
-          composer::RecordCertifiedKey((**cfg)->certified_keys_dir, result->spiffe_id, key);
+          composer::RecordCertifiedKey(config->certified_keys_dir, result->spiffe_id, key);
       if (!st.ok()) {
         return fail(absl::InternalError(
             absl::StrCat("agent key binding: cannot record a certified key: ", st.message())));
@@ -123,6 +215,7 @@ grpc::Status ServerNodeAttestor::Attest(
   attrs->set_can_reattest(result->can_reattest);
   log.Info("agent attested", {{"spiffe_id", result->spiffe_id},
                               {"ek_trust", result->ek_trust},
+                              {"clock_state", result->clock_state},
                               {"certified_agent_keys", absl::StrCat(result->certified_keys.size())}});
   // SPIRE cancels the stream after reading the attributes; a failed write is then harmless.
   stream->Write(resp);

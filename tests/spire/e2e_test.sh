@@ -47,7 +47,8 @@ $(sql_datastore "$work/server-data")
   KeyManager "memory" {
     plugin_data {}
   }
-$(hwid_tpm_server_plugin "$trusted_ca")
+$(hwid_tpm_server_plugin "$trusted_ca" "clock_state = \"file\"
+      clock_state_path = \"$work/clock-state\"")
 }
 CONF
 start_server
@@ -115,7 +116,11 @@ n=$("$bin/spire-server" agent list -socketPath "$sock" | grep -c "spiffe://examp
 [[ $n == 1 ]] || fail "expected exactly one hwid_tpm agent after re-attestation, got $n"
 [[ $(grep -c '"agent attested"\|agent attested' "$work/server.log") -ge 2 ]] || fail "no second attestation in the server log"
 wait_for 60 "the workload's X509-SVID after re-attestation" fetch_svid
-ok "re-attestation: same agent ID, same persisted AK, workload still served"
+# The clock state (issue 13): the record of this EK moved once per verified attestation.
+clock_version=$(sed -n 's/^version=//p' "$work/clock-state/$ek_hash.clock" 2>/dev/null || true)
+[[ -n $clock_version ]] && ((clock_version >= 2)) ||
+  fail "clock state record of $ek_hash not moved by both attestations (version '${clock_version}')"
+ok "re-attestation: same agent ID, same persisted AK, workload still served, clock state recorded twice"
 kill "$agent_pid"; wait "$agent_pid" 2>/dev/null || true; agent_pid=""
 
 # ---- 4. a TPM whose EK chains to an untrusted CA is refused ---------------------------------

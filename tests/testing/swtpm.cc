@@ -270,6 +270,16 @@ absl::StatusOr<std::unique_ptr<Swtpm>> Swtpm::Start() {
           " missing); run swtpm-setup/swtpm-provision-template ", tmpl));
     }
   }
+  return StartFrom(tmpl);
+}
+
+absl::StatusOr<std::unique_ptr<Swtpm>> Swtpm::StartFrom(const std::string& tmpl) {
+  for (const char* f : {"/state/tpm2-00.permall", "/ek-ca.pem", "/ek-root.pem"}) {
+    if (!fs::exists(tmpl + f)) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("swtpm test fixture: ", tmpl, f, " is missing (not a swtpm directory)"));
+    }
+  }
   std::string binary = FindInPath("swtpm");
   if (binary.empty()) {
     return absl::FailedPreconditionError(

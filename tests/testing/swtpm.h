@@ -33,6 +33,11 @@ class Swtpm {
   // UNAVAILABLE when swtpm does not come up (the message carries the tail of its log).
   static absl::StatusOr<std::unique_ptr<Swtpm>> Start();
 
+  // StartFrom is Start with the TPM state (and CA files) copied from `source_dir` instead of the
+  // template: `source_dir` has the layout of dir() (state/, ek-ca.pem, ek-root.pem), e.g. another
+  // Swtpm's dir() after its Stop(). Two swtpms started from one directory are clones of one TPM.
+  static absl::StatusOr<std::unique_ptr<Swtpm>> StartFrom(const std::string& source_dir);
+
   Swtpm(const Swtpm&) = delete;
   Swtpm& operator=(const Swtpm&) = delete;
 
