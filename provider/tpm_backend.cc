@@ -4,6 +4,7 @@
 #include <openssl/crypto.h>
 #include <openssl/x509.h>
 #include <pthread.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -223,7 +224,14 @@ void WakeReaper() {
   std::lock_guard<std::mutex> lock(r->mu);
   if (r->pid != getpid()) {
     r->pid = getpid();
+    // The reaper must never take the host program's signals: nginx and HAProxy handle SIGCHLD,
+    // SIGHUP, SIGQUIT ... in their main thread, and a library thread that accepts them makes the
+    // master miss worker exits. A new thread inherits the creating thread's mask.
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
     std::thread(ReaperLoop, r).detach();
+    pthread_sigmask(SIG_SETMASK, &old, nullptr);
   }
   r->work = true;
   r->cv.notify_one();
