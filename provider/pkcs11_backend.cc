@@ -41,6 +41,8 @@ absl::StatusOr<OsslPtr<EVP_PKEY>> PublicInLibctx(OSSL_LIB_CTX* libctx, EVP_PKEY*
   return out;
 }
 
+std::string SoftHsmAccessHint();
+
 class Pkcs11Key final : public Key {
  public:
   Pkcs11Key(std::shared_ptr<pkcs11::Key> key, OsslPtr<EVP_PKEY> pub)
@@ -53,8 +55,15 @@ class Pkcs11Key final : public Key {
   // The token takes any PSS salt length we ask for; "auto" means the digest length (TLS 1.3).
   PssSaltMode pss_salt_mode() const override { return PssSaltMode::kDigestLength; }
 
+  // A forked worker running as another uid re-opens the token at its first signature: when that
+  // fails because the uid cannot use SoftHSM2's files, the error says so (as LoadUri does).
   absl::StatusOr<Bytes> Sign(ByteSpan digest, const SignParams& params) override {
-    return key_->Sign(digest, params);
+    absl::StatusOr<Bytes> sig = key_->Sign(digest, params);
+    if (!sig.ok()) {
+      return absl::Status(sig.status().code(),
+                          absl::StrCat(sig.status().message(), SoftHsmAccessHint()));
+    }
+    return sig;
   }
 
   absl::StatusOr<std::string> EncodePem() const override { return pkcs11::EncodeUriPem(key_->uri()); }

@@ -56,6 +56,7 @@ class ClockSwtpmTest : public ::testing::Test {
     ServerConfigInput in;
     in.trust_domain = "example.org";
     in.ek_ca_bundle_paths = {tpm.ek_ca_bundle()};
+    in.ek_algs = {"ecc-p256"};  // the agents present their ECC EK (fast on swtpm)
     in.pcrs = "sha256:0-7";
     in.clock_state = "file";
     in.clock_state_path = state_dir_ + "/records";
@@ -175,6 +176,7 @@ TEST_F(ClockSwtpmTest, ClonedTpmStateIsRefusedOnceHistoriesDiverge) {
   ServerConfigInput plain;
   plain.trust_domain = "example.org";
   plain.ek_ca_bundle_paths = {b.ek_ca_bundle()};
+  plain.ek_algs = {"ecc-p256"};
   plain.pcrs = "sha256:0-7";
   absl::StatusOr<std::shared_ptr<const ServerConfig>> no_state = ValidateServerConfig(plain);
   ASSERT_TRUE(no_state.ok());

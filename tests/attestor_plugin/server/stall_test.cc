@@ -55,6 +55,7 @@ TEST(StalledAgentTest, StalledStreamsEndAtTheDeadlineAndDoNotStarveHonestOnes) {
   const std::string& bundle = ::hwid::testing::GlobalSwtpm().ek_ca_bundle();
   grpc::Status configured = plugin->Configure(absl::StrCat(
       "ek_ca_bundle_paths = [\"", bundle, "\"]\npcrs = \"sha256:0-7\"\n",
+      "ek_algs = [\"ecc-p256\"]\n",  // the agent presents its ECC EK (fast on swtpm)
       "attestation_timeout_seconds = 2\n"));
   ASSERT_TRUE(configured.ok()) << configured.error_message();
   const pid_t pid = plugin->process()->pid();
