@@ -9,6 +9,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <condition_variable>
@@ -164,8 +165,7 @@ class TpmDevice {
     }
     const int fd = LockFd();
     if (fd >= 0) {
-      while (flock(fd, LOCK_EX) != 0 && errno == EINTR) {
-      }
+      AcquireLock(fd);
     }
   }
   void UnlockSequence() {
@@ -223,9 +223,36 @@ class TpmDevice {
     if (lock_depth_ == 0 || lock_fd_ < 0 || lock_pid_ != getpid()) {
       return;
     }
-    while (flock(lock_fd_, waiting ? LOCK_UN : LOCK_EX) != 0 && errno == EINTR) {
+    if (waiting) {
+      (void)flock(lock_fd_, LOCK_UN);
+    } else {
+      AcquireLock(lock_fd_);
     }
   }
+
+  // AcquireLock takes the lock, waiting at most kLockWait: a holder that never lets go (a
+  // stopped process, or a local user who took it on purpose) must not hang the TLS server, so
+  // after that the sequence runs unserialised, as without the lock (HWID_PROVIDER_DEBUG says so).
+  // Polls with a short backoff rather than blocking in flock: a blocking wait cannot be bounded
+  // without a signal, and signals belong to the host program.
+  void AcquireLock(int fd) {
+    if (flock(fd, LOCK_EX | LOCK_NB) == 0) {
+      return;
+    }
+    Debug("waiting for the TPM sequence lock %s", lock_path_.c_str());
+    const absl::Time deadline = absl::Now() + kLockWait;
+    absl::Duration backoff = absl::Microseconds(20);
+    while (absl::Now() < deadline) {
+      absl::SleepFor(backoff);
+      if (flock(fd, LOCK_EX | LOCK_NB) == 0) {
+        return;
+      }
+      backoff = std::min(backoff * 2, absl::Microseconds(500));
+    }
+    Debug("the TPM sequence lock %s stayed taken for %s: going on unserialised",
+          lock_path_.c_str(), absl::FormatDuration(kLockWait).c_str());
+  }
+  static constexpr absl::Duration kLockWait = absl::Seconds(5);
 
   std::mutex mu_;
   const std::string tcti_;
