@@ -121,16 +121,10 @@ class TpmDevice {
   // user can make the processes release slots (3 TPM commands per signature instead of 1), not
   // make anything fail. Best effort: without /tmp access the keys just keep the default policy.
   void SignalBusy() {
-    // Open an existing file without O_CREAT first: with fs.protected_regular (systemd's default)
-    // an O_CREAT open of another user's file in sticky /tmp fails even when its mode allows it.
-    int fd = open(busy_path_.c_str(), O_WRONLY | O_NOFOLLOW | O_CLOEXEC);
-    if (fd < 0 && errno == ENOENT) {
-      fd = open(busy_path_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0666);
-    }
+    const int fd = OpenSharedFile(busy_path_, O_WRONLY);
     if (fd < 0) {
       return;
     }
-    (void)fchmod(fd, 0666);  // works for the creator only: its umask must not lock others out
     (void)futimens(fd, nullptr);
     close(fd);
   }
@@ -178,6 +172,23 @@ class TpmDevice {
   }
 
  private:
+  // OpenSharedFile opens one of the files in /tmp that every process on this TPM shares, creating
+  // it mode 0666 when missing; never through a symlink. An existing file is opened without O_CREAT
+  // first: with fs.protected_regular (systemd's default) an O_CREAT open of another user's file
+  // in sticky /tmp fails even when its mode allows it. -1 with errno set on failure.
+  static int OpenSharedFile(const std::string& path, int access) {
+    int fd = open(path.c_str(), access | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0 && errno == ENOENT) {
+      fd = open(path.c_str(), access | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0666);
+      if (fd >= 0) {
+        (void)fchmod(fd, 0666);  // the creator's umask must not lock other users out
+      } else if (errno == EEXIST) {
+        fd = open(path.c_str(), access | O_NOFOLLOW | O_CLOEXEC);  // another process won the race
+      }
+    }
+    return fd;
+  }
+
   std::string TctiHash() const {
     return Sha256Hex(ByteSpan(reinterpret_cast<const uint8_t*>(tcti_.data()), tcti_.size()))
         .substr(0, 16);
@@ -192,17 +203,7 @@ class TpmDevice {
       }
       lock_fd_ = -1;
       lock_pid_ = pid;
-      // As SignalBusy: an existing file without O_CREAT first (fs.protected_regular).
-      int fd = open(lock_path_.c_str(), O_RDWR | O_NOFOLLOW | O_CLOEXEC);
-      if (fd < 0 && errno == ENOENT) {
-        fd = open(lock_path_.c_str(), O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0666);
-        if (fd < 0 && errno == EEXIST) {
-          fd = open(lock_path_.c_str(), O_RDWR | O_NOFOLLOW | O_CLOEXEC);
-        }
-        if (fd >= 0) {
-          (void)fchmod(fd, 0666);  // the creator's umask must not lock other users out
-        }
-      }
+      const int fd = OpenSharedFile(lock_path_, O_RDWR);
       if (fd < 0) {
         const int err = errno;
         if (!lock_warned_) {

@@ -209,14 +209,20 @@ TEST_F(SharedTpmTest, SignatureWaitsForASlotAndSignalsTheOthers) {
 // killed with SIGKILL, the kernel drops its lock and the signature goes through holding it (not
 // after the 5 s bound on the wait, which would go on unserialised and say so).
 TEST_F(SharedTpmTest, SignerWaitsForTheSequenceLockAndAKilledHolderDoesNotBlockIt) {
+  // SetUp's key generation and signatures made the lock file: mode 0666 whatever the umask, so
+  // that workers running as another user share it.
+  const std::string path = LockFile();
+  struct stat st;
+  ASSERT_EQ(lstat(path.c_str(), &st), 0) << "hwid made no sequence lock file " << path;
+  EXPECT_TRUE(S_ISREG(st.st_mode));
+  EXPECT_EQ(st.st_mode & 0777, 0666u);
   int ready[2];
   ASSERT_EQ(pipe(ready), 0);
-  const std::string path = LockFile();
   const pid_t holder = fork();
   ASSERT_GE(holder, 0);
   if (holder == 0) {
     // Only async-signal-safe calls in the child of a (possibly) threaded process.
-    const int fd = open(path.c_str(), O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0666);
+    const int fd = open(path.c_str(), O_RDWR | O_NOFOLLOW | O_CLOEXEC);
     if (fd < 0 || flock(fd, LOCK_EX) != 0 || write(ready[1], "1", 1) != 1) {
       _exit(1);
     }
@@ -228,12 +234,13 @@ TEST_F(SharedTpmTest, SignerWaitsForTheSequenceLockAndAKilledHolderDoesNotBlockI
   char c = 0;
   ASSERT_EQ(read(ready[0], &c, 1), 1) << "the lock holder did not take the lock";
   close(ready[0]);
-  struct stat st;
-  ASSERT_EQ(stat(path.c_str(), &st), 0);
-  EXPECT_EQ(st.st_mode & 0777, 0666u);
 
+  // hwid listed before default: the lock file's name (a SHA-256) must not depend on the order
+  // (it once did: SHA256() found no provider for it and the name was uninitialised memory).
   Background signer(
-      absl::StrCat("sh -c \"cd ", dir_, " && HWID_PROVIDER_DEBUG=1 ", SignCmd(), "\""),
+      absl::StrCat("sh -c \"cd ", dir_, " && HWID_PROVIDER_DEBUG=1 openssl pkeyutl -provider hwid "
+                   "-provider default -sign -inkey key.pem -in dgst -out sig && openssl pkeyutl "
+                   "-verify -pubin -inkey pub.pem -in dgst -sigfile sig\""),
       dir_ + "/signer.log");
   EXPECT_TRUE(signer.WaitForLog("waiting for the TPM sequence lock"))
       << "the signer did not wait for the sequence lock: " << signer.Log();
