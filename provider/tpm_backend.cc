@@ -149,9 +149,9 @@ class TpmDevice {
   // TCTI>, opened by each process itself (a forked child reopens it: flock locks belong to the
   // open file description, which fork shares); the kernel drops it when its holder dies, kill -9
   // included. Anyone may take it (mode 0666, like the busy file): a local user who holds it
-  // delays TPM signatures, as anyone who can reach the TPM device or swtpm port can anyway.
-  // When the file cannot be opened, TPM access goes on unserialised (said once with
-  // HWID_PROVIDER_DEBUG). Callers hold op_mu (depth and fd are guarded by it; fork happens
+  // delays each TPM command sequence by up to kLockWait (then it runs unserialised, see
+  // AcquireLock), never makes it fail. When the file cannot be opened, TPM access goes on
+  // unserialised (said once with HWID_PROVIDER_DEBUG). Callers hold op_mu (depth and fd are guarded by it; fork happens
   // only with op_mu held by ForkPrepare, so the lock is never held across fork). Re-entrant.
   void LockSequence() {
     if (!shared_ || lock_depth_++ > 0) {
