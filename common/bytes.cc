@@ -1,5 +1,6 @@
 #include "common/bytes.h"
 
+#include <openssl/evp.h>
 #include <openssl/sha.h>
 
 #include <fcntl.h>
@@ -44,8 +45,20 @@ std::string HexEncode(ByteSpan data) {
 }
 
 std::string Sha256Hex(ByteSpan data) {
-  uint8_t d[SHA256_DIGEST_LENGTH];
-  SHA256(data.data(), data.size(), d);
+  // Not SHA256(): it fetches SHA-256 from the default library context, which inside an OpenSSL
+  // provider may have no provider that implements it yet (hwid.so loaded before the default
+  // provider), and then fails and leaves the digest unwritten. A private context of its own loads
+  // the default provider on first use whatever the application configured. Never freed.
+  static OSSL_LIB_CTX* const ctx = OSSL_LIB_CTX_new();
+  uint8_t d[SHA256_DIGEST_LENGTH] = {};
+  EVP_MD* md = ctx != nullptr ? EVP_MD_fetch(ctx, "SHA256", nullptr) : nullptr;
+  unsigned int len = 0;
+  const bool ok = md != nullptr && EVP_Digest(data.data(), data.size(), d, &len, md, nullptr) == 1 &&
+                  len == sizeof(d);
+  EVP_MD_free(md);
+  if (!ok) {
+    return "";  // libcrypto cannot hash at all: callers get no name rather than a random one
+  }
   return HexEncode(ByteSpan(d, sizeof(d)));
 }
 

@@ -52,7 +52,9 @@ bool ConstantTimeEquals(ByteSpan a, ByteSpan b);
 
 // HexEncode returns lower-case hex.
 std::string HexEncode(ByteSpan data);
-// Sha256Hex returns the lower-case hex SHA-256 of `data`.
+// Sha256Hex returns the lower-case hex SHA-256 of `data` (computed in a private library context,
+// so it works inside a provider whatever providers the application loaded; "" only when
+// libcrypto cannot hash at all).
 std::string Sha256Hex(ByteSpan data);
 // HexDecode accepts upper or lower case, optional "0x" prefix; odd length or non-hex is an error.
 absl::StatusOr<Bytes> HexDecode(absl::string_view hex);

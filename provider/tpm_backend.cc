@@ -5,12 +5,15 @@
 #include <openssl/x509.h>
 #include <pthread.h>
 #include <signal.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <condition_variable>
 #include <cstdlib>
+#include <cstring>
 #include <mutex>
 #include <optional>
 #include <set>
@@ -27,6 +30,7 @@
 #include "common/bytes.h"
 #include "common/ossl.h"
 #include "common/status_macros.h"
+#include "provider/provider.h"
 #include "provider/pss.h"
 #include "tpm/tpm.h"
 #include "tpm/wire/crypto.h"
@@ -42,10 +46,8 @@ class TpmDevice {
   explicit TpmDevice(std::string tcti)
       : tcti_(std::move(tcti)),
         shared_(!absl::StartsWith(tcti_, "device:/dev/tpmrm") && !absl::StartsWith(tcti_, "tabrmd")),
-        busy_path_(absl::StrCat("/tmp/hwid-tpm-busy-",
-                                Sha256Hex(ByteSpan(reinterpret_cast<const uint8_t*>(tcti_.data()),
-                                                   tcti_.size()))
-                                    .substr(0, 16))) {}
+        busy_path_(absl::StrCat("/tmp/hwid-tpm-busy-", TctiHash())),
+        lock_path_(absl::StrCat("/tmp/hwid-tpm-lock-", TctiHash())) {}
   TpmDevice(const TpmDevice&) = delete;
   TpmDevice& operator=(const TpmDevice&) = delete;
 
@@ -65,6 +67,11 @@ class TpmDevice {
       ASSIGN_OR_RETURN(tpm_, tpm::Tpm::Open(tcti_));
       pid_ = pid;
       ++generation_;
+      if (shared_) {
+        // While a signature waits for a free object slot, the processes holding the slots need
+        // the sequence lock to give them back.
+        tpm_->set_wait_hook([this](bool waiting) { SequenceLockWaiting(waiting); });
+      }
     }
     *generation = generation_;
     return tpm_.get();
@@ -114,16 +121,10 @@ class TpmDevice {
   // user can make the processes release slots (3 TPM commands per signature instead of 1), not
   // make anything fail. Best effort: without /tmp access the keys just keep the default policy.
   void SignalBusy() {
-    // Open an existing file without O_CREAT first: with fs.protected_regular (systemd's default)
-    // an O_CREAT open of another user's file in sticky /tmp fails even when its mode allows it.
-    int fd = open(busy_path_.c_str(), O_WRONLY | O_NOFOLLOW | O_CLOEXEC);
-    if (fd < 0 && errno == ENOENT) {
-      fd = open(busy_path_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0666);
-    }
+    const int fd = OpenSharedFile(busy_path_, O_WRONLY);
     if (fd < 0) {
       return;
     }
-    (void)fchmod(fd, 0666);  // works for the creator only: its umask must not lock others out
     (void)futimens(fd, nullptr);
     close(fd);
   }
@@ -138,11 +139,131 @@ class TpmDevice {
   }
   static constexpr absl::Duration kBusyWindow = absl::Seconds(2);
 
+  // Sequence lock: on a shared TPM only one process at a time runs a TPM command sequence (a
+  // signature, ContextLoad + Sign + FlushContext, a key load, a key creation). Without it every
+  // process sends its commands at once: swtpm serves one TCP connection at a time with a small
+  // listen backlog, and libtss2-tcti-swtpm opens a connection per command, so the extra SYNs are
+  // dropped and the kernel resends them after its 1 s initial retransmission timeout: a few
+  // handshakes/s with 4 nginx workers (docs/benchmarks.md). A physical /dev/tpm0 serialises its
+  // users too (one open at a time). The lock is flock(2) on /tmp/hwid-tpm-lock-<hash of the
+  // TCTI>, opened by each process itself (a forked child reopens it: flock locks belong to the
+  // open file description, which fork shares); the kernel drops it when its holder dies, kill -9
+  // included. Anyone may take it (mode 0666, like the busy file): a local user who holds it
+  // delays each TPM command sequence by up to kLockWait (then it runs unserialised, see
+  // AcquireLock), never makes it fail. When the file cannot be opened, TPM access goes on
+  // unserialised (said once with HWID_PROVIDER_DEBUG). Callers hold op_mu (depth and fd are guarded by it; fork happens
+  // only with op_mu held by ForkPrepare, so the lock is never held across fork). Re-entrant.
+  void LockSequence() {
+    if (!shared_ || lock_depth_++ > 0) {
+      return;
+    }
+    const int fd = LockFd();
+    if (fd >= 0) {
+      AcquireLock(fd);
+    }
+  }
+  void UnlockSequence() {
+    if (!shared_ || lock_depth_ == 0 || --lock_depth_ > 0) {
+      return;
+    }
+    if (lock_fd_ >= 0 && lock_pid_ == getpid()) {
+      (void)flock(lock_fd_, LOCK_UN);
+    }
+  }
+
  private:
+  // OpenSharedFile opens one of the files in /tmp that every process on this TPM shares, creating
+  // it mode 0666 when missing; never through a symlink. An existing file is opened without O_CREAT
+  // first: with fs.protected_regular (systemd's default) an O_CREAT open of another user's file
+  // in sticky /tmp fails even when its mode allows it. -1 with errno set on failure.
+  static int OpenSharedFile(const std::string& path, int access) {
+    int fd = open(path.c_str(), access | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0 && errno == ENOENT) {
+      fd = open(path.c_str(), access | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0666);
+      if (fd >= 0) {
+        (void)fchmod(fd, 0666);  // the creator's umask must not lock other users out
+      } else if (errno == EEXIST) {
+        fd = open(path.c_str(), access | O_NOFOLLOW | O_CLOEXEC);  // another process won the race
+      }
+    }
+    return fd;
+  }
+
+  std::string TctiHash() const {
+    return Sha256Hex(ByteSpan(reinterpret_cast<const uint8_t*>(tcti_.data()), tcti_.size()))
+        .substr(0, 16);
+  }
+
+  // LockFd returns this process' descriptor of the lock file (-1 when it cannot be opened).
+  int LockFd() {
+    const pid_t pid = getpid();
+    if (lock_pid_ != pid) {
+      if (lock_fd_ >= 0) {
+        close(lock_fd_);  // the parent's open file description: its lock is not ours
+      }
+      lock_fd_ = -1;
+      lock_pid_ = pid;
+      const int fd = OpenSharedFile(lock_path_, O_RDWR);
+      if (fd < 0) {
+        const int err = errno;
+        if (!lock_warned_) {
+          lock_warned_ = true;
+          Debug("cannot open the TPM sequence lock %s (%s): TPM commands of this process are "
+                "not serialised with other processes on %s",
+                lock_path_.c_str(), strerror(err), tcti_.c_str());
+        }
+        return -1;
+      }
+      lock_fd_ = fd;
+    }
+    return lock_fd_;
+  }
+
+  // SequenceLockWaiting: the Tpm's wait hook (see LockSequence).
+  void SequenceLockWaiting(bool waiting) {
+    if (lock_depth_ == 0 || lock_fd_ < 0 || lock_pid_ != getpid()) {
+      return;
+    }
+    if (waiting) {
+      (void)flock(lock_fd_, LOCK_UN);
+    } else {
+      AcquireLock(lock_fd_);
+    }
+  }
+
+  // AcquireLock takes the lock, waiting at most kLockWait: a holder that never lets go (a
+  // stopped process, or a local user who took it on purpose) must not hang the TLS server, so
+  // after that the sequence runs unserialised, as without the lock (HWID_PROVIDER_DEBUG says so).
+  // Polls with a short backoff rather than blocking in flock: a blocking wait cannot be bounded
+  // without a signal, and signals belong to the host program.
+  void AcquireLock(int fd) {
+    if (flock(fd, LOCK_EX | LOCK_NB) == 0) {
+      return;
+    }
+    Debug("waiting for the TPM sequence lock %s", lock_path_.c_str());
+    const absl::Time deadline = absl::Now() + kLockWait;
+    absl::Duration backoff = absl::Microseconds(20);
+    while (absl::Now() < deadline) {
+      absl::SleepFor(backoff);
+      if (flock(fd, LOCK_EX | LOCK_NB) == 0) {
+        return;
+      }
+      backoff = std::min(backoff * 2, absl::Microseconds(500));
+    }
+    Debug("the TPM sequence lock %s stayed taken for %s: going on unserialised",
+          lock_path_.c_str(), absl::FormatDuration(kLockWait).c_str());
+  }
+  static constexpr absl::Duration kLockWait = absl::Seconds(5);
+
   std::mutex mu_;
   const std::string tcti_;
   const bool shared_;
   const std::string busy_path_;
+  const std::string lock_path_;
+  int lock_fd_ = -1;
+  pid_t lock_pid_ = 0;
+  int lock_depth_ = 0;
+  bool lock_warned_ = false;
   std::unique_ptr<tpm::Tpm> tpm_;
   std::vector<std::unique_ptr<tpm::Tpm>> retired_;
   pid_t pid_ = 0;
@@ -150,6 +271,18 @@ class TpmDevice {
 };
 
 namespace {
+
+// SequenceGuard holds a device's sequence lock for its scope (needs op_mu).
+class SequenceGuard {
+ public:
+  explicit SequenceGuard(TpmDevice* device) : device_(device) { device_->LockSequence(); }
+  ~SequenceGuard() { device_->UnlockSequence(); }
+  SequenceGuard(const SequenceGuard&) = delete;
+  SequenceGuard& operator=(const SequenceGuard&) = delete;
+
+ private:
+  TpmDevice* const device_;
+};
 
 class TpmKey;
 
@@ -345,6 +478,7 @@ class TpmKey final : public Key {
       }
     }
     std::lock_guard<std::mutex> lock(Reg().op_mu);
+    SequenceGuard sequence(device_.get());
     uint64_t gen = 0;
     ASSIGN_OR_RETURN(tpm::Tpm * tpm, device_->Get(&gen));
     absl::StatusOr<TPMT_SIGNATURE> sig = SignLocked(tpm, gen, digest, params.scheme, hash);
@@ -395,6 +529,7 @@ class TpmKey final : public Key {
     if (activated_) {
       return absl::OkStatus();
     }
+    SequenceGuard sequence(device_.get());
     absl::Status st = ActivateLocked();
     if (!st.ok()) {
       device_->ResetIfBroken(last_gen_, st);
@@ -531,6 +666,7 @@ class TpmKey final : public Key {
     if (!loaded_.has_value()) {
       return;
     }
+    SequenceGuard sequence(device_.get());  // the flush
     if (!device_->Owns(loaded_gen_)) {
       loaded_->object.Release();
     }
@@ -747,12 +883,17 @@ absl::StatusOr<std::shared_ptr<Key>> TpmBackend::LoadHandle(uint32_t handle, Byt
 }
 
 absl::StatusOr<std::shared_ptr<Key>> TpmBackend::Generate(KeyAlg alg, ByteSpan auth) {
-  uint64_t gen = 0;
-  ASSIGN_OR_RETURN(tpm::Tpm * tpm, device_->Get(&gen));
-  absl::StatusOr<wire::TpmKeyFile> file = tpm->CreateKey(alg, auth);
-  if (absl::IsResourceExhausted(file.status())) {
-    UnloadAllExcept(nullptr);
+  absl::StatusOr<wire::TpmKeyFile> file = absl::UnknownError("not created");
+  {
+    std::lock_guard<std::mutex> op(Reg().op_mu);
+    SequenceGuard sequence(device_.get());
+    uint64_t gen = 0;
+    ASSIGN_OR_RETURN(tpm::Tpm * tpm, device_->Get(&gen));
     file = tpm->CreateKey(alg, auth);
+    if (absl::IsResourceExhausted(file.status())) {
+      UnloadAllExceptLocked(nullptr);
+      file = tpm->CreateKey(alg, auth);
+    }
   }
   if (!file.ok()) {
     return absl::Status(file.status().code(),

@@ -1141,8 +1141,14 @@ absl::StatusOr<TpmObject> Tpm::LoadSlotFreeLocked(SlotFreeKey& key, absl::Time d
     // Someone else holds the slots for the moment: wait briefly (with jitter, so waiting
     // processes do not retry in lockstep) and try again.
     mu_.unlock();
+    if (wait_hook_) {
+      wait_hook_(true);
+    }
     absl::SleepFor(backoff + absl::Microseconds(absl::ToInt64Microseconds(backoff) *
                                                  (static_cast<int64_t>(commands_ % 7)) / 7));
+    if (wait_hook_) {
+      wait_hook_(false);
+    }
     mu_.lock();
     backoff = std::min(backoff * 2, absl::Milliseconds(20));
   }

@@ -147,6 +147,12 @@ class Tpm {
 
   const std::string& tcti() const { return tcti_; }
 
+  // set_wait_hook installs a hook that SignSlotFree/LoadSlotFree call around each wait for a free
+  // object slot: hook(true) before sleeping, hook(false) after (outside the Tpm lock). A caller
+  // that holds a cross-process lock around its command sequences releases it there, so that the
+  // processes holding the slots can take the lock and give them back.
+  void set_wait_hook(std::function<void(bool waiting)> hook) { wait_hook_ = std::move(hook); }
+
   absl::StatusOr<TpmInfo> GetInfo();
   absl::StatusOr<Bytes> GetRandom(size_t n);
 
@@ -283,6 +289,7 @@ class Tpm {
   std::unique_ptr<Impl> impl_;
   std::recursive_mutex mu_;
   uint64_t commands_ = 0;
+  std::function<void(bool)> wait_hook_;
 };
 
 // CheckPersistentKeyFile checks that the persistent key the TPM holds (its public area

@@ -28,6 +28,14 @@ TEST(HexTest, RoundTripAndErrors) {
   EXPECT_TRUE(HexDecode("")->empty());
 }
 
+// FIPS 180-2 test vector (Sha256Hex hashes in its own library context; the provider-order case
+// is covered by provider_shared_tpm_test's sequence-lock test, hwid listed first).
+TEST(HexTest, Sha256HexKnownVector) {
+  const std::string abc = "abc";
+  EXPECT_EQ(Sha256Hex(ByteSpan(reinterpret_cast<const uint8_t*>(abc.data()), abc.size())),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+}
+
 TEST(ConstantTimeEqualsTest, ComparesContentAndLength) {
   Bytes a = {1, 2, 3};
   Bytes b = {1, 2, 3};

@@ -4,8 +4,11 @@
 // Each case starts and stops its own processes; every signature is checked in software.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <fcntl.h>
 #include <signal.h>
+#include <sys/file.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -34,13 +37,15 @@ constexpr char kP[] = "-provider default -provider hwid";
 
 // BusyFile is where hwid.so processes on this TPM signal "no free object slot" to each other
 // (docs/provider.md, "Many processes on a TPM without a resource manager").
-std::string BusyFile() {
+std::string TctiFile(const char* prefix) {
   const std::string& tcti = GlobalSwtpm().tcti();
-  return absl::StrCat("/tmp/hwid-tpm-busy-",
-                      Sha256Hex(ByteSpan(reinterpret_cast<const uint8_t*>(tcti.data()),
-                                         tcti.size()))
-                          .substr(0, 16));
+  return absl::StrCat(prefix, Sha256Hex(ByteSpan(reinterpret_cast<const uint8_t*>(tcti.data()),
+                                                 tcti.size()))
+                                  .substr(0, 16));
 }
+std::string BusyFile() { return TctiFile("/tmp/hwid-tpm-busy-"); }
+// LockFile is the flock(2) file that lets one process at a time run a TPM command sequence.
+std::string LockFile() { return TctiFile("/tmp/hwid-tpm-lock-"); }
 
 // WaitUntil polls `pred` (bounded: 20 s); true when it held.
 template <typename Pred>
@@ -197,6 +202,72 @@ TEST_F(SharedTpmTest, SignatureWaitsForASlotAndSignalsTheOthers) {
   held.pop_back();
   EXPECT_EQ(signer.Wait(60), 0) << signer.Log();
   held.clear();
+}
+
+// The sequence lock serialises the processes on a TPM without a resource manager: while another
+// process holds it, a signature waits for it (HWID_PROVIDER_DEBUG says so); when that holder is
+// killed with SIGKILL, the kernel drops its lock and the signature goes through holding it (not
+// after the 5 s bound on the wait, which would go on unserialised and say so).
+TEST_F(SharedTpmTest, SignerWaitsForTheSequenceLockAndAKilledHolderDoesNotBlockIt) {
+  // SetUp's key generation and signatures made the lock file: mode 0666 whatever the umask, so
+  // that workers running as another user share it.
+  const std::string path = LockFile();
+  struct stat st;
+  ASSERT_EQ(lstat(path.c_str(), &st), 0) << "hwid made no sequence lock file " << path;
+  EXPECT_TRUE(S_ISREG(st.st_mode));
+  EXPECT_EQ(st.st_mode & 0777, 0666u);
+  int ready[2];
+  ASSERT_EQ(pipe(ready), 0);
+  const pid_t holder = fork();
+  ASSERT_GE(holder, 0);
+  if (holder == 0) {
+    // Only async-signal-safe calls in the child of a (possibly) threaded process.
+    const int fd = open(path.c_str(), O_RDWR | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0 || flock(fd, LOCK_EX) != 0 || write(ready[1], "1", 1) != 1) {
+      _exit(1);
+    }
+    while (true) {
+      pause();
+    }
+  }
+  close(ready[1]);
+  char c = 0;
+  ASSERT_EQ(read(ready[0], &c, 1), 1) << "the lock holder did not take the lock";
+  close(ready[0]);
+
+  // hwid listed before default: the lock file's name (a SHA-256) must not depend on the order
+  // (it once did: SHA256() found no provider for it and the name was uninitialised memory).
+  Background signer(
+      absl::StrCat("sh -c \"cd ", dir_, " && HWID_PROVIDER_DEBUG=1 openssl pkeyutl -provider hwid "
+                   "-provider default -sign -inkey key.pem -in dgst -out sig && openssl pkeyutl "
+                   "-verify -pubin -inkey pub.pem -in dgst -sigfile sig\""),
+      dir_ + "/signer.log");
+  EXPECT_TRUE(signer.WaitForLog("waiting for the TPM sequence lock"))
+      << "the signer did not wait for the sequence lock: " << signer.Log();
+  ASSERT_EQ(kill(holder, SIGKILL), 0);
+  int status = 0;
+  ASSERT_EQ(waitpid(holder, &status, 0), holder);
+  EXPECT_EQ(signer.Wait(60), 0) << signer.Log();
+  EXPECT_THAT(signer.Log(), ::testing::Not(HasSubstr("going on unserialised")));
+}
+
+// A lock file that cannot be opened (here a symlink planted at its name: refused, O_NOFOLLOW)
+// does not break signing: the process signs unserialised and says so with HWID_PROVIDER_DEBUG.
+TEST_F(SharedTpmTest, UnopenableSequenceLockFallsBackAndSaysSo) {
+  const std::string path = LockFile();
+  const std::string target = dir_ + "/planted-target";
+  const int t = open(target.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+  ASSERT_GE(t, 0);
+  close(t);
+  unlink(path.c_str());
+  ASSERT_EQ(symlink(target.c_str(), path.c_str()), 0);
+  auto [rc, out] = Run(absl::StrCat("HWID_PROVIDER_DEBUG=1 ", SignCmd()));
+  unlink(path.c_str());
+  EXPECT_EQ(rc, 0) << out;
+  EXPECT_THAT(out, HasSubstr("cannot open the TPM sequence lock"));
+  struct stat st;
+  ASSERT_EQ(stat(target.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0600u) << "the symlink was followed";
 }
 
 // A TSS2 PRIVATE KEY file that names a persistent key (`hwid key file --persistent`) works
