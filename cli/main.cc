@@ -17,11 +17,15 @@
 #include "absl/strings/string_view.h"
 #include "absl/strings/cord.h"
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/ascii.h"
 #include "cli/args.h"
+#if HWID_WITH_TPM_CHECK
+#include "cli/tpm_check.h"
+#endif
 #include "common/bytes.h"
 #include "common/ossl.h"
 #include "common/sign.h"
@@ -610,11 +614,61 @@ absl::Status CmdKeyEvict(const Args& a) {
   return absl::OkStatus();
 }
 
+#if HWID_WITH_TPM_CHECK
+absl::Status CmdTpmCheck(const Args& a) {
+  TpmCheckOptions o;
+  o.tcti = a.GetOr("tcti", "");
+  if (auto ca = a.Get("ca")) {
+    if (ca->empty()) return UsageError("--ca needs a file or directory");
+    o.ca_path = *ca;
+  }
+  o.pcrs = a.GetOr("pcrs", o.pcrs);
+  if (absl::StatusOr<TPML_PCR_SELECTION> sel = wire::ParsePcrSelection(o.pcrs); !sel.ok()) {
+    return UsageError(absl::StrCat("--pcrs: ", sel.status().message()));
+  }
+  if (auto h = a.Get("ak-handle")) {
+    absl::StatusOr<uint32_t> handle = tpm::ParseHandle(*h);
+    if (!handle.ok()) return UsageError(std::string(handle.status().message()));
+    if ((*handle >> 24) != 0x81) return UsageError("--ak-handle must be a persistent handle (0x81xxxxxx)");
+    o.ak_handle = *handle;
+  }
+  if (auto runs = a.Get("runs")) {
+    int n = 0;
+    if (!absl::SimpleAtoi(*runs, &n) || n < 1 || n > 1000) {
+      return UsageError("--runs must be a number from 1 to 1000");
+    }
+    o.perf_runs = n;
+  }
+  o.quick = a.Flag("quick");
+  const std::optional<std::string> json_path = a.Get("json");
+  if (json_path.has_value() && json_path->empty()) return UsageError("--json needs a file name (or -)");
+
+  TpmCheckReport report = RunTpmCheck(o);
+  const std::string json = CheckReportJson(report);
+  if (json_path.has_value() && *json_path == "-") {
+    std::cout << json;
+  } else {
+    std::cout << FormatCheckTable(report);
+    if (json_path.has_value()) {
+      RETURN_IF_ERROR(WriteFile(*json_path, AsSpan(json), 0644));
+      std::cout << "JSON report: " << *json_path << "\n";
+    }
+  }
+  if (report.ExitCode() != 0) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        report.Count(CheckResult::kFail), " check(s) failed; each failed line says what to do"));
+  }
+  return absl::OkStatus();
+}
+#endif
+
 const char kTopUsage[] =
     "usage: hwid <group> <command> [options]\n"
     "\n"
     "  hwid tpm info                 TPM identity, firmware, PCR banks, lockout state\n"
     "  hwid tpm ek                   EK certificates and public keys (--ca verifies the chain)\n"
+    "  hwid tpm check                qualification report: EK certificates, keys, capabilities,\n"
+    "                                the hwid_tpm attestation, timings (table and JSON)\n"
     "  hwid tpm pcrread              read PCR values\n"
     "  hwid tpm flush-transient      free object slots leaked by killed processes (no RM)\n"
     "  hwid attest selftest          AK + credential activation + quote, verified in software\n"
@@ -647,6 +701,23 @@ std::map<std::string, Command> Commands() {
       "  each certificate chain against BUNDLE (self-signed roots + intermediates).\n"
       "  --out-dir writes ek-NAME.crt.pem and ek-NAME.pub.pem. Exit 1 when a check fails.\n",
       {"tcti", "alg", "ca", "out-dir"}, {}, CmdTpmEk};
+#if HWID_WITH_TPM_CHECK
+  c["tpm check"] = {
+      "usage: hwid tpm check [--ca BUNDLE] [--json FILE|-] [--pcrs sha256:0-7] [--quick]\n"
+      "                      [--ak-handle 0x81000100] [--runs N] [--tcti T]\n"
+      "  Checks whether this TPM will work with SPIRE (hwid_tpm) and your PKI, and if not, why:\n"
+      "  identity and clock; capabilities (algorithms, curves, PCR banks, slots, NV, dictionary-\n"
+      "  attack state); every EK certificate in NV (encoding quirks, TCG EK profile, validity,\n"
+      "  chain to BUNDLE with intermediates from the bundle or NV, key == the template EK); key\n"
+      "  hygiene (RSA size, ROCA, EC point); the attestation exactly as the hwid_tpm plugins run\n"
+      "  it (AK at --ak-handle, created and persisted if absent; credential activation; quote\n"
+      "  verified in software; the server's verdict); and median timings of TPM2_Sign, Quote,\n"
+      "  CreatePrimary and ActivateCredential (--runs each; --quick skips them).\n"
+      "  BUNDLE: a PEM file, a DER certificate or a directory of them. --json writes the report\n"
+      "  as JSON (schema hwid.tpm-check/v1, docs/tpm-check.md; '-' prints only the JSON).\n"
+      "  Exit status: 0 when no check failed, 1 when one did, 2 usage error.\n",
+      {"tcti", "ca", "json", "pcrs", "ak-handle", "runs"}, {"quick"}, CmdTpmCheck};
+#endif
   c["tpm pcrread"] = {"usage: hwid tpm pcrread [--pcrs sha256:0,1,2+sha1:0] [--tcti T]\n",
                       {"tcti", "pcrs"}, {}, CmdPcrRead};
   c["attest selftest"] = {

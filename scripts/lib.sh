@@ -17,6 +17,7 @@ HWID_DEB_PACKAGES=(
   iproute2 util-linux coreutils
   softhsm2 libp11-dev libp11-kit-dev p11-kit-modules libengine-pkcs11-openssl opensc
   postgresql libpq-dev
+  nlohmann-json3-dev python3-jsonschema
 )
 
 hwid_log() { printf '\n== %s\n' "$*" >&2; }

@@ -312,6 +312,7 @@ absl::StatusOr<TpmInfo> Tpm::GetInfo() {
   info.lockout_recovery = get(TPM2_PT_LOCKOUT_RECOVERY);
   info.transient_slots = get(TPM2_PT_HR_TRANSIENT_MIN);
   info.loaded_transient = get(TPM2_PT_HR_TRANSIENT_MIN) - get(TPM2_PT_HR_TRANSIENT_AVAIL);
+  info.properties = props;
 
   TPMS_CAPABILITY_DATA* raw = nullptr;
   TPMI_YES_NO more = TPM2_NO;
@@ -1241,6 +1242,73 @@ absl::StatusOr<std::vector<uint32_t>> Tpm::FlushTransientObjects() {
     flushed.push_back(h);
   }
   return flushed;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Capabilities and clock (for reports such as `hwid tpm check`)
+
+absl::StatusOr<std::vector<AlgorithmInfo>> Tpm::GetAlgorithms() {
+  std::lock_guard<std::recursive_mutex> lock(mu_);
+  std::vector<AlgorithmInfo> out;
+  uint32_t next = TPM2_ALG_FIRST;
+  for (int guard = 0; guard < 64; ++guard) {
+    TPMS_CAPABILITY_DATA* raw = nullptr;
+    TPMI_YES_NO more = TPM2_NO;
+    ++commands_;
+    TSS2_RC rc = Esys_GetCapability(impl_->esys, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE,
+                                    TPM2_CAP_ALGS, next, TPM2_MAX_CAP_ALGS, &more, &raw);
+    EsysPtr<TPMS_CAPABILITY_DATA> data(raw);
+    RETURN_IF_ERROR(TssError(rc, "TPM2_GetCapability(ALGS)"));
+    const TPML_ALG_PROPERTY& list = data->data.algorithms;
+    for (uint32_t i = 0; i < list.count && i < TPM2_MAX_CAP_ALGS; ++i) {
+      out.push_back(AlgorithmInfo{list.algProperties[i].alg, list.algProperties[i].algProperties});
+    }
+    if (more == TPM2_NO || list.count == 0) {
+      break;
+    }
+    next = static_cast<uint32_t>(list.algProperties[list.count - 1].alg) + 1;
+  }
+  return out;
+}
+
+absl::StatusOr<std::vector<uint16_t>> Tpm::GetEccCurves() {
+  std::lock_guard<std::recursive_mutex> lock(mu_);
+  std::vector<uint16_t> out;
+  uint32_t next = 0;
+  for (int guard = 0; guard < 16; ++guard) {
+    TPMS_CAPABILITY_DATA* raw = nullptr;
+    TPMI_YES_NO more = TPM2_NO;
+    ++commands_;
+    TSS2_RC rc = Esys_GetCapability(impl_->esys, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE,
+                                    TPM2_CAP_ECC_CURVES, next, TPM2_MAX_ECC_CURVES, &more, &raw);
+    EsysPtr<TPMS_CAPABILITY_DATA> data(raw);
+    RETURN_IF_ERROR(TssError(rc, "TPM2_GetCapability(ECC_CURVES)"));
+    const TPML_ECC_CURVE& list = data->data.eccCurves;
+    for (uint32_t i = 0; i < list.count && i < TPM2_MAX_ECC_CURVES; ++i) {
+      out.push_back(list.eccCurves[i]);
+    }
+    if (more == TPM2_NO || list.count == 0) {
+      break;
+    }
+    next = static_cast<uint32_t>(list.eccCurves[list.count - 1]) + 1;
+  }
+  return out;
+}
+
+absl::StatusOr<ClockInfo> Tpm::ReadClock() {
+  std::lock_guard<std::recursive_mutex> lock(mu_);
+  TPMS_TIME_INFO* raw = nullptr;
+  ++commands_;
+  TSS2_RC rc = Esys_ReadClock(impl_->esys, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, &raw);
+  EsysPtr<TPMS_TIME_INFO> t(raw);
+  RETURN_IF_ERROR(TssError(rc, "TPM2_ReadClock"));
+  ClockInfo c;
+  c.time_ms = t->time;
+  c.clock_ms = t->clockInfo.clock;
+  c.reset_count = t->clockInfo.resetCount;
+  c.restart_count = t->clockInfo.restartCount;
+  c.safe = t->clockInfo.safe == TPM2_YES;
+  return c;
 }
 
 }  // namespace hwid::tpm

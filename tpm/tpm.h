@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -80,6 +81,24 @@ struct TpmInfo {
   uint32_t lockout_recovery = 0;
   uint32_t transient_slots = 0;  // TPM2_PT_HR_TRANSIENT_MIN
   uint32_t loaded_transient = 0;  // transient objects currently loaded (visible to us)
+  // Every TPM2_PT_FIXED and TPM2_PT_VAR property the TPM reported (TPM2_PT_* -> value), for
+  // reports that need more than the fields above (NV, sessions, persistent slots).
+  std::map<uint32_t, uint32_t> properties;
+};
+
+// ClockInfo: TPM2_ReadClock's TPMS_TIME_INFO.
+struct ClockInfo {
+  uint64_t time_ms = 0;   // time since the last TPM _TPM_Init (or power-on), ms
+  uint64_t clock_ms = 0;  // the TPM's Clock: ms the TPM has been powered, advances monotonically
+  uint32_t reset_count = 0;    // TPM Resets (power cycles / Startup(CLEAR)) since TPM2_Clear
+  uint32_t restart_count = 0;  // TPM Restarts / Resumes since the last reset
+  bool safe = false;           // no Clock value was lost (TPMS_CLOCK_INFO.safe)
+};
+
+// AlgorithmInfo: one entry of TPM2_GetCapability(TPM_CAP_ALGS).
+struct AlgorithmInfo {
+  uint16_t alg;         // TPM2_ALG_ID
+  uint32_t attributes;  // TPMA_ALGORITHM
 };
 
 struct EkCertificate {
@@ -242,6 +261,13 @@ class Tpm {
   // and returns their handles: the operator's way to free slots leaked by processes killed on a
   // TPM without a resource manager. Behind a resource manager it sees only this connection's.
   absl::StatusOr<std::vector<uint32_t>> FlushTransientObjects();
+  // GetAlgorithms lists the algorithms the TPM implements (TPM_CAP_ALGS).
+  absl::StatusOr<std::vector<AlgorithmInfo>> GetAlgorithms();
+  // GetEccCurves lists the ECC curves the TPM implements (TPM_CAP_ECC_CURVES; TPM2_ECC_*).
+  absl::StatusOr<std::vector<uint16_t>> GetEccCurves();
+  // ReadClock returns the TPM's time and clock information (TPM2_ReadClock).
+  absl::StatusOr<ClockInfo> ReadClock();
+
   // CommandCount is the number of TPM commands this object has sent (for benchmarks).
   uint64_t command_count() const { return commands_; }
 

@@ -168,7 +168,8 @@ absl::StatusOr<CaBundle> LoadCaBundleFile(const std::string& path) {
   return bundle;
 }
 
-absl::Status VerifyEkCertificate(X509* cert, const CaBundle& ca, std::optional<time_t> at) {
+absl::Status VerifyCertificateChain(X509* cert, const CaBundle& ca, std::optional<time_t> at,
+                                   std::vector<std::string>* chain_subjects) {
   OsslPtr<X509_STORE> store(X509_STORE_new());
   OsslPtr<STACK_OF(X509)> untrusted(sk_X509_new_null());
   OsslPtr<X509_STORE_CTX> ctx(X509_STORE_CTX_new());
@@ -205,6 +206,18 @@ absl::Status VerifyEkCertificate(X509* cert, const CaBundle& ca, std::optional<t
         " (at depth ", depth, ", certificate '", bad != nullptr ? SubjectString(bad) : "?",
         "'); check that the CA bundle holds the TPM manufacturer's root and intermediates"));
   }
+  if (chain_subjects != nullptr) {
+    chain_subjects->clear();
+    STACK_OF(X509)* chain = X509_STORE_CTX_get0_chain(ctx.get());
+    for (int i = 0; chain != nullptr && i < sk_X509_num(chain); ++i) {
+      chain_subjects->push_back(SubjectString(sk_X509_value(chain, i)));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status VerifyEkCertificate(X509* cert, const CaBundle& ca, std::optional<time_t> at) {
+  RETURN_IF_ERROR(VerifyCertificateChain(cert, ca, at, nullptr));
   return CheckEkCertificateProfile(cert);
 }
 

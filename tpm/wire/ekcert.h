@@ -45,6 +45,12 @@ absl::StatusOr<CaBundle> LoadCaBundleFile(const std::string& path);
 absl::Status VerifyEkCertificate(X509* cert, const CaBundle& ca,
                                  std::optional<time_t> at = std::nullopt);
 
+// VerifyCertificateChain is the chain part of VerifyEkCertificate alone (no profile check): for
+// reports that judge the chain and the profile separately. `chain_subjects`, when set, receives
+// the verified path, leaf first, root last.
+absl::Status VerifyCertificateChain(X509* cert, const CaBundle& ca, std::optional<time_t> at,
+                                    std::vector<std::string>* chain_subjects);
+
 // CheckEkCertificateProfile applies the TCG EK Credential Profile to the leaf:
 //   1. not a CA: basicConstraints absent or cA FALSE;
 //   2. keyUsage, when present: keyEncipherment for an RSA key, keyAgreement for an ECC key, and
