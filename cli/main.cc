@@ -206,7 +206,7 @@ absl::Status CmdTpmEk(const Args& a) {
   }
   std::optional<wire::CaBundle> ca;
   if (auto path = a.Get("ca")) {
-    ASSIGN_OR_RETURN(ca, wire::LoadCaBundleFile(*path));
+    ASSIGN_OR_RETURN(ca, wire::LoadTrustBundle(*path));
   }
   const std::string out_dir = a.GetOr("out-dir", "");
   ASSIGN_OR_RETURN(auto t, OpenTpm(a));
@@ -248,6 +248,9 @@ absl::Status CmdTpmEk(const Args& a) {
     }
     if (it == by_type.end()) {
       std::cout << absl::StrFormat("  certificate:    none at NV %s\n", tpm::FormatHandle(spec.cert_nv_index));
+    } else if (!it->second->error.ok()) {
+      std::cout << absl::StrFormat("  certificate:    %s\n", it->second->error.message());
+      ++failures;
     } else {
       ASSIGN_OR_RETURN(OsslPtr<X509> cert, wire::ParseCertificateDer(it->second->der));
       std::cout << absl::StrFormat("  certificate:    NV %s, %u bytes\n",

@@ -94,6 +94,9 @@ bool SameKeyAlg(const TPMT_PUBLIC& a, const TPMT_PUBLIC& b) {
 }
 
 constexpr uint32_t kSrkHandle = 0x81000001;
+// The NV range of the EK certificate chain (TCG EK Credential Profile for TPM 2.0).
+constexpr uint32_t kEkChainNvFirst = 0x01c00100;
+constexpr uint32_t kEkChainNvLast = 0x01c001ff;
 
 // DeviceAccessHint: for a "device:PATH" TCTI this process may not open, says who is asking, the
 // device's owner, group and mode, and what to change ("" when access is not the problem).
@@ -413,9 +416,96 @@ absl::StatusOr<std::vector<EkCertificate>> Tpm::ReadEkCertificates() {
     if (absl::IsNotFound(nv.status())) {
       continue;
     }
-    RETURN_IF_ERROR(nv.status());
-    ASSIGN_OR_RETURN(Bytes der, wire::ExtractEkCertificateDer(*nv));
-    out.push_back(EkCertificate{spec.type, spec.name, spec.cert_nv_index, std::move(der)});
+    if (absl::IsUnavailable(nv.status())) {
+      return nv.status();
+    }
+    EkCertificate c{spec.type, spec.name, spec.cert_nv_index, {}};
+    if (!nv.ok()) {
+      c.error = nv.status();
+      out.push_back(std::move(c));
+      continue;
+    }
+    c.nv_size = nv->size();
+    absl::StatusOr<wire::NvCertificate> cert = wire::ExtractNvCertificate(*nv);
+    if (!cert.ok()) {
+      c.error = absl::Status(
+          cert.status().code(),
+          absl::StrCat("NV ", FormatHandle(spec.cert_nv_index), " (", spec.name,
+                       " EK certificate) exists but holds no DER certificate: ",
+                       cert.status().message()));
+      out.push_back(std::move(c));
+      continue;
+    }
+    c.der = std::move(cert->der);
+    c.tcg_wrapper = cert->tcg_wrapper;
+    c.padding_bytes = cert->padding_bytes;
+    c.trailing_bytes = cert->trailing_bytes;
+    c.quirks = std::move(cert->quirks);
+    out.push_back(std::move(c));
+  }
+  return out;
+}
+
+absl::StatusOr<std::vector<NvChainCertificate>> Tpm::ReadEkChainCertificates() {
+  ASSIGN_OR_RETURN(std::vector<uint32_t> indices,
+                   ListNvIndices(kEkChainNvFirst, kEkChainNvLast));
+  std::vector<NvChainCertificate> out;
+  for (uint32_t index : indices) {
+    NvChainCertificate c{index, {}, {}, absl::OkStatus()};
+    absl::StatusOr<Bytes> nv = NvRead(index);
+    if (absl::IsUnavailable(nv.status())) {
+      return nv.status();
+    }
+    if (!nv.ok()) {
+      c.error = nv.status();
+    } else if (absl::StatusOr<wire::NvCertificate> cert = wire::ExtractNvCertificate(*nv);
+               !cert.ok()) {
+      c.error = absl::Status(cert.status().code(),
+                             absl::StrCat("NV ", FormatHandle(index),
+                                          " (EK certificate chain) exists but holds no DER "
+                                          "certificate: ",
+                                          cert.status().message()));
+    } else {
+      c.der = std::move(cert->der);
+      c.quirks = std::move(cert->quirks);
+    }
+    out.push_back(std::move(c));
+  }
+  return out;
+}
+
+absl::StatusOr<std::vector<uint32_t>> Tpm::ListNvIndices(uint32_t first, uint32_t last) {
+  std::lock_guard<std::recursive_mutex> lock(mu_);
+  std::vector<uint32_t> out;
+  uint32_t next = first;
+  while (next <= last) {
+    TPMS_CAPABILITY_DATA* raw = nullptr;
+    TPMI_YES_NO more = TPM2_NO;
+    ++commands_;
+    TSS2_RC rc = Esys_GetCapability(impl_->esys, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE,
+                                    TPM2_CAP_HANDLES, next, TPM2_MAX_CAP_HANDLES, &more, &raw);
+    EsysPtr<TPMS_CAPABILITY_DATA> data(raw);
+    RETURN_IF_ERROR(TssError(rc, "TPM2_GetCapability(HANDLES)",
+                             absl::StrCat("NV indices from ", FormatHandle(next))));
+    const uint32_t count = std::min<uint32_t>(data->data.handles.count, TPM2_MAX_CAP_HANDLES);
+    bool past_last = false;
+    size_t added = 0;
+    for (uint32_t i = 0; i < count; ++i) {
+      const uint32_t h = data->data.handles.handle[i];
+      if (h < next) {
+        continue;
+      }
+      if (h > last || (h >> 24) != (first >> 24)) {
+        past_last = true;
+        break;
+      }
+      out.push_back(h);
+      ++added;
+    }
+    if (past_last || more != TPM2_YES || added == 0 || out.back() == last) {
+      break;
+    }
+    next = out.back() + 1;
   }
   return out;
 }

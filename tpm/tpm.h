@@ -101,11 +101,30 @@ struct AlgorithmInfo {
   uint32_t attributes;  // TPMA_ALGORITHM
 };
 
+// EkCertificate: the content of one EK certificate NV index that exists and was written.
 struct EkCertificate {
   wire::EkType type;
   std::string name;
   uint32_t nv_index;
-  Bytes der;  // the certificate DER, NV padding removed
+  Bytes der;  // the certificate DER, NV header and padding removed (empty when !error.ok())
+  // What the NV index held around the certificate (wire::NvCertificate).
+  size_t nv_size = 0;
+  bool tcg_wrapper = false;
+  size_t padding_bytes = 0;
+  size_t trailing_bytes = 0;
+  std::vector<std::string> quirks;
+  // OK when the certificate was found; otherwise why this index holds none (unreadable, no DER
+  // certificate), already naming the index.
+  absl::Status error;
+};
+
+// NvChainCertificate: one certificate of the EK certificate chain stored in NV
+// (0x01c00100-0x01c001ff, TCG EK Credential Profile).
+struct NvChainCertificate {
+  uint32_t nv_index;
+  Bytes der;  // empty when !error.ok()
+  std::vector<std::string> quirks;
+  absl::Status error;  // naming the index
 };
 
 struct Ek {
@@ -178,8 +197,17 @@ class Tpm {
   // NV and EK certificates.
   absl::StatusOr<Bytes> NvRead(uint32_t nv_index);
   // ReadEkCertificates reads every standard EK certificate NV index (low and high range) that
-  // exists; absent indices are skipped.
+  // exists; absent (or never written) indices are skipped. An index that cannot be read or holds
+  // no DER certificate yields an entry with a non-OK `error` (and no DER) instead of failing the
+  // whole read; only a TPM that stops answering (Unavailable) fails it.
   absl::StatusOr<std::vector<EkCertificate>> ReadEkCertificates();
+  // ReadEkChainCertificates reads every defined NV index of the EK certificate chain range
+  // 0x01c00100-0x01c001ff (enumerated with TPM2_GetCapability, not probed), in index order, each
+  // parsed with wire::ExtractNvCertificate; a bad index yields an entry with a non-OK `error`.
+  absl::StatusOr<std::vector<NvChainCertificate>> ReadEkChainCertificates();
+  // ListNvIndices returns the defined NV indices in [first, last], ascending
+  // (TPM2_GetCapability(TPM2_CAP_HANDLES), following "more data").
+  absl::StatusOr<std::vector<uint32_t>> ListNvIndices(uint32_t first, uint32_t last);
 
   // LoadEk returns the EK of `type`: the persistent one (0x81010001 RSA / 0x81010002 ECC) when
   // present and it matches the TCG template (unless allow_persistent is false), else one created

@@ -144,6 +144,11 @@ absl::Status AgentResponder::EnsureKeys() {
     if (!certs.ok()) {
       return Annotate(certs.status(), "reading the EK certificates");
     }
+    // An EK certificate index that holds no certificate is as good as absent here: the server
+    // then decides by its allowlist (hwid tpm ek / tpm check report the reason).
+    certs->erase(std::remove_if(certs->begin(), certs->end(),
+                                [](const tpm::EkCertificate& c) { return !c.error.ok(); }),
+                 certs->end());
     if (config_.ek.has_value()) {
       type = *config_.ek;
       for (tpm::EkCertificate& c : *certs) {
@@ -183,8 +188,26 @@ absl::Status AgentResponder::EnsureKeys() {
       return Annotate(ek.status(),
                       absl::StrCat("loading the EK (", wire::EkSpecFor(type).name, ")"));
     }
+    // The EK certificate chain in NV (0x01c00100-0x01c001ff): untrusted path-building helpers
+    // for the server, sent with the certificate. Indices without a certificate are skipped, and
+    // so is a chain range the TPM cannot enumerate: the server's bundle may not need them.
+    std::vector<Bytes> intermediates;
+    if (!cert.empty()) {
+      absl::StatusOr<std::vector<tpm::NvChainCertificate>> chain = tpm_->ReadEkChainCertificates();
+      if (absl::IsUnavailable(chain.status())) {
+        return Annotate(chain.status(), "reading the EK certificate chain from NV");
+      }
+      if (chain.ok()) {
+        for (tpm::NvChainCertificate& c : *chain) {
+          if (c.error.ok() && intermediates.size() < kMaxIntermediates) {
+            intermediates.push_back(std::move(c.der));
+          }
+        }
+      }
+    }
     ek_ = std::move(*ek);
     ek_certificate_ = std::move(cert);
+    ek_intermediates_ = std::move(intermediates);
   }
   if (!ak_.has_value()) {
     absl::StatusOr<tpm::LoadedKey> ak = tpm_->EnsureAk(config_.ak_alg, config_.ak_handle);
@@ -205,6 +228,7 @@ absl::StatusOr<Bytes> AgentResponder::MakePayload() {
   ASSIGN_OR_RETURN(p.ek_public, wire::MarshalPublic(ek_->pub));
   ASSIGN_OR_RETURN(p.ak_public, wire::MarshalPublic(ak_->pub));
   p.ek_certificate = ek_certificate_;
+  p.ek_intermediates = ek_intermediates_;
   ASSIGN_OR_RETURN(Bytes out, EncodePayload(p));
   awaiting_challenge_ = true;
   return out;

@@ -91,6 +91,7 @@ class AgentResponder {
   std::optional<tpm::Ek> ek_;
   std::optional<tpm::LoadedKey> ak_;
   Bytes ek_certificate_;
+  std::vector<Bytes> ek_intermediates_;  // from NV 0x01c00100.., at most kMaxIntermediates
   bool awaiting_challenge_ = false;
   uint32_t version_ = kProtocolVersion;
 };

@@ -191,7 +191,7 @@ absl::StatusOr<std::shared_ptr<const ServerConfig>> ValidateServerConfig(
   if (!in.ek_ca_bundle_paths.empty()) {
     wire::CaBundle merged;
     for (const std::string& path : in.ek_ca_bundle_paths) {
-      absl::StatusOr<wire::CaBundle> b = wire::LoadCaBundleFile(path);
+      absl::StatusOr<wire::CaBundle> b = wire::LoadTrustBundle(path);
       if (!b.ok()) {
         return ConfigError("ek_ca_bundle_paths", b.status().message());
       }
@@ -201,6 +201,8 @@ absl::StatusOr<std::shared_ptr<const ServerConfig>> ValidateServerConfig(
       for (auto& c : b->intermediates) {
         merged.intermediates.push_back(std::move(c));
       }
+      merged.files.insert(merged.files.end(), b->files.begin(), b->files.end());
+      merged.ignored_files += b->ignored_files;
     }
     config->ca = std::move(merged);
   }

@@ -1,6 +1,7 @@
 // libFuzzer target for the tpm/wire code that runs on attacker-controlled bytes: the TPM structure
 // parsers, the TSS2 PRIVATE KEY codec, the PCR selection parser, VerifyQuote, and (issue 13) the
-// weak-key checks, the EK-certificate profile on a parsed certificate and the CA bundle reader.
+// weak-key checks, the EK-certificate profile on a parsed certificate and the CA bundle reader,
+// and (issue 14) the NV certificate extractor (TCG header, padding, trailing bytes).
 //
 // With Clang the target `wire_fuzz` is built with -fsanitize=fuzzer,address,undefined:
 //   ./wire_fuzz -max_total_time=600 <corpus dir, e.g. tests/tpm/wire/testdata>
@@ -48,6 +49,14 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     (void)hwid::wire::CheckEkCertificateProfile(cert->get());
   }
   (void)hwid::wire::LoadCaBundlePem(in);
+  if (auto nv = hwid::wire::ExtractNvCertificate(in); nv.ok()) {
+    // What it returns is what verifiers get: exactly one DER certificate, inside the input.
+    if (!hwid::wire::ParseCertificateDer(nv->der).ok() || nv->der.size() > size ||
+        nv->der.size() + nv->padding_bytes + nv->trailing_bytes + (nv->tcg_wrapper ? 5 : 0) !=
+            size) {
+      __builtin_trap();
+    }
+  }
   (void)hwid::wire::ParseTpmtPublic(in);
   (void)hwid::wire::ParsePrivate(in);
   (void)hwid::wire::ParseIdObject(in);

@@ -13,7 +13,9 @@
 
 #include "common/ossl.h"
 #include "tests/testing/status_assert.h"
+#include "tests/testing/run_shell.h"
 #include "tests/testing/swtpm.h"
+#include "tests/testing/swtpm_nv.h"
 #include "tpm/error.h"
 #include "tpm/wire/attest.h"
 #include "tpm/wire/credential.h"
@@ -182,6 +184,177 @@ TEST_F(TpmTest, EkCertificateRejectedByUnrelatedCa) {
   // Expired at verification time.
   EXPECT_EQ(wire::VerifyEkCertificate(cert.get(), good, time_t{86400}).code(),
             absl::StatusCode::kPermissionDenied);
+}
+
+// ---------------------------------------------------------------- certificates as vendors ship
+// them (issue 14): each on a private swtpm, written with tpm2-tools.
+
+class NvCertificateTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!testing::HaveTpm2Tools()) {
+      if (testing::RunningInCi()) {
+        FAIL() << "tpm2-tools (tpm2_nvdefine, tpm2_nvwrite, tpm2_nvundefine) are required when "
+                  "CI=true";
+      }
+      GTEST_SKIP() << "tpm2-tools not installed";
+    }
+    ASSERT_OK_AND_ASSIGN(swtpm_, testing::Swtpm::Start());
+    ASSERT_OK_AND_ASSIGN(wire::CaBundle ca, wire::LoadCaBundleFile(swtpm_->ek_ca_bundle()));
+    ASSERT_EQ(ca.intermediates.size(), 1u);
+    intermediate_der_ = Der(ca.intermediates[0].get());
+    // The template's RSA EK certificate, exactly as DER.
+    ASSERT_OK_AND_ASSIGN(std::unique_ptr<Tpm> t, Tpm::Open(swtpm_->tcti()));
+    ASSERT_OK_AND_ASSIGN(Bytes nv, t->NvRead(kRsaNv));
+    ASSERT_OK_AND_ASSIGN(rsa_der_, wire::ExtractEkCertificateDer(nv));
+  }
+  static Bytes Der(X509* cert) {
+    unsigned char* buf = nullptr;
+    const int n = i2d_X509(cert, &buf);
+    Bytes out(buf, buf + (n > 0 ? n : 0));
+    OPENSSL_free(buf);
+    return out;
+  }
+  absl::Status Write(uint32_t index, const Bytes& data) {
+    return testing::WriteNvIndex(swtpm_->tcti(), swtpm_->dir(), index, data);
+  }
+  // ReadAll opens the TPM, reads the EK certificates and closes it (swtpm serves one client).
+  std::vector<EkCertificate> ReadAll() {
+    absl::StatusOr<std::unique_ptr<Tpm>> t = Tpm::Open(swtpm_->tcti());
+    EXPECT_TRUE(t.ok()) << t.status();
+    if (!t.ok()) {
+      return {};
+    }
+    absl::StatusOr<std::vector<EkCertificate>> certs = (*t)->ReadEkCertificates();
+    EXPECT_TRUE(certs.ok()) << certs.status();
+    return certs.ok() ? *std::move(certs) : std::vector<EkCertificate>{};
+  }
+  static Bytes Concat(std::initializer_list<Bytes> parts) {
+    size_t n = 0;
+    for (const Bytes& p : parts) {
+      n += p.size();
+    }
+    Bytes out;
+    out.reserve(n);
+    for (const Bytes& p : parts) {
+      out.insert(out.end(), p.begin(), p.end());
+    }
+    return out;
+  }
+  static const EkCertificate* Find(const std::vector<EkCertificate>& certs, uint32_t index) {
+    for (const EkCertificate& c : certs) {
+      if (c.nv_index == index) {
+        return &c;
+      }
+    }
+    return nullptr;
+  }
+
+  static constexpr uint32_t kRsaNv = 0x01c00002;
+  static constexpr uint32_t kEccNv = 0x01c0000a;
+  std::unique_ptr<testing::Swtpm> swtpm_;
+  Bytes rsa_der_;
+  Bytes intermediate_der_;
+};
+
+TEST_F(NvCertificateTest, EkCertificateQuirksAreReported) {
+  const Bytes header = {0x10, 0x01, 0x00, static_cast<uint8_t>(rsa_der_.size() >> 8),
+                        static_cast<uint8_t>(rsa_der_.size())};
+  const Bytes junk = {0xde, 0xad, 0xbe, 0xef, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12};
+  struct Row {
+    const char* name;
+    Bytes nv;
+    bool wrapper;
+    size_t padding;
+    size_t trailing;
+    std::vector<std::string> quirks;
+  };
+  const std::vector<Row> rows = {
+      {"exact DER", rsa_der_, false, 0, 0, {}},
+      {"TCG header", Concat({header, rsa_der_}), true, 0, 0,
+       {absl::StrCat("TCG PC Client NV header 10 01 00 (length ", rsa_der_.size(),
+                     ") before the DER")}},
+      {"junk and padding", Concat({rsa_der_, junk, Bytes(64, 0xff)}), false, 64, 16,
+       {"16 bytes after the DER certificate that are not 0x00/0xff padding",
+        "64 bytes of 0xff padding after the DER certificate"}},
+      {"zero padding", Concat({rsa_der_, Bytes(100, 0x00)}), false, 100, 0,
+       {"100 bytes of 0x00 padding after the DER certificate"}},
+  };
+  for (const Row& row : rows) {
+    SCOPED_TRACE(row.name);
+    ASSERT_OK(Write(kRsaNv, row.nv));
+    std::vector<EkCertificate> certs = ReadAll();
+    const EkCertificate* c = Find(certs, kRsaNv);
+    ASSERT_NE(c, nullptr);
+    ASSERT_OK(c->error);
+    EXPECT_EQ(c->der, rsa_der_);
+    EXPECT_EQ(c->nv_size, row.nv.size());
+    EXPECT_EQ(c->tcg_wrapper, row.wrapper);
+    EXPECT_EQ(c->padding_bytes, row.padding);
+    EXPECT_EQ(c->trailing_bytes, row.trailing);
+    EXPECT_EQ(c->quirks, row.quirks);
+  }
+}
+
+TEST_F(NvCertificateTest, IndexWithoutCertificateDoesNotAbortTheRead) {
+  ASSERT_OK(Write(kEccNv, Bytes(300, 0xff)));  // an erased NV: defined, written, no certificate
+  std::vector<EkCertificate> certs = ReadAll();
+  const EkCertificate* bad = Find(certs, kEccNv);
+  ASSERT_NE(bad, nullptr);
+  EXPECT_EQ(bad->error.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(bad->error.message()),
+              HasSubstr("NV 0x01c0000a (ecc-p256 EK certificate) exists but holds no DER "
+                        "certificate: "));
+  EXPECT_TRUE(bad->der.empty());
+  // The other indices are still read.
+  const EkCertificate* rsa = Find(certs, kRsaNv);
+  ASSERT_NE(rsa, nullptr);
+  EXPECT_OK(rsa->error);
+  EXPECT_EQ(rsa->der, rsa_der_);
+  EXPECT_NE(Find(certs, 0x01c00016), nullptr);
+}
+
+TEST_F(NvCertificateTest, ChainCertificatesFromNv) {
+  {
+    ASSERT_OK_AND_ASSIGN(std::unique_ptr<Tpm> t, Tpm::Open(swtpm_->tcti()));
+    ASSERT_OK_AND_ASSIGN(std::vector<NvChainCertificate> none, t->ReadEkChainCertificates());
+    EXPECT_TRUE(none.empty()) << "the template has no chain certificate in NV";
+  }
+  ASSERT_OK(Write(0x01c00100, intermediate_der_));
+  // A TCG header and padding are tolerated in the chain range too; garbage yields an entry.
+  const Bytes wrapped = Concat({Bytes{0x10, 0x01, 0x00,
+                                      static_cast<uint8_t>(intermediate_der_.size() >> 8),
+                                      static_cast<uint8_t>(intermediate_der_.size())},
+                                intermediate_der_, Bytes(8, 0xff)});
+  ASSERT_OK(Write(0x01c00101, Bytes(64, 0x5a)));
+  ASSERT_OK(Write(0x01c001ff, wrapped));
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<Tpm> t, Tpm::Open(swtpm_->tcti()));
+  ASSERT_OK_AND_ASSIGN(std::vector<uint32_t> ek_indices, t->ListNvIndices(0x01c00000, 0x01c000ff));
+  EXPECT_THAT(ek_indices, ::testing::IsSupersetOf({0x01c00002u, 0x01c0000au, 0x01c00016u}));
+  EXPECT_THAT(ek_indices, Not(::testing::Contains(0x01c00100u)));
+  EXPECT_TRUE(std::is_sorted(ek_indices.begin(), ek_indices.end()));
+  ASSERT_OK_AND_ASSIGN(std::vector<uint32_t> chain_indices,
+                       t->ListNvIndices(0x01c00100, 0x01c001ff));
+  EXPECT_THAT(chain_indices, ::testing::ElementsAre(0x01c00100u, 0x01c00101u, 0x01c001ffu));
+  ASSERT_OK_AND_ASSIGN(std::vector<uint32_t> one, t->ListNvIndices(0x01c00101, 0x01c00101));
+  EXPECT_THAT(one, ::testing::ElementsAre(0x01c00101u));
+
+  ASSERT_OK_AND_ASSIGN(std::vector<NvChainCertificate> chain, t->ReadEkChainCertificates());
+  ASSERT_EQ(chain.size(), 3u);
+  EXPECT_EQ(chain[0].nv_index, 0x01c00100u);
+  EXPECT_OK(chain[0].error);
+  EXPECT_EQ(chain[0].der, intermediate_der_);
+  EXPECT_TRUE(chain[0].quirks.empty());
+  EXPECT_EQ(chain[1].nv_index, 0x01c00101u);
+  EXPECT_EQ(chain[1].error.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(chain[1].error.message()),
+              HasSubstr("NV 0x01c00101 (EK certificate chain) exists but holds no DER "
+                        "certificate: "));
+  EXPECT_TRUE(chain[1].der.empty());
+  EXPECT_EQ(chain[2].nv_index, 0x01c001ffu);
+  EXPECT_OK(chain[2].error);
+  EXPECT_EQ(chain[2].der, intermediate_der_);
+  EXPECT_EQ(chain[2].quirks.size(), 2u);
 }
 
 TEST_F(TpmTest, NvReadOfAbsentIndexIsNotFound) {

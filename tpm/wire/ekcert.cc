@@ -4,8 +4,14 @@
 #include <openssl/pem.h>
 #include <openssl/x509v3.h>
 
+#include <algorithm>
+#include <filesystem>
 #include <memory>
+#include <set>
+#include <system_error>
 
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 #include "tpm/wire/crypto.h"
@@ -48,42 +54,106 @@ std::string ObjToText(const ASN1_OBJECT* obj) {
 
 }  // namespace
 
-absl::StatusOr<Bytes> ExtractEkCertificateDer(ByteSpan nv) {
-  if (nv.size() < 4 || nv[0] != 0x30) {
-    return absl::InvalidArgumentError(
-        "EK certificate NV contents do not start with a DER SEQUENCE (not an X.509 DER "
-        "certificate)");
+absl::StatusOr<NvCertificate> ExtractNvCertificate(ByteSpan nv) {
+  NvCertificate out;
+  out.nv_size = nv.size();
+  auto invalid = [&](absl::string_view what) {
+    return absl::InvalidArgumentError(absl::StrCat("certificate NV contents (", nv.size(),
+                                                   " bytes): ", what));
+  };
+  if (nv.empty()) {
+    return invalid("empty (no certificate)");
+  }
+  // 1. The TCG PC Client NV header (TPM 1.2 era, still shipped): 10 01 00, then the certificate
+  //    length, 2 bytes big-endian.
+  size_t start = 0;
+  std::optional<size_t> header_length;
+  if (nv.size() >= 5 && nv[0] == 0x10 && nv[1] == 0x01 && nv[2] == 0x00) {
+    header_length = (static_cast<size_t>(nv[3]) << 8) | nv[4];
+    out.tcg_wrapper = true;
+    start = 5;
+  }
+  // 2. A DER SEQUENCE whose length fits.
+  const ByteSpan rest = nv.subspan(start);
+  if (rest.empty() || rest[0] != 0x30) {
+    return invalid(absl::StrCat(
+        out.tcg_wrapper ? "after the TCG NV header 10 01 00, " : "",
+        rest.empty() ? "nothing follows"
+                     : absl::StrCat("the first byte is 0x", absl::Hex(rest[0], absl::kZeroPad2),
+                                    ", not 0x30 (a DER SEQUENCE)"),
+        ": not an X.509 DER certificate"));
+  }
+  if (rest.size() < 2) {
+    return invalid("truncated DER SEQUENCE header");
   }
   size_t header = 2;
   size_t length = 0;
-  if ((nv[1] & 0x80) == 0) {
-    length = nv[1];
+  if ((rest[1] & 0x80) == 0) {
+    length = rest[1];
   } else {
-    size_t n = nv[1] & 0x7f;
-    if (n == 0 || n > 3 || nv.size() < 2 + n) {
-      return absl::InvalidArgumentError("EK certificate NV contents: bad DER length field");
+    const size_t n = rest[1] & 0x7f;
+    if (n == 0 || n > 3) {
+      return invalid(absl::StrCat("bad DER length field 0x", absl::Hex(rest[1], absl::kZeroPad2),
+                                  " (indefinite or longer than 3 bytes)"));
+    }
+    if (rest.size() < 2 + n) {
+      return invalid("truncated DER length field");
     }
     for (size_t i = 0; i < n; ++i) {
-      length = (length << 8) | nv[2 + i];
+      length = (length << 8) | rest[2 + i];
     }
     header += n;
   }
   const size_t total = header + length;
-  if (total > nv.size()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("EK certificate NV contents are truncated: the certificate needs ", total,
-                     " bytes, the NV index holds ", nv.size()));
+  if (header_length.has_value() && *header_length != total) {
+    return invalid(absl::StrCat("the TCG NV header 10 01 00 gives a certificate length of ",
+                                *header_length, " bytes, the DER SEQUENCE after it is ", total,
+                                " bytes"));
   }
-  for (size_t i = total; i < nv.size(); ++i) {
-    if (nv[i] != 0x00 && nv[i] != 0xff) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "EK certificate NV contents: ", nv.size() - total,
-          " unexpected bytes after the certificate (only 0x00/0xff padding is accepted)"));
+  if (total > rest.size()) {
+    return invalid(absl::StrCat("truncated: the DER certificate needs ", total,
+                                " bytes, the NV index holds ", rest.size(),
+                                out.tcg_wrapper ? " after the TCG NV header" : ""));
+  }
+  out.der.assign(rest.begin(), rest.begin() + static_cast<std::ptrdiff_t>(total));
+  absl::StatusOr<OsslPtr<X509>> cert = ParseCertificateDer(out.der);
+  if (!cert.ok()) {
+    return invalid(absl::StrCat("the DER SEQUENCE of ", total,
+                                " bytes is not an X.509 certificate: ", cert.status().message()));
+  }
+  // 3. What follows: trailing bytes up to the last non-padding byte, then padding.
+  const ByteSpan tail = rest.subspan(total);
+  size_t pad_start = tail.size();
+  while (pad_start > 0 && (tail[pad_start - 1] == 0x00 || tail[pad_start - 1] == 0xff)) {
+    --pad_start;
+  }
+  out.trailing_bytes = pad_start;
+  out.padding_bytes = tail.size() - pad_start;
+  if (out.tcg_wrapper) {
+    out.quirks.push_back(absl::StrCat("TCG PC Client NV header 10 01 00 (length ", total,
+                                      ") before the DER"));
+  }
+  if (out.trailing_bytes > 0) {
+    out.quirks.push_back(absl::StrCat(out.trailing_bytes,
+                                      " bytes after the DER certificate that are not 0x00/0xff "
+                                      "padding"));
+  }
+  if (out.padding_bytes > 0) {
+    bool zeros = false;
+    bool ones = false;
+    for (size_t i = pad_start; i < tail.size(); ++i) {
+      (tail[i] == 0x00 ? zeros : ones) = true;
     }
+    out.quirks.push_back(absl::StrCat(out.padding_bytes, " bytes of ",
+                                      zeros && ones ? "0x00/0xff" : (zeros ? "0x00" : "0xff"),
+                                      " padding after the DER certificate"));
   }
-  Bytes der(nv.begin(), nv.begin() + static_cast<std::ptrdiff_t>(total));
-  RETURN_IF_ERROR(ParseCertificateDer(der).status());
-  return der;
+  return out;
+}
+
+absl::StatusOr<Bytes> ExtractEkCertificateDer(ByteSpan nv) {
+  ASSIGN_OR_RETURN(NvCertificate c, ExtractNvCertificate(nv));
+  return std::move(c.der);
 }
 
 absl::StatusOr<OsslPtr<X509>> ParseCertificateDer(ByteSpan der) {
@@ -99,15 +169,19 @@ absl::StatusOr<OsslPtr<X509>> ParseCertificateDer(ByteSpan der) {
   return cert;
 }
 
-absl::StatusOr<CaBundle> LoadCaBundlePem(ByteSpan pem) {
+namespace {
+
+// ReadPemCertificates reads every PEM block of `pem` into `out`. Text outside the blocks is
+// ignored (PEM_read_bio skips to the next "-----BEGIN" line). Block by block, so that a garbled
+// block or one of another type fails the whole bundle instead of silently ending it
+// (PEM_read_bio_X509 stops at the first bad block, and a bundle missing the rest of its roots
+// fails later, far from the cause). `what` prefixes the messages ("CA bundle", a file name).
+absl::Status ReadPemCertificates(ByteSpan pem, absl::string_view what,
+                                 std::vector<OsslPtr<X509>>* out) {
   OsslPtr<BIO> bio(BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size())));
   if (!bio) {
     return OpenSslError("BIO_new_mem_buf");
   }
-  CaBundle out;
-  // Block by block, so that a garbled block or one of another type fails the whole bundle
-  // instead of silently ending it (PEM_read_bio_X509 stops at the first bad block, and a bundle
-  // missing the rest of its roots fails later, far from the cause).
   for (int block = 1;; ++block) {
     char* name_raw = nullptr;
     char* header_raw = nullptr;
@@ -126,27 +200,51 @@ absl::StatusOr<CaBundle> LoadCaBundlePem(ByteSpan pem) {
         DrainOpenSslErrors();  // the end of the data: no further "-----BEGIN" line
         break;
       }
-      return OpenSslError(absl::StrCat("CA bundle: PEM block ", block,
+      return OpenSslError(absl::StrCat(what, ": PEM block ", block,
                                        " cannot be read (bad base64, a missing END line or "
                                        "truncated data)"),
                           absl::StatusCode::kInvalidArgument);
     }
     if (name != "CERTIFICATE") {
       return absl::InvalidArgumentError(absl::StrCat(
-          "CA bundle: PEM block ", block, " is a '", name.substr(0, 40),
+          what, ": PEM block ", block, " is a '", name.substr(0, 40),
           "', not a CERTIFICATE (a CA bundle holds certificates only)"));
     }
     if (!header.empty()) {
       return absl::InvalidArgumentError(absl::StrCat(
-          "CA bundle: PEM block ", block, " has PEM headers (encrypted or legacy PEM)"));
+          what, ": PEM block ", block, " has PEM headers (encrypted or legacy PEM)"));
     }
     absl::StatusOr<OsslPtr<X509>> cert = ParseCertificateDer(der);
     if (!cert.ok()) {
       return absl::InvalidArgumentError(
-          absl::StrCat("CA bundle: PEM block ", block, ": ", cert.status().message()));
+          absl::StrCat(what, ": PEM block ", block, ": ", cert.status().message()));
     }
-    const bool self_signed = X509_check_issued(cert->get(), cert->get()) == X509_V_OK;
-    (self_signed ? out.roots : out.intermediates).push_back(std::move(*cert));
+    out->push_back(std::move(*cert));
+  }
+  return absl::OkStatus();
+}
+
+Bytes ToDerBytes(X509* cert) {
+  unsigned char* buf = nullptr;
+  const int len = i2d_X509(cert, &buf);
+  const std::unique_ptr<unsigned char, OpensslFree> owner(buf);
+  if (len <= 0) {
+    DrainOpenSslErrors();
+    return {};
+  }
+  return Bytes(buf, buf + len);
+}
+
+bool SelfSigned(X509* cert) { return X509_check_issued(cert, cert) == X509_V_OK; }
+
+}  // namespace
+
+absl::StatusOr<CaBundle> LoadCaBundlePem(ByteSpan pem) {
+  std::vector<OsslPtr<X509>> certs;
+  RETURN_IF_ERROR(ReadPemCertificates(pem, "CA bundle", &certs));
+  CaBundle out;
+  for (OsslPtr<X509>& cert : certs) {
+    (SelfSigned(cert.get()) ? out.roots : out.intermediates).push_back(std::move(cert));
   }
   if (out.roots.empty() && out.intermediates.empty()) {
     return absl::InvalidArgumentError("CA bundle holds no PEM certificate");
@@ -166,6 +264,119 @@ absl::StatusOr<CaBundle> LoadCaBundleFile(const std::string& path) {
     return absl::Status(bundle.status().code(), absl::StrCat(path, ": ", bundle.status().message()));
   }
   return bundle;
+}
+
+namespace {
+
+constexpr int kMaxTrustBundleDepth = 16;
+
+bool IsCertificateFileName(const std::string& name) {
+  const std::string lower = absl::AsciiStrToLower(name);
+  for (const char* ext : {".pem", ".crt", ".cer", ".der"}) {
+    if (absl::EndsWith(lower, ext)) {
+      return true;
+    }
+  }
+  return false;
+}
+
+// ReadCertificateFile reads one file: PEM (it holds a "-----BEGIN" line) or one DER certificate.
+absl::Status ReadCertificateFile(const std::string& path, std::vector<OsslPtr<X509>>* out) {
+  ASSIGN_OR_RETURN(Bytes data, ReadFile(path));
+  const absl::string_view text(reinterpret_cast<const char*>(data.data()), data.size());
+  if (absl::StrContains(text, "-----BEGIN")) {
+    const size_t before = out->size();
+    RETURN_IF_ERROR(ReadPemCertificates(data, path, out));
+    if (out->size() == before) {
+      return absl::InvalidArgumentError(absl::StrCat(path, ": no PEM certificate"));
+    }
+    return absl::OkStatus();
+  }
+  if (data.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(path, ": empty file (no certificate)"));
+  }
+  absl::StatusOr<OsslPtr<X509>> cert = ParseCertificateDer(data);
+  if (!cert.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, ": neither PEM nor one DER certificate: ", cert.status().message()));
+  }
+  out->push_back(std::move(*cert));
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<CaBundle> LoadTrustBundle(const std::string& path) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  const fs::file_status st = fs::status(path, ec);
+  if (ec || !fs::exists(st)) {
+    return absl::NotFoundError(absl::StrCat("trust bundle ", path, ": ",
+                                            ec ? ec.message() : "no such file or directory"));
+  }
+  CaBundle out;
+  std::vector<std::string> files;
+  if (fs::is_directory(st)) {
+    // Not following directory symlinks keeps a link loop from hanging the walk; the depth bound
+    // guards against a pathological tree.
+    fs::recursive_directory_iterator it(path, fs::directory_options::none, ec);
+    if (ec) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("trust bundle directory ", path, ": ", ec.message()));
+    }
+    for (; it != fs::recursive_directory_iterator(); it.increment(ec)) {
+      if (ec) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("trust bundle directory ", path, ": ", ec.message()));
+      }
+      const fs::directory_entry& entry = *it;
+      const std::string name = entry.path().filename().string();
+      std::error_code ec2;
+      const bool is_dir = entry.is_directory(ec2) && !entry.is_symlink(ec2);
+      if (is_dir) {
+        if (absl::StartsWith(name, ".") || it.depth() >= kMaxTrustBundleDepth) {
+          ++out.ignored_files;
+          it.disable_recursion_pending();
+        }
+        continue;
+      }
+      if (absl::StartsWith(name, ".") || !IsCertificateFileName(name) ||
+          !entry.is_regular_file(ec2)) {
+        ++out.ignored_files;
+        continue;
+      }
+      files.push_back(entry.path().string());
+    }
+    std::sort(files.begin(), files.end());
+    if (files.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "trust bundle directory ", path,
+          " holds no certificate file (.pem .crt .cer .der); ", out.ignored_files,
+          " other entries ignored"));
+    }
+  } else {
+    files.push_back(path);
+  }
+  std::set<Bytes> seen;
+  for (const std::string& file : files) {
+    std::vector<OsslPtr<X509>> certs;
+    RETURN_IF_ERROR(ReadCertificateFile(file, &certs));
+    out.files.push_back(file);
+    for (OsslPtr<X509>& cert : certs) {
+      Bytes der = ToDerBytes(cert.get());
+      if (!der.empty() && !seen.insert(std::move(der)).second) {
+        continue;  // an exact duplicate
+      }
+      (SelfSigned(cert.get()) ? out.roots : out.intermediates).push_back(std::move(cert));
+    }
+  }
+  if (out.roots.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "trust bundle ", path, " holds no self-signed root certificate (",
+        out.intermediates.size(),
+        " intermediates; intermediates alone are never trust anchors)"));
+  }
+  return out;
 }
 
 absl::Status VerifyCertificateChain(X509* cert, const CaBundle& ca, std::optional<time_t> at,

@@ -6,6 +6,7 @@
 
 #include <tss2/tss2_tpm2_types.h>
 
+#include <cstddef>
 #include <ctime>
 #include <optional>
 #include <string>
@@ -18,24 +19,66 @@
 
 namespace hwid::wire {
 
-// ExtractEkCertificateDer returns the DER certificate stored in an EK certificate NV index. NV
-// indices are often larger than the certificate; only 0x00 or 0xff padding may follow it.
+// NvCertificate: one certificate as found in an NV index (an EK certificate or a certificate of
+// the EK chain), with what the NV held around it.
+struct NvCertificate {
+  Bytes der;                  // exactly one DER certificate (what verifiers get)
+  size_t nv_size = 0;         // bytes read from the NV index
+  bool tcg_wrapper = false;   // the NV held the 10 01 00 LL LL header before the DER
+  size_t padding_bytes = 0;   // 0x00/0xff bytes after the certificate
+  size_t trailing_bytes = 0;  // other bytes after the certificate (not padding)
+  // Quirks: one line per quirk for operators, e.g. "TCG PC Client NV header 10 01 00 (length
+  // 1234) before the DER", "16 bytes after the DER certificate that are not 0x00/0xff padding",
+  // "372 bytes of 0xff padding after the DER certificate". Empty when the NV holds exactly the DER.
+  std::vector<std::string> quirks;
+};
+
+// ExtractNvCertificate finds the DER certificate in NV contents: an optional TCG PC Client NV
+// header (10 01 00, then the certificate length as 2 bytes big-endian), then a DER SEQUENCE whose
+// length fits and that parses as exactly one X.509 certificate, then padding (0x00/0xff) or other
+// trailing bytes, which are reported in the result, not refused. After the certificate, the
+// trailing bytes are those up to the last byte that is not 0x00/0xff; the padding is the run of
+// 0x00/0xff after them. InvalidArgument naming the problem when no complete DER certificate is
+// there (empty, not 0x30, bad length field, truncated, header length disagreeing with the DER
+// length, not a certificate).
+absl::StatusOr<NvCertificate> ExtractNvCertificate(ByteSpan nv_contents);
+
+// ExtractEkCertificateDer returns ExtractNvCertificate(nv_contents)->der: the quirks are accepted
+// and dropped (the agent only extracts; the server parses exactly one DER certificate).
 absl::StatusOr<Bytes> ExtractEkCertificateDer(ByteSpan nv_contents);
 
 // ParseCertificateDer parses exactly one DER certificate (no trailing bytes).
 absl::StatusOr<OsslPtr<X509>> ParseCertificateDer(ByteSpan der);
 
-// CaBundle splits a PEM bundle into trust anchors (self-signed) and intermediates.
+// CaBundle: trust anchors (self-signed) and intermediates.
 struct CaBundle {
   std::vector<OsslPtr<X509>> roots;
   std::vector<OsslPtr<X509>> intermediates;
+  // Informative, filled by LoadTrustBundle: the certificate files read (in the order read) and
+  // the number of files skipped in a directory (other extensions, dot-files).
+  std::vector<std::string> files;
+  size_t ignored_files = 0;
 };
 // LoadCaBundlePem fails (InvalidArgument naming the block) when the data holds no certificate or
 // no self-signed root, or when any PEM block is unreadable (bad base64, no END line), is not a
 // CERTIFICATE, has PEM headers, or is not exactly one DER certificate: a bundle is taken whole or
-// not at all, never silently cut at a bad block.
+// not at all, never silently cut at a bad block. Text outside the blocks (comments, "subject="
+// lines as community bundles carry) is ignored.
 absl::StatusOr<CaBundle> LoadCaBundlePem(ByteSpan pem);
 absl::StatusOr<CaBundle> LoadCaBundleFile(const std::string& path);
+
+// LoadTrustBundle loads trust anchors and intermediates from `path`: a file (PEM bundle, possibly
+// with text or '#' comment lines between blocks as community bundles have; or one DER
+// certificate) or a directory, read recursively (files ending .pem .crt .cer .der, any case; PEM
+// or DER sniffed by content; other files and dot-files ignored and counted; symbolic links to
+// directories are not followed, so a link loop cannot hang it; depth at most 16), e.g.
+// Microsoft's TrustedTpm.cab extracted (<Vendor>/RootCA/*.cer, <Vendor>/IntermediateCA/*.cer,
+// DER). Files are read in path order. Self-signed certificates are roots, the rest
+// intermediates; exact duplicates (same DER) are dropped. Strict like LoadCaBundlePem: an
+// unreadable PEM block or a certificate file that does not parse fails the whole load naming the
+// file (and block number); a directory or file with no certificate fails; no root at all fails.
+// All failures are InvalidArgument (NotFound when `path` does not exist).
+absl::StatusOr<CaBundle> LoadTrustBundle(const std::string& path);
 
 // VerifyEkCertificate checks that `cert` chains to a root of `ca` (intermediates are untrusted
 // helpers, never anchors; every certificate above the leaf must be a CA by basicConstraints and
