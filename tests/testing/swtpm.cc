@@ -273,6 +273,33 @@ absl::StatusOr<std::unique_ptr<Swtpm>> Swtpm::Start() {
   return StartFrom(tmpl);
 }
 
+absl::StatusOr<std::unique_ptr<Swtpm>> Swtpm::StartProfile(const std::string& name) {
+  const char* base = std::getenv("HWID_SWTPM_PROFILES");
+  if (base == nullptr || *base == '\0') {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "swtpm test fixture: HWID_SWTPM_PROFILES is not set, so profile '", name,
+        "' has no template; run the test through ctest (declare SWTPM_PROFILES in hwid_add_test: "
+        "fixture swtpm_profiles) or set it to a directory made by "
+        "tests/swtpm_setup/provision_profiles.sh"));
+  }
+  const std::string dir = absl::StrCat(base, "/", name);
+  if (!fs::is_directory(dir)) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "swtpm test fixture: no template for profile '", name, "' (", dir,
+        " missing); run swtpm-setup/swtpm-provision-template --profile ", name, " ", dir));
+  }
+  std::ifstream marker(dir + "/profile");
+  std::string provisioned;
+  std::getline(marker, provisioned);
+  if (!fs::exists(dir + "/.provisioned") || provisioned != name) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "swtpm test fixture: ", dir, " is not a provisioned template of profile '", name,
+        "' (", dir, "/profile says '", provisioned, "'); run swtpm-setup/swtpm-provision-template "
+        "--profile ", name, " ", dir));
+  }
+  return StartFrom(dir);
+}
+
 absl::StatusOr<std::unique_ptr<Swtpm>> Swtpm::StartFrom(const std::string& tmpl) {
   for (const char* f : {"/state/tpm2-00.permall", "/ek-ca.pem", "/ek-root.pem"}) {
     if (!fs::exists(tmpl + f)) {
@@ -303,6 +330,13 @@ absl::StatusOr<std::unique_ptr<Swtpm>> Swtpm::StartFrom(const std::string& tmpl)
   for (const char* f : {"ek-ca.pem", "ek-root.pem"}) {
     if (!ec) {
       fs::copy_file(absl::StrCat(tmpl, "/", f), absl::StrCat(swtpm->dir_, "/", f), ec);
+    }
+  }
+  // Present only in some layouts (swtpm-setup profiles): copied when they exist.
+  for (const char* f : {"other-ca.pem", "profile", "certs"}) {
+    const std::string from = absl::StrCat(tmpl, "/", f);
+    if (!ec && fs::exists(from)) {
+      fs::copy(from, absl::StrCat(swtpm->dir_, "/", f), fs::copy_options::recursive, ec);
     }
   }
   if (ec) {

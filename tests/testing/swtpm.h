@@ -34,9 +34,17 @@ class Swtpm {
   static absl::StatusOr<std::unique_ptr<Swtpm>> Start();
 
   // StartFrom is Start with the TPM state (and CA files) copied from `source_dir` instead of the
-  // template: `source_dir` has the layout of dir() (state/, ek-ca.pem, ek-root.pem), e.g. another
-  // Swtpm's dir() after its Stop(). Two swtpms started from one directory are clones of one TPM.
+  // template: `source_dir` has the layout of dir() (state/, ek-ca.pem, ek-root.pem, and when
+  // present other-ca.pem, certs/, profile), e.g. another Swtpm's dir() after its Stop(). Two swtpms started from one directory are clones of one TPM.
   static absl::StatusOr<std::unique_ptr<Swtpm>> StartFrom(const std::string& source_dir);
+
+  // StartProfile is StartFrom($HWID_SWTPM_PROFILES/<name>): a swtpm provisioned with the
+  // swtpm-setup profile `name` (swtpm-setup/README.md "Profiles"; CTest's fixture swtpm_profiles
+  // provides the templates, tests declare SWTPM_PROFILES in hwid_add_test). Besides the state and
+  // the CA files, other-ca.pem (profile wrong-ca), certs/ and profile are copied. Errors:
+  // FAILED_PRECONDITION when HWID_SWTPM_PROFILES is unset or the profile's template is missing or
+  // not provisioned; then as StartFrom.
+  static absl::StatusOr<std::unique_ptr<Swtpm>> StartProfile(const std::string& name);
 
   Swtpm(const Swtpm&) = delete;
   Swtpm& operator=(const Swtpm&) = delete;
@@ -55,6 +63,9 @@ class Swtpm {
   std::string ek_ca_bundle() const { return dir_ + "/ek-ca.pem"; }
   // ek_root is the path of a PEM file with the local root CA only.
   std::string ek_root() const { return dir_ + "/ek-root.pem"; }
+  // other_ca is the path of the second CA's bundle (root + intermediate) of the profile wrong-ca;
+  // the file exists only for that profile.
+  std::string other_ca() const { return dir_ + "/other-ca.pem"; }
   // pid of the running swtpm child, or -1 when stopped.
   pid_t pid() const { return pid_; }
 
