@@ -296,13 +296,13 @@ TEST_F(TpmCheckTest, TrustBundleDirectoryOfDerAndPem) {
   auto t = Start("good");
   ASSERT_NE(t, nullptr);
   // The layout community bundles use: roots and intermediates as separate DER and PEM files.
+  // ek-ca.pem is the root followed by the intermediate: split it, root as DER, intermediate PEM.
   ShellResult mk = RunShell(absl::StrCat(
-      "mkdir -p '", dir_, "/bundle/Vendor/RootCA' '", dir_, "/bundle/Vendor/IntermediateCA' && "
-      "openssl x509 -in '", t->ek_root(), "' -outform DER -out '", dir_,
-      "/bundle/Vendor/RootCA/root.cer' && "
-      "cp '", t->dir(), "/localca/issuercert.pem' '", dir_,
-      "/bundle/Vendor/IntermediateCA/inter.crt' && echo 'not a certificate' > '", dir_,
-      "/bundle/README.txt'"));
+      "set -e; cd '", dir_, "'; mkdir -p bundle/Vendor/RootCA bundle/Vendor/IntermediateCA; "
+      "awk '/BEGIN CERT/{n++} {print > (\"part\" n \".pem\")}' '", t->ek_ca_bundle(), "'; "
+      "openssl x509 -in part1.pem -outform DER -out bundle/Vendor/RootCA/root.cer; "
+      "cp part2.pem bundle/Vendor/IntermediateCA/inter.crt; "
+      "echo 'not a certificate' > bundle/README.txt"));
   ASSERT_EQ(mk.exit_code, 0) << mk.output;
   CheckRun run = Check(t->tcti(), absl::StrCat("--quick --ca '", dir_, "/bundle'"));
   EXPECT_EQ(run.code, 0) << run.out;

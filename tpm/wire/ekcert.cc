@@ -380,7 +380,7 @@ absl::StatusOr<CaBundle> LoadTrustBundle(const std::string& path) {
 }
 
 absl::Status VerifyCertificateChain(X509* cert, const CaBundle& ca, std::optional<time_t> at,
-                                   std::vector<std::string>* chain_subjects) {
+                                   std::vector<std::string>* chain_subjects, bool check_time) {
   OsslPtr<X509_STORE> store(X509_STORE_new());
   OsslPtr<STACK_OF(X509)> untrusted(sk_X509_new_null());
   OsslPtr<X509_STORE_CTX> ctx(X509_STORE_CTX_new());
@@ -404,6 +404,9 @@ absl::Status VerifyCertificateChain(X509* cert, const CaBundle& ca, std::optiona
   X509_VERIFY_PARAM* param = X509_STORE_CTX_get0_param(ctx.get());
   if (at.has_value()) {
     X509_VERIFY_PARAM_set_time(param, *at);
+  }
+  if (!check_time) {
+    X509_VERIFY_PARAM_set_flags(param, X509_V_FLAG_NO_CHECK_TIME);
   }
   // EK certificates are not TLS certificates: no purpose check; the EKU is checked below.
   const int ok = X509_verify_cert(ctx.get());

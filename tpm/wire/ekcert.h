@@ -90,9 +90,11 @@ absl::Status VerifyEkCertificate(X509* cert, const CaBundle& ca,
 
 // VerifyCertificateChain is the chain part of VerifyEkCertificate alone (no profile check): for
 // reports that judge the chain and the profile separately. `chain_subjects`, when set, receives
-// the verified path, leaf first, root last.
+// the verified path, leaf first, root last. `check_time` false skips every validity-period check
+// (X509_V_FLAG_NO_CHECK_TIME): for judging the path of a certificate already known to be expired.
 absl::Status VerifyCertificateChain(X509* cert, const CaBundle& ca, std::optional<time_t> at,
-                                    std::vector<std::string>* chain_subjects);
+                                    std::vector<std::string>* chain_subjects,
+                                    bool check_time = true);
 
 // CheckEkCertificateProfile applies the TCG EK Credential Profile to the leaf:
 //   1. not a CA: basicConstraints absent or cA FALSE;
