@@ -71,6 +71,7 @@ std::string StatusText(const absl::Status& s) { return std::string(s.message());
 std::string AlgName(uint16_t alg) {
   switch (alg) {
     case TPM2_ALG_RSA: return "rsa";
+    case TPM2_ALG_TDES: return "tdes";
     case TPM2_ALG_SHA1: return "sha1";
     case TPM2_ALG_HMAC: return "hmac";
     case TPM2_ALG_AES: return "aes";
@@ -86,6 +87,7 @@ std::string AlgName(uint16_t alg) {
     case TPM2_ALG_ECDSA: return "ecdsa";
     case TPM2_ALG_ECDH: return "ecdh";
     case TPM2_ALG_ECDAA: return "ecdaa";
+    case TPM2_ALG_ECMQV: return "ecmqv";
     case TPM2_ALG_ECSCHNORR: return "ecschnorr";
     case TPM2_ALG_KDF1_SP800_56A: return "kdf1-sp800-56a";
     case TPM2_ALG_KDF1_SP800_108: return "kdf1-sp800-108";
