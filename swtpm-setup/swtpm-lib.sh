@@ -3,12 +3,12 @@
 #
 # Layout of a swtpm directory DIR (all paths absolute):
 #   DIR/.lock            flock(1) lock serialising every script working on DIR
-#   DIR/.provisioned     marker written last by provisioning (content: layout version)
+#   DIR/.provisioned     marker written last by provisioning (layout version and profile)
 #   DIR/cfg/             private swtpm_setup.conf + swtpm-localca.{conf,options}
 #   DIR/localca/         the private local CA (root + intermediate, their keys, serial)
 #   DIR/state/           the TPM state (tpm2-00.permall)
 #   DIR/ekcerts/         EK certificates (DER) as written by swtpm_setup / swtpm_localca
-#   DIR/certs/           the three EK certificates in PEM as read back from NV
+#   DIR/certs/           the EK certificates in PEM as read back from NV (those that exist)
 #   DIR/ek-ca.pem        PEM bundle: local root CA + intermediate
 #   DIR/ek-root.pem      PEM: local root CA only
 #   DIR/profile          the profile name (see swtpm_profile_apply and README.md "Profiles")
