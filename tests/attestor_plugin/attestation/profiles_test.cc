@@ -2,11 +2,9 @@
 // profile (swtpm-setup/README.md "Profiles"): TPMs as they come out of a factory, including
 // broken ones. The server is configured as a demanding operator would: the profile's ek-ca.pem
 // (ek-root.pem for intermediate-in-nv), default ek_algs (rsa-2048), default PCRs (sha256:0-7).
-// Each refusal's message is checked, not only its code.
-//
-// Tests named *_NeedsTrustBranch expect behaviour that the `trust` branch adds to the agent
-// (stripping NV wrappers/junk/padding, sending NV intermediates in ek_intermediates); they fail
-// until it is merged.
+// Each refusal's message is checked, not only its code. trailing-bytes and intermediate-in-nv are
+// admitted because the agent strips NV wrappers, junk and padding and sends NV intermediates in
+// ek_intermediates.
 #include <openssl/evp.h>
 #include <unistd.h>
 
@@ -249,7 +247,7 @@ TEST(AttestProfileTest, Sha1OnlyPcrsIsRefusedForSha256AndAdmittedWithSha1) {
 
 // Every EK certificate NV carries a vendor quirk (wrapper, junk, 0xff padding); the agent must
 // send the plain DER. Needs the `trust` branch (agent side).
-TEST(AttestProfileTest, TrailingBytesIsAdmitted_NeedsTrustBranch) {
+TEST(AttestProfileTest, TrailingBytesIsAdmitted) {
   for (const char* ek : {"rsa", "ecc", "ecc-p384-h3"}) {
     SCOPED_TRACE(ek);
     std::unique_ptr<Node> node = StartNode("trailing-bytes", ek);
@@ -263,7 +261,7 @@ TEST(AttestProfileTest, TrailingBytesIsAdmitted_NeedsTrustBranch) {
 
 // The issuing intermediate is only in NV 0x01c00100 and the server trusts the root alone: the
 // agent must send it in ek_intermediates. Needs the `trust` branch (agent side).
-TEST(AttestProfileTest, IntermediateInNvIsAdmitted_NeedsTrustBranch) {
+TEST(AttestProfileTest, IntermediateInNvIsAdmitted) {
   std::unique_ptr<Node> node = StartNode("intermediate-in-nv");
   ASSERT_NE(node, nullptr);
   absl::StatusOr<AttestationResult> r = AttestLogged(*node, Demanding(node->swtpm->ek_root()));
