@@ -49,8 +49,9 @@ std::string ServerLogDetail(const absl::Status& s);
 struct ServerConfigInput {
   // SPIRE's trust domain (from the Configure core configuration), e.g. "example.org".
   std::string trust_domain;
-  // ek_ca_bundle_paths: PEM files; self-signed certificates are trust anchors, the others
-  // intermediates (path-building helpers only).
+  // ek_ca_bundle_paths: each a file (PEM bundle, text between blocks allowed, or one DER
+  // certificate) or a directory read recursively (wire::LoadTrustBundle); self-signed
+  // certificates are trust anchors, the others intermediates (path-building helpers only).
   std::vector<std::string> ek_ca_bundle_paths;
   // ek_allowlist: hex SHA-256 of EK SubjectPublicKeyInfo DER (64 hex digits, any case).
   std::vector<std::string> ek_allowlist;

@@ -22,7 +22,9 @@
 #include "tests/attestor_plugin/attestation/agent_testing.h"
 #include "tests/attestor_plugin/attestation/test_pki.h"
 #include "tests/testing/status_assert.h"
+#include "tests/testing/run_shell.h"
 #include "tests/testing/swtpm.h"
+#include "tests/testing/swtpm_nv.h"
 #include "tests/tpm/wire/test_util.h"
 #include "tpm/tpm.h"
 #include "tpm/wire/crypto.h"
@@ -652,6 +654,88 @@ TEST(SecondTpmTest, EkFromAnotherCaIsRefused) {
   Transcript first_ok = Attest(*agent1, *NewSession(CertConfig()));
   ASSERT_THAT(first_ok.result, IsOk());
   EXPECT_NE(first_ok.result->spiffe_id, admitted.result->spiffe_id);
+}
+
+// ---------------------------------------------------------------- certificates in NV as vendors
+// ship them (issue 14): the chain's intermediate in NV 0x01c00100, a TCG-wrapped EK certificate.
+
+class NvChainTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!::hwid::testing::HaveTpm2Tools()) {
+      if (::hwid::testing::RunningInCi()) {
+        FAIL() << "tpm2-tools (tpm2_nvdefine, tpm2_nvwrite, tpm2_nvundefine) are required when "
+                  "CI=true";
+      }
+      GTEST_SKIP() << "tpm2-tools not installed";
+    }
+    ASSERT_OK_AND_ASSIGN(swtpm_, ::hwid::testing::Swtpm::Start());
+    ASSERT_OK_AND_ASSIGN(wire::CaBundle ca, wire::LoadCaBundleFile(swtpm_->ek_ca_bundle()));
+    ASSERT_EQ(ca.intermediates.size(), 1u);
+    intermediate_der_ = testing::ToDer(ca.intermediates[0].get());
+  }
+  absl::Status Write(uint32_t index, const Bytes& data) {
+    return ::hwid::testing::WriteNvIndex(swtpm_->tcti(), swtpm_->dir(), index, data);
+  }
+  // AttestOnce runs one attestation with a new agent (closed afterwards: swtpm serves one client)
+  // against a server trusting `bundle`.
+  Transcript AttestOnce(const std::string& bundle) {
+    std::unique_ptr<AgentResponder> agent = NewAgent(swtpm_->tcti(), "rsa");
+    EXPECT_NE(agent, nullptr);
+    if (agent == nullptr) {
+      return {};
+    }
+    std::unique_ptr<ServerSession> session = NewSession(CertConfig(bundle));
+    EXPECT_NE(session, nullptr);
+    if (session == nullptr) {
+      return {};
+    }
+    return Attest(*agent, *session);
+  }
+
+  std::unique_ptr<::hwid::testing::Swtpm> swtpm_;
+  Bytes intermediate_der_;
+};
+
+TEST_F(NvChainTest, IntermediateInNvCompletesTheChainToTheRoot) {
+  // The server trusts the root only: without the intermediate there is no path.
+  Transcript refused = AttestOnce(swtpm_->ek_root());
+  EXPECT_THAT(refused.result,
+              StatusIs(kDenied, "chain verification failed: unable to get local issuer"));
+  ASSERT_OK_AND_ASSIGN(AttestationPayload without, DecodePayload(refused.payload));
+  EXPECT_TRUE(without.ek_intermediates.empty());
+
+  ASSERT_OK(Write(0x01c00100, intermediate_der_));
+  ASSERT_OK(Write(0x01c00101, Bytes(32, 0x5a)));  // garbage in the range: skipped, not fatal
+  Transcript admitted = AttestOnce(swtpm_->ek_root());
+  ASSERT_THAT(admitted.result, IsOk());
+  ASSERT_OK_AND_ASSIGN(AttestationPayload with, DecodePayload(admitted.payload));
+  ASSERT_EQ(with.ek_intermediates.size(), 1u);
+  EXPECT_EQ(with.ek_intermediates[0], intermediate_der_);
+  // The same SPIFFE ID as a server that has the intermediate in its bundle.
+  Transcript bundled = AttestOnce(swtpm_->ek_ca_bundle());
+  ASSERT_THAT(bundled.result, IsOk());
+  EXPECT_EQ(bundled.result->spiffe_id, admitted.result->spiffe_id);
+}
+
+TEST_F(NvChainTest, TcgWrappedEkCertificateIsAdmitted) {
+  Bytes der;
+  {
+    ASSERT_OK_AND_ASSIGN(std::unique_ptr<tpm::Tpm> t, tpm::Tpm::Open(swtpm_->tcti()));
+    ASSERT_OK_AND_ASSIGN(Bytes nv, t->NvRead(0x01c00002));
+    ASSERT_OK_AND_ASSIGN(der, wire::ExtractEkCertificateDer(nv));
+  }
+  Bytes wrapped = {0x10, 0x01, 0x00, static_cast<uint8_t>(der.size() >> 8),
+                   static_cast<uint8_t>(der.size())};
+  wrapped.resize(5 + der.size() + 40, 0xff);
+  std::copy(der.begin(), der.end(), wrapped.begin() + 5);
+  ASSERT_OK(Write(0x01c00002, wrapped));
+  Transcript admitted = AttestOnce(swtpm_->ek_ca_bundle());
+  ASSERT_THAT(admitted.result, IsOk());
+  ASSERT_OK_AND_ASSIGN(AttestationPayload p, DecodePayload(admitted.payload));
+  EXPECT_EQ(p.ek_certificate, der);  // the server gets exactly the DER
+  EXPECT_EQ(admitted.result->spiffe_id,
+            "spiffe://example.org/spire/agent/hwid_tpm/" + EkHashFromCertificate(admitted.payload));
 }
 
 }  // namespace

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "attestor_plugin/attestation/server.h"
 #include "common/bytes.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -306,6 +307,33 @@ TEST_F(TrustBundleTest, StrictFailures) {
     EXPECT_THAT(wire::LoadTrustBundle(Path("missing")),
                 StatusIs(absl::StatusCode::kNotFound, "missing"));
   }
+}
+
+// ek_ca_bundle_paths: each entry a file or a directory, merged.
+TEST_F(TrustBundleTest, EkCaBundlePathsTakeFilesAndDirectories) {
+  Pki& pki = SharedPki();
+  Write("ms/Vendor A/RootCA/root.cer", ToDer(pki.root.cert.get()));
+  Write("ms/Vendor A/IntermediateCA/inter.cer", ToDer(pki.inter.cert.get()));
+  Write("ms/Vendor A/notes.txt", "x");
+  const std::string file =
+      Write("other-root.pem", "# another vendor\n" + ToPem({pki.root2.cert.get()}));
+  ServerConfigInput in;
+  in.trust_domain = "example.org";
+  in.ek_ca_bundle_paths = {Path("ms"), file};
+  absl::StatusOr<std::shared_ptr<const ServerConfig>> c = ValidateServerConfig(in);
+  ASSERT_THAT(c, IsOk());
+  ASSERT_TRUE((*c)->ca.has_value());
+  EXPECT_EQ((*c)->ca->roots.size(), 2u);
+  EXPECT_EQ((*c)->ca->intermediates.size(), 1u);
+  EXPECT_EQ((*c)->ca->files.size(), 3u);
+  EXPECT_EQ((*c)->ca->ignored_files, 1u);
+  EXPECT_THAT(wire::VerifyEkCertificate(pki.ek.get(), *(*c)->ca), IsOk());
+
+  const std::string bad = Write("ms/Vendor B/RootCA/bad.cer", "not DER");
+  EXPECT_THAT(ValidateServerConfig(in),
+              StatusIs(absl::StatusCode::kFailedPrecondition,
+                       "hwid_tpm server configuration: ek_ca_bundle_paths: " + bad +
+                           ": neither PEM nor one DER certificate"));
 }
 
 }  // namespace
