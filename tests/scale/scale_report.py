@@ -1,14 +1,16 @@
 #!/usr/bin/env python3
 """Numbers of the hwid SPIRE HA scale test (tests/scale/scale_test.sh).
 
-batch WORK NAME N: one batch of N agents started together. Reads WORK/batch-NAME.launch (lines
+batch WORK NAME N [SERVER_LOG...]: one batch of N agents started together. Reads WORK/batch-NAME.launch (lines
 "I EPOCH_SECONDS": when agent I was started) and each agent's log WORK/agent/I/NAME.log (SPIRE
 text log, RFC 3339 nanosecond timestamps). Latency of agent I = time of its "Node attestation was
 successful" line minus its start time: process start, plugin start, the TPM work (AK creation on
 first use, credential activation, quote), the wait in the server's rate limiter and the server's
 verification. Prints one line "NAME n=N ok=K p50=... p95=... p99=... max=... total=... rate=..."
 (seconds; total = last success minus first start; rate = K / total) and exits 1 when an agent has
-no success line.
+no success line. With server logs, also "srv_rate=R srv=K1/K2": the hwid_tpm plugin's "agent
+attested" lines of each server inside the batch (first start .. last success), and R = (lines - 1)
+/ (last line - first line): the rate the servers verified at while the batch ran.
 
 reattest WORK SINCE_EPOCH AGENT_IDS_FILE SERVER_LOG: for each agent ID (one per line), the number
 of "agent attested" lines of the hwid_tpm server plugin in SERVER_LOG at or after SINCE_EPOCH;
@@ -64,7 +66,7 @@ def log_lines(path, needle):
     return out
 
 
-def batch(work, name, n):
+def batch(work, name, n, server_logs=()):
     starts = {}
     with open(f"{work}/batch-{name}.launch", encoding="utf-8") as f:
         for line in f:
@@ -81,9 +83,21 @@ def batch(work, name, n):
     lat.sort()
     total = (max(ends) - min(starts.values())) if ends else float("nan")
     rate = len(ends) / total if ends and total > 0 else float("nan")
+    srv = ""
+    if server_logs and ends:
+        lo, hi = min(starts.values()), max(ends) + 0.5
+        per, alltimes = [], []
+        for log in server_logs:
+            ts = [t for t, _ in log_lines(log, "agent attested") if lo <= t <= hi]
+            per.append(str(len(ts)))
+            alltimes += ts
+        alltimes.sort()
+        span = alltimes[-1] - alltimes[0] if len(alltimes) > 1 else 0.0
+        srate = (len(alltimes) - 1) / span if span > 0 else float("nan")
+        srv = f" srv_rate={srate:.1f} srv={'/'.join(per)}"
     print(f"{name} n={n} ok={len(lat)} p50={percentile(lat, 50):.2f} p95={percentile(lat, 95):.2f} "
           f"p99={percentile(lat, 99):.2f} max={(lat[-1] if lat else float('nan')):.2f} "
-          f"total={total:.1f} rate={rate:.2f}"
+          f"total={total:.1f} rate={rate:.2f}" + srv
           + (f" missing={','.join(map(str, missing))}" if missing else ""))
     return 1 if missing else 0
 
@@ -158,8 +172,8 @@ def ekinfo(tpms, n):
 def main(argv):
     if len(argv) == 4 and argv[1] == "ekinfo":
         return ekinfo(argv[2], int(argv[3]))
-    if len(argv) == 5 and argv[1] == "batch":
-        return batch(argv[2], argv[3], int(argv[4]))
+    if len(argv) >= 5 and argv[1] == "batch":
+        return batch(argv[2], argv[3], int(argv[4]), argv[5:])
     if len(argv) == 6 and argv[1] == "reattest":
         return reattest(float(argv[3]), argv[4], argv[5])
     if len(argv) == 4 and argv[1] == "count":
