@@ -52,7 +52,6 @@ fi
 find_spire
 
 work=$(mktemp -d /tmp/hwid-scale.XXXXXX)
-chmod 755 "$work"
 pgdir=$(mktemp -d /tmp/hwid-scale-pg.XXXXXX)
 ((${#as_pg[@]} == 0)) || chown postgres: "$pgdir"
 report=$work/report.txt
