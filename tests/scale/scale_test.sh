@@ -56,7 +56,6 @@ pgdir=$(mktemp -d /tmp/hwid-scale-pg.XXXXXX)
 ((${#as_pg[@]} == 0)) || chown postgres: "$pgdir"
 report=$work/report.txt
 py() { python3 "$here/scale_report.py" "$@"; }
-now() { printf '%s\n' "$EPOCHREALTIME"; }
 elapsed() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }'; }
 say() { printf '%s [%6ss] %s\n' "--" "$(elapsed "$run_start")" "$*"; }
 rep() { printf '%s\n' "$*" >>"$report"; }
