@@ -9,6 +9,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <set>
@@ -419,6 +420,10 @@ int ServePlugin(const PluginOptions& options, std::vector<grpc::Service*> servic
     return 1;
   }
 
+  // The host: when it dies without stopping us (SIGKILL, a crash), we are re-parented and stop
+  // (below), instead of lingering with the TPM connection and the socket.
+  const pid_t host_pid = getppid();
+
   // 2. Signals: SIGINT and SIGPIPE ignored like go-plugin; SIGTERM handled by a thread.
   signal(SIGINT, SIG_IGN);
   signal(SIGPIPE, SIG_IGN);
@@ -498,6 +503,28 @@ int ServePlugin(const PluginOptions& options, std::vector<grpc::Service*> servic
     }
   });
 
+  // Host watcher: go-plugin hosts stop their plugins with GRPCController/Shutdown or a signal, but
+  // a host killed with SIGKILL (or crashing) does neither; the plugin is then re-parented (to
+  // init or a subreaper) and stops within about half a second. Polling getppid() works for any
+  // host (PR_SET_PDEATHSIG would fire when the host's forking *thread* exits, which Go's runtime
+  // may do while the host lives on).
+  std::atomic<bool> stopping{false};
+  std::thread host_watcher([&rt, &stopping, &log, host_pid] {
+    while (!stopping.load()) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(250));
+      if (stopping.load()) {
+        break;
+      }
+      const pid_t now = getppid();
+      if (now != host_pid) {
+        log.Warn("the host process is gone (this plugin was re-parented); stopping",
+                 {{"host_pid", absl::StrCat(host_pid)}, {"new_parent_pid", absl::StrCat(now)}});
+        rt.RequestShutdown("host process gone");
+        break;
+      }
+    }
+  });
+
   // 5. Handshake line, only now that the listener exists; one write, no stdio buffering.
   fflush(stdout);
   int exit_code = 0;
@@ -518,6 +545,8 @@ int ServePlugin(const PluginOptions& options, std::vector<grpc::Service*> servic
   server->Wait();
   pthread_kill(watcher.native_handle(), SIGTERM);  // no-op if it already returned
   watcher.join();
+  stopping.store(true);
+  host_watcher.join();
   log.Debug("plugin stopped");
   return exit_code;
 }

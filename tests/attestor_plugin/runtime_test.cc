@@ -3,12 +3,15 @@
 // unix socket and plays SPIRE's part (broker stream with a ConnInfo to our own host server,
 // stdio stream, Init, Configure, Validate, health, an attestation stream), then
 // GRPCController/Shutdown must end the process within go-plugin's 2 s budget.
+#include <fcntl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
+#include <sstream>
 #include <map>
 #include <memory>
 #include <optional>
@@ -21,6 +24,7 @@
 #include <grpcpp/server_builder.h>
 
 #include "absl/strings/match.h"
+#include "absl/strings/str_split.h"
 #include "gmock/gmock.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "gtest/gtest.h"
@@ -329,6 +333,92 @@ TEST_F(RuntimeTest, WrongOrMissingCookieExitsOneWithGoPluginMessage) {
                                        "executed directly."));
     EXPECT_EQ(p->RemainingStdout(), "") << "no handshake without the cookie";
   }
+}
+
+// ProcessGone: true when `pid` no longer exists or is a zombie (a re-parented process is reaped
+// by whoever adopted it, or stays a zombie in sandboxes whose PID 1 does not reap).
+bool ProcessGone(pid_t pid) {
+  std::ifstream f("/proc/" + std::to_string(pid) + "/stat");
+  std::string stat;
+  if (!std::getline(f, stat)) {
+    return true;
+  }
+  const size_t paren = stat.rfind(')');
+  return paren != std::string::npos && paren + 2 < stat.size() && stat[paren + 2] == 'Z';
+}
+
+TEST_F(RuntimeTest, StopsWhenTheHostIsKilled) {
+  // A host killed with SIGKILL neither calls Shutdown nor signals its plugins: the plugin must
+  // notice it was re-parented and stop (SPIRE's spire-server killed with -9 left its plugins
+  // running until this check existed).
+  TempDir tmp;
+  const std::string out = tmp.path() + "/stdout";
+  const std::string binary = FixtureBinary();
+  std::vector<std::string> env_strings = {"NodeAttestor=NodeAttestor",
+                                          "PLUGIN_PROTOCOL_VERSIONS=1",
+                                          "PLUGIN_UNIX_SOCKET_DIR=" + tmp.path()};
+  std::vector<char*> envp;
+  for (std::string& e : env_strings) {
+    envp.push_back(e.data());
+  }
+  envp.push_back(nullptr);
+  std::vector<char*> argv = {const_cast<char*>(binary.c_str()), nullptr};
+  int pids[2];
+  ASSERT_EQ(pipe(pids), 0);
+  const pid_t host = fork();
+  ASSERT_GE(host, 0);
+  if (host == 0) {
+    // The "host": starts the plugin, reports its pid, waits to be killed.
+    const pid_t plugin = fork();
+    if (plugin == 0) {
+      const int fd = open(out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+      const int null_fd = open("/dev/null", O_WRONLY);
+      if (fd < 0 || null_fd < 0 || dup2(fd, 1) < 0 || dup2(null_fd, 2) < 0) {
+        _exit(126);
+      }
+      execve(binary.c_str(), argv.data(), envp.data());
+      _exit(127);
+    }
+    if (write(pids[1], &plugin, sizeof(plugin)) != sizeof(plugin)) {
+      _exit(1);
+    }
+    for (;;) {
+      pause();
+    }
+  }
+  close(pids[1]);
+  pid_t plugin = -1;
+  ASSERT_EQ(read(pids[0], &plugin, sizeof(plugin)), static_cast<ssize_t>(sizeof(plugin)));
+  close(pids[0]);
+  ASSERT_GT(plugin, 0);
+  // Wait (bounded) for the handshake line: the plugin is serving.
+  std::string handshake;
+  for (int i = 0; i < 100 && !absl::StrContains(handshake, "|grpc|"); ++i) {
+    std::this_thread::sleep_for(100ms);
+    std::ifstream f(out);
+    std::stringstream ss;
+    ss << f.rdbuf();
+    handshake = ss.str();
+  }
+  ASSERT_THAT(handshake, ::testing::HasSubstr("|grpc|")) << "the plugin did not start";
+  const std::vector<std::string> fields = absl::StrSplit(handshake, '|');
+  ASSERT_GE(fields.size(), 4u);
+  const std::string socket = fields[3];
+  EXPECT_TRUE(fs::exists(socket));
+  EXPECT_FALSE(ProcessGone(plugin));
+
+  ASSERT_EQ(kill(host, SIGKILL), 0);
+  ASSERT_EQ(waitpid(host, nullptr, 0), host);
+  bool gone = false;
+  for (int i = 0; i < 100 && !gone; ++i) {  // 10 s bound; it takes about 0.25-0.5 s
+    std::this_thread::sleep_for(100ms);
+    gone = ProcessGone(plugin);
+  }
+  if (!gone) {
+    kill(plugin, SIGKILL);
+  }
+  EXPECT_TRUE(gone) << "the plugin kept running after its host was killed";
+  EXPECT_FALSE(fs::exists(socket)) << "a stopped plugin removes its socket";
 }
 
 TEST_F(RuntimeTest, SigintIgnoredSigtermStopsCleanly) {

@@ -445,12 +445,20 @@ kill -KILL "${server_pid[1]}"
 wait "${server_pid[1]}" || true
 exec 2>&"$stderr_fd" {stderr_fd}>&-
 say "server 1 (pid ${server_pid[1]}) killed with SIGKILL"
-orphans=""
-while read -r cpid _ comm; do
-  kill -0 "$cpid" 2>/dev/null && orphans+="$comm(pid $cpid) "
-done <"$work/server1-children.txt"
 wait_for 30 "HAProxy: server1 down" lb_is "server1=DOWN server2=UP"
 lb_down_s=$(elapsed "$kill_t")
+# Its plugins notice they were re-parented and stop on their own (plugin runtime host watcher).
+plugins_alive() {
+  local cpid comm alive=""
+  while read -r cpid _ comm; do
+    [[ -r /proc/$cpid/stat && $(awk '{print $3}' "/proc/$cpid/stat" 2>/dev/null) != Z ]] &&
+      alive+="$comm(pid $cpid) "
+  done <"$work/server1-children.txt"
+  printf '%s' "$alive"
+}
+no_plugins_alive() { [[ -z $(plugins_alive) ]]; }
+wait_for 10 "the killed server's plugins to stop" no_plugins_alive
+orphans=$(plugins_alive)
 reattest_wait "$kill_t" "$reattest_bound" "$work/server2.log"
 reattest_summary=$(tr '\n' ' ' <"$work/reattest.out")
 agents_alive || fail "an agent died after server 1 was killed"
