@@ -33,6 +33,7 @@
 #include "tpm/wire/crypto.h"
 #include "tpm/wire/ekcert.h"
 #include "tpm/wire/keystrength.h"
+#include "tpm/wire/marshal.h"
 #include "tpm/wire/pcr.h"
 #include "tpm/wire/templates.h"
 
@@ -68,50 +69,7 @@ class Report {
 
 std::string StatusText(const absl::Status& s) { return std::string(s.message()); }
 
-std::string AlgName(uint16_t alg) {
-  switch (alg) {
-    case TPM2_ALG_RSA: return "rsa";
-    case TPM2_ALG_TDES: return "tdes";
-    case TPM2_ALG_SHA1: return "sha1";
-    case TPM2_ALG_HMAC: return "hmac";
-    case TPM2_ALG_AES: return "aes";
-    case TPM2_ALG_KEYEDHASH: return "keyedhash";
-    case TPM2_ALG_SHA256: return "sha256";
-    case TPM2_ALG_SHA384: return "sha384";
-    case TPM2_ALG_SHA512: return "sha512";
-    case TPM2_ALG_NULL: return "null";
-    case TPM2_ALG_RSASSA: return "rsassa";
-    case TPM2_ALG_RSAES: return "rsaes";
-    case TPM2_ALG_RSAPSS: return "rsapss";
-    case TPM2_ALG_OAEP: return "oaep";
-    case TPM2_ALG_ECDSA: return "ecdsa";
-    case TPM2_ALG_ECDH: return "ecdh";
-    case TPM2_ALG_ECDAA: return "ecdaa";
-    case TPM2_ALG_ECMQV: return "ecmqv";
-    case TPM2_ALG_ECSCHNORR: return "ecschnorr";
-    case TPM2_ALG_KDF1_SP800_56A: return "kdf1-sp800-56a";
-    case TPM2_ALG_KDF1_SP800_108: return "kdf1-sp800-108";
-    case TPM2_ALG_ECC: return "ecc";
-    case TPM2_ALG_SYMCIPHER: return "symcipher";
-    case TPM2_ALG_CTR: return "ctr";
-    case TPM2_ALG_OFB: return "ofb";
-    case TPM2_ALG_CBC: return "cbc";
-    case TPM2_ALG_CFB: return "cfb";
-    case TPM2_ALG_ECB: return "ecb";
-    case TPM2_ALG_SM3_256: return "sm3_256";
-    case TPM2_ALG_SM4: return "sm4";
-    case TPM2_ALG_SM2: return "sm2";
-    case TPM2_ALG_CAMELLIA: return "camellia";
-    case TPM2_ALG_SHA3_256: return "sha3-256";
-    case TPM2_ALG_SHA3_384: return "sha3-384";
-    case TPM2_ALG_SHA3_512: return "sha3-512";
-    case TPM2_ALG_MGF1: return "mgf1";
-    case TPM2_ALG_KDF2: return "kdf2";
-    case TPM2_ALG_XOR: return "xor";
-    case TPM2_ALG_CMAC: return "cmac";
-    default: return absl::StrFormat("0x%04x", alg);
-  }
-}
+std::string AlgName(uint16_t alg) { return wire::AlgName(alg); }
 
 std::string CurveName(uint16_t curve) {
   switch (curve) {

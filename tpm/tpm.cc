@@ -1337,51 +1337,54 @@ absl::StatusOr<std::vector<uint32_t>> Tpm::FlushTransientObjects() {
 // ---------------------------------------------------------------------------------------------
 // Capabilities and clock (for reports such as `hwid tpm check`)
 
-absl::StatusOr<std::vector<AlgorithmInfo>> Tpm::GetAlgorithms() {
-  std::lock_guard<std::recursive_mutex> lock(mu_);
-  std::vector<AlgorithmInfo> out;
-  uint32_t next = TPM2_ALG_FIRST;
+// CapabilityPages calls TPM2_GetCapability(cap, property, count) and `take` on each page,
+// following "more data"; `take` returns the next property to ask for (0: stop). Bounded.
+template <typename Take>
+absl::Status CapabilityPages(ESYS_CONTEXT* esys, uint64_t* commands, uint32_t cap,
+                             uint32_t property, uint32_t count, const char* what, Take take) {
   for (int guard = 0; guard < 64; ++guard) {
     TPMS_CAPABILITY_DATA* raw = nullptr;
     TPMI_YES_NO more = TPM2_NO;
-    ++commands_;
-    TSS2_RC rc = Esys_GetCapability(impl_->esys, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE,
-                                    TPM2_CAP_ALGS, next, TPM2_MAX_CAP_ALGS, &more, &raw);
+    ++*commands;
+    TSS2_RC rc = Esys_GetCapability(esys, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, cap,
+                                    property, count, &more, &raw);
     EsysPtr<TPMS_CAPABILITY_DATA> data(raw);
-    RETURN_IF_ERROR(TssError(rc, "TPM2_GetCapability(ALGS)"));
-    const TPML_ALG_PROPERTY& list = data->data.algorithms;
-    for (uint32_t i = 0; i < list.count && i < TPM2_MAX_CAP_ALGS; ++i) {
-      out.push_back(AlgorithmInfo{list.algProperties[i].alg, list.algProperties[i].algProperties});
+    RETURN_IF_ERROR(TssError(rc, what));
+    property = take(data->data);
+    if (more == TPM2_NO || property == 0) {
+      return absl::OkStatus();
     }
-    if (more == TPM2_NO || list.count == 0) {
-      break;
-    }
-    next = static_cast<uint32_t>(list.algProperties[list.count - 1].alg) + 1;
   }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<AlgorithmInfo>> Tpm::GetAlgorithms() {
+  std::lock_guard<std::recursive_mutex> lock(mu_);
+  std::vector<AlgorithmInfo> out;
+  RETURN_IF_ERROR(CapabilityPages(
+      impl_->esys, &commands_, TPM2_CAP_ALGS, TPM2_ALG_FIRST, TPM2_MAX_CAP_ALGS,
+      "TPM2_GetCapability(ALGS)", [&](const TPMU_CAPABILITIES& c) -> uint32_t {
+        const TPML_ALG_PROPERTY& list = c.algorithms;
+        for (uint32_t i = 0; i < list.count && i < TPM2_MAX_CAP_ALGS; ++i) {
+          out.push_back(AlgorithmInfo{list.algProperties[i].alg, list.algProperties[i].algProperties});
+        }
+        return list.count == 0 ? 0 : list.algProperties[list.count - 1].alg + 1u;
+      }));
   return out;
 }
 
 absl::StatusOr<std::vector<uint16_t>> Tpm::GetEccCurves() {
   std::lock_guard<std::recursive_mutex> lock(mu_);
   std::vector<uint16_t> out;
-  uint32_t next = 0;
-  for (int guard = 0; guard < 16; ++guard) {
-    TPMS_CAPABILITY_DATA* raw = nullptr;
-    TPMI_YES_NO more = TPM2_NO;
-    ++commands_;
-    TSS2_RC rc = Esys_GetCapability(impl_->esys, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE,
-                                    TPM2_CAP_ECC_CURVES, next, TPM2_MAX_ECC_CURVES, &more, &raw);
-    EsysPtr<TPMS_CAPABILITY_DATA> data(raw);
-    RETURN_IF_ERROR(TssError(rc, "TPM2_GetCapability(ECC_CURVES)"));
-    const TPML_ECC_CURVE& list = data->data.eccCurves;
-    for (uint32_t i = 0; i < list.count && i < TPM2_MAX_ECC_CURVES; ++i) {
-      out.push_back(list.eccCurves[i]);
-    }
-    if (more == TPM2_NO || list.count == 0) {
-      break;
-    }
-    next = static_cast<uint32_t>(list.eccCurves[list.count - 1]) + 1;
-  }
+  RETURN_IF_ERROR(CapabilityPages(
+      impl_->esys, &commands_, TPM2_CAP_ECC_CURVES, 0, TPM2_MAX_ECC_CURVES,
+      "TPM2_GetCapability(ECC_CURVES)", [&](const TPMU_CAPABILITIES& c) -> uint32_t {
+        const TPML_ECC_CURVE& list = c.eccCurves;
+        for (uint32_t i = 0; i < list.count && i < TPM2_MAX_ECC_CURVES; ++i) {
+          out.push_back(list.eccCurves[i]);
+        }
+        return list.count == 0 ? 0 : list.eccCurves[list.count - 1] + 1u;
+      }));
   return out;
 }
 

@@ -158,6 +158,23 @@ std::string AlgName(TPM2_ALG_ID alg) {
     case TPM2_ALG_ECC: return "ecc";
     case TPM2_ALG_SYMCIPHER: return "symcipher";
     case TPM2_ALG_CFB: return "cfb";
+    case TPM2_ALG_TDES: return "tdes";
+    case TPM2_ALG_MGF1: return "mgf1";
+    case TPM2_ALG_XOR: return "xor";
+    case TPM2_ALG_ECMQV: return "ecmqv";
+    case TPM2_ALG_KDF1_SP800_56A: return "kdf1-sp800-56a";
+    case TPM2_ALG_KDF2: return "kdf2";
+    case TPM2_ALG_KDF1_SP800_108: return "kdf1-sp800-108";
+    case TPM2_ALG_SM4: return "sm4";
+    case TPM2_ALG_CAMELLIA: return "camellia";
+    case TPM2_ALG_SHA3_256: return "sha3-256";
+    case TPM2_ALG_SHA3_384: return "sha3-384";
+    case TPM2_ALG_SHA3_512: return "sha3-512";
+    case TPM2_ALG_CMAC: return "cmac";
+    case TPM2_ALG_CTR: return "ctr";
+    case TPM2_ALG_OFB: return "ofb";
+    case TPM2_ALG_CBC: return "cbc";
+    case TPM2_ALG_ECB: return "ecb";
     default: return absl::StrFormat("0x%04x", alg);
   }
 }
