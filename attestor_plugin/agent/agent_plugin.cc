@@ -57,6 +57,9 @@ grpc::Status AgentNodeAttestor::AidAttestation(
     responder_config_ = *cfg;
   }
   absl::StatusOr<Bytes> payload = responder_->MakePayload();
+  for (const std::string& w : responder_->TakeWarnings()) {
+    log.Warn(w);
+  }
   if (!payload.ok()) {
     log.Error("cannot build the attestation payload", {{"reason", payload.status().message()}});
     return pluginmain::ToGrpcStatus(payload.status());

@@ -145,7 +145,13 @@ absl::Status AgentResponder::EnsureKeys() {
       return Annotate(certs.status(), "reading the EK certificates");
     }
     // An EK certificate index that holds no certificate is as good as absent here: the server
-    // then decides by its allowlist (hwid tpm ek / tpm check report the reason).
+    // then decides by its allowlist. The reason goes to the plugin's log (TakeWarnings).
+    for (const tpm::EkCertificate& c : *certs) {
+      if (!c.error.ok()) {
+        warnings_.push_back(absl::StrCat("EK certificate skipped: ", c.error.message(),
+                                         " (hwid tpm check shows the details)"));
+      }
+    }
     certs->erase(std::remove_if(certs->begin(), certs->end(),
                                 [](const tpm::EkCertificate& c) { return !c.error.ok(); }),
                  certs->end());

@@ -8,6 +8,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -81,6 +82,10 @@ class AgentResponder {
   absl::StatusOr<Bytes> AkName() const;
   std::optional<wire::EkType> ek_type() const;
   uint64_t tpm_command_count() const { return tpm_->command_count(); }
+  // TakeWarnings returns (and clears) what the last MakePayload skipped and why, for the plugin's
+  // log: EK certificate NV indices that hold no usable certificate (the server then sees no
+  // certificate for that EK type).
+  std::vector<std::string> TakeWarnings() { return std::move(warnings_); }
 
  private:
   AgentResponder(AgentConfig config, std::unique_ptr<tpm::Tpm> tpm);
@@ -91,6 +96,7 @@ class AgentResponder {
   std::optional<tpm::Ek> ek_;
   std::optional<tpm::LoadedKey> ak_;
   Bytes ek_certificate_;
+  std::vector<std::string> warnings_;
   std::vector<Bytes> ek_intermediates_;  // from NV 0x01c00100.., at most kMaxIntermediates
   bool awaiting_challenge_ = false;
   uint32_t version_ = kProtocolVersion;

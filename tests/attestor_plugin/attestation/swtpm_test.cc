@@ -738,5 +738,21 @@ TEST_F(NvChainTest, TcgWrappedEkCertificateIsAdmitted) {
             "spiffe://example.org/spire/agent/hwid_tpm/" + EkHashFromCertificate(admitted.payload));
 }
 
+TEST_F(NvChainTest, UnusableEkCertificateIndexIsSkippedWithAWarning) {
+  // Garbage at the P-256 EK certificate index: the agent still attests with the RSA EK and says
+  // in its warnings (the plugin logs them) which index it skipped and why.
+  ASSERT_OK(Write(0x01c0000a, Bytes(64, 0x5a)));
+  std::unique_ptr<AgentResponder> agent = NewAgent(swtpm_->tcti(), "auto");
+  ASSERT_NE(agent, nullptr);
+  std::unique_ptr<ServerSession> session = NewSession(CertConfig(swtpm_->ek_ca_bundle()));
+  ASSERT_NE(session, nullptr);
+  Transcript t = Attest(*agent, *session);
+  ASSERT_THAT(t.result, IsOk());
+  const std::vector<std::string> warnings = agent->TakeWarnings();
+  ASSERT_EQ(warnings.size(), 1u);
+  EXPECT_THAT(warnings[0], ::testing::HasSubstr("0x01c0000a"));
+  EXPECT_TRUE(agent->TakeWarnings().empty()) << "taken once";
+}
+
 }  // namespace
 }  // namespace hwid::attestation
