@@ -1181,7 +1181,7 @@ std::string FormatCheckTable(const TpmCheckReport& rep) {
                           rep.tpm.manufacturer_id, rep.tpm.vendor, rep.tpm.firmware,
                           rep.tpm.spec);
   }
-  absl::StrAppendFormat(&out, "at %s, %s\n\n", rep.tcti, rep.time);
+  absl::StrAppendFormat(&out, "at %s, %s (hwid %s)\n\n", rep.tcti, rep.time, HWID_VERSION);
   absl::StrAppendFormat(&out, "%-*s  %-6s %s\n", static_cast<int>(width), "CHECK", "RESULT",
                         "DETAIL");
   for (const auto& c : rep.checks) {
@@ -1204,6 +1204,7 @@ std::string CheckReportJson(const TpmCheckReport& rep) {
   using Json = nlohmann::ordered_json;
   Json j;
   j["schema"] = kTpmCheckSchema;
+  j["tool"] = absl::StrCat("hwid ", HWID_VERSION);
   j["time"] = rep.time;
   j["tcti"] = rep.tcti;
   j["options"] = {{"ca", rep.ca_path.empty() ? Json(nullptr) : Json(rep.ca_path)},

@@ -104,7 +104,8 @@ class TpmCheckTest : public ::testing::Test {
 TEST_F(TpmCheckTest, SchemaValidatorRejectsAReportThatBreaksIt) {
   // The schema check above must be able to fail: a report with an unknown result value.
   const std::string bad = absl::StrCat(dir_, "/bad.json");
-  std::ofstream(bad) << R"({"schema":"hwid.tpm-check/v1","time":"2026-01-01T00:00:00Z","tcti":"x",)"
+  std::ofstream(bad) << R"({"schema":"hwid.tpm-check/v1","tool":"hwid 0.1.0",)"
+                     << R"("time":"2026-01-01T00:00:00Z","tcti":"x",)"
                      << R"("options":{"ca":null,"pcrs":"sha256:0","quick":true},"tpm":null,)"
                      << R"("checks":[{"id":"identity.connect","group":"identity","result":"maybe",)"
                      << R"("detail":"","action":"","metrics":{}}],)"
