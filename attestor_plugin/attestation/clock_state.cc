@@ -59,7 +59,9 @@ absl::Status CheckIdentity(const std::string& identity) {
   return absl::OkStatus();
 }
 
-std::string EncodeRecord(const StoredClockRecord& s) {
+}  // namespace
+
+std::string EncodeClockRecordFile(const StoredClockRecord& s) {
   const ClockRecord& r = s.record;
   return absl::StrCat(kFileMagic, "\nversion=", s.version, "\nak_name=", r.ak_name,
                       "\nclock=", r.clock, "\nreset_count=", r.reset_count,
@@ -68,7 +70,8 @@ std::string EncodeRecord(const StoredClockRecord& s) {
                       "\nverified_at_ms=", r.verified_at_ms, "\n");
 }
 
-absl::StatusOr<StoredClockRecord> DecodeRecord(const std::string& path, absl::string_view text) {
+absl::StatusOr<StoredClockRecord> DecodeClockRecordFile(const std::string& path,
+                                                        absl::string_view text) {
   auto corrupt = [&](absl::string_view what) {
     return absl::DataLossError(absl::StrCat("clock state file ", path, " is corrupt (", what,
                                             "); move it away to start this identity afresh"));
@@ -102,6 +105,8 @@ absl::StatusOr<StoredClockRecord> DecodeRecord(const std::string& path, absl::st
   return s;
 }
 
+namespace {
+
 class FileClockStore final : public ClockStateStore {
  public:
   explicit FileClockStore(std::string dir) : dir_(std::move(dir)) {}
@@ -122,7 +127,7 @@ class FileClockStore final : public ClockStateStore {
       return absl::UnavailableError(absl::StrCat("clock state: ", data.status().message()));
     }
     ASSIGN_OR_RETURN(StoredClockRecord s,
-                     DecodeRecord(path, absl::string_view(
+                     DecodeClockRecordFile(path, absl::string_view(
                                             reinterpret_cast<const char*>(data->data()),
                                             data->size())));
     return std::optional<StoredClockRecord>(std::move(s));
@@ -152,7 +157,7 @@ class FileClockStore final : public ClockStateStore {
     if (have != expected_version) {
       return false;
     }
-    const std::string text = EncodeRecord({record, have + 1});
+    const std::string text = EncodeClockRecordFile({record, have + 1});
     absl::Status st = WriteFile(RecordPath(identity), AsSpan(absl::string_view(text)), 0600);
     if (!st.ok()) {
       return absl::UnavailableError(absl::StrCat("clock state: ", st.message()));

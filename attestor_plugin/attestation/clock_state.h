@@ -31,6 +31,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 
 namespace hwid::attestation {
 
@@ -93,6 +94,14 @@ struct StoredClockRecord {
   ClockRecord record;
   int64_t version = 0;
 };
+
+// EncodeClockRecordFile / DecodeClockRecordFile: the file store's record format (one text file
+// per identity: a header line, then key=value lines). Decode is strict: exactly the expected
+// lines and keys, each once and in range; anything else is DATA_LOSS naming `path` (for the
+// message only). Exposed for the tests and the fuzzer.
+std::string EncodeClockRecordFile(const StoredClockRecord& s);
+absl::StatusOr<StoredClockRecord> DecodeClockRecordFile(const std::string& path,
+                                                        absl::string_view text);
 
 // ClockStateStore keeps one record per identity. Implementations are thread-safe.
 // Errors: UNAVAILABLE when the store cannot be reached (the checker applies

@@ -4,7 +4,8 @@
 // and the downstream PCR-value and quote checks on whatever a response decodes to. The agent-side
 // challenge decoder is fuzzed too (a malicious server).
 //
-// The first input byte picks the entry point; the rest is the message.
+// The first input byte picks the entry point; the rest is the message. 0xC5 picks the clock-state
+// file store's record decoder (a record must survive encode -> decode unchanged).
 // Built from tests/attestor_plugin/attestation/CMakeLists.txt. With Clang the target
 // `attestation_fuzz` is built with -fsanitize=fuzzer,address,undefined:
 //   ./attestation_fuzz -max_total_time=600 -max_len=40000
@@ -24,6 +25,8 @@
 #include <memory>
 #include <string>
 
+#include "absl/strings/string_view.h"
+#include "attestor_plugin/attestation/clock_state.h"
 #include "attestor_plugin/attestation/messages.h"
 #include "attestor_plugin/attestation/server.h"
 #include "common/bytes.h"
@@ -112,12 +115,26 @@ const Fixture& GetFixture() {
 
 }  // namespace
 
+constexpr uint8_t kClockRecordMode = 0xC5;
+
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (size == 0) {
     return 0;
   }
   const Fixture& fx = GetFixture();
   const ByteSpan in(data + 1, size - 1);
+  if (data[0] == kClockRecordMode) {
+    const absl::string_view text(reinterpret_cast<const char*>(in.data()), in.size());
+    absl::StatusOr<att::StoredClockRecord> r = att::DecodeClockRecordFile("fuzz", text);
+    if (r.ok()) {
+      absl::StatusOr<att::StoredClockRecord> again =
+          att::DecodeClockRecordFile("fuzz", att::EncodeClockRecordFile(*r));
+      if (!again.ok() || again->version != r->version || !(again->record == r->record)) {
+        std::abort();  // a decoded record must round-trip
+      }
+    }
+    return 0;
+  }
   switch (data[0] % 4) {
     case 0: {
       // A whole server session on an arbitrary payload.
@@ -185,6 +202,20 @@ int main(int argc, char** argv) {
     std::string in(1, static_cast<char>(mode));
     const Bytes& body = mode == 3 ? p2 : p;
     in.append(body.begin(), body.end());
+    seeds.push_back(std::move(in));
+  }
+  {
+    att::StoredClockRecord rec;
+    rec.version = 3;
+    rec.record.ak_name = "000b" + std::string(64, 'a');
+    rec.record.clock = 123456;
+    rec.record.reset_count = 2;
+    rec.record.restart_count = 1;
+    rec.record.safe = true;
+    rec.record.firmware_version = 42;
+    rec.record.verified_at_ms = 1700000000000;
+    std::string in(1, static_cast<char>(kClockRecordMode));
+    in += att::EncodeClockRecordFile(rec);
     seeds.push_back(std::move(in));
   }
   return hwid::fuzzing::ReplayMain("attestation_fuzz_replay", argc, argv, seeds);

@@ -13,6 +13,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -222,6 +223,44 @@ class TempDir {
  private:
   std::string path_;
 };
+
+TEST(ClockRecordFileTest, RoundTripsAndRefusesEveryMalformedShape) {
+  StoredClockRecord rec;
+  rec.version = 7;
+  rec.record.ak_name = "000b" + std::string(64, 'c');
+  rec.record.clock = 987654321;
+  rec.record.reset_count = 4;
+  rec.record.restart_count = 2;
+  rec.record.safe = false;
+  rec.record.firmware_version = 0x2010001;
+  rec.record.verified_at_ms = 1764800000000;
+  const std::string text = EncodeClockRecordFile(rec);
+  absl::StatusOr<StoredClockRecord> back = DecodeClockRecordFile("f", text);
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->version, 7);
+  EXPECT_EQ(back->record, rec.record);
+  auto refused = [](const std::string& t) {
+    absl::StatusOr<StoredClockRecord> r = DecodeClockRecordFile("/x/f", t);
+    return !r.ok() && r.status().code() == absl::StatusCode::kDataLoss &&
+           absl::StrContains(r.status().message(), "/x/f");
+  };
+  EXPECT_TRUE(refused(""));
+  EXPECT_TRUE(refused(text.substr(0, text.size() - 1)));  // no final newline
+  EXPECT_TRUE(refused(text + "extra=1\n"));
+  EXPECT_TRUE(refused("X" + text));  // wrong header
+  std::string dup = text;
+  dup.replace(dup.find("clock="), 6, "safe=");  // a key twice, one missing
+  EXPECT_TRUE(refused(dup));
+  std::string bad_safe = text;
+  bad_safe.replace(bad_safe.find("safe=0"), 6, "safe=2");
+  EXPECT_TRUE(refused(bad_safe));
+  std::string bad_hex = text;
+  bad_hex.replace(bad_hex.find("ak_name=") + 8, 2, "zz");
+  EXPECT_TRUE(refused(bad_hex));
+  std::string negative = text;
+  negative.replace(negative.find("verified_at_ms=") + 15, 1, "-");
+  EXPECT_TRUE(refused(negative));
+}
 
 TEST(FileClockStoreTest, LoadMissingThenCasAndVersions) {
   TempDir dir;
