@@ -69,8 +69,6 @@ class Report {
 
 std::string StatusText(const absl::Status& s) { return std::string(s.message()); }
 
-std::string AlgName(uint16_t alg) { return wire::AlgName(alg); }
-
 std::string CurveName(uint16_t curve) {
   switch (curve) {
     case TPM2_ECC_NIST_P192: return "nist-p192";
@@ -97,18 +95,25 @@ std::optional<time_t> AsnTimeToTimeT(const ASN1_TIME* t) {
   return timegm(&tm);
 }
 
-// Median of timings in ms; metrics for the JSON.
-void AddTimings(CheckItem& item, std::vector<double> ms) {
+// Timings: min, median (mean of the middle two for an even count) and max of runs in ms. The
+// table line and the JSON metrics show the same numbers.
+struct Timings {
+  double min_ms = 0, median_ms = 0, max_ms = 0;
+  size_t runs = 0;
+};
+
+Timings Summarize(std::vector<double> ms) {
+  Timings t;
   if (ms.empty()) {
-    return;
+    return t;
   }
   std::sort(ms.begin(), ms.end());
-  const double median =
+  t.median_ms =
       ms.size() % 2 == 1 ? ms[ms.size() / 2] : (ms[ms.size() / 2 - 1] + ms[ms.size() / 2]) / 2;
-  item.metrics["median_ms"] = median;
-  item.metrics["min_ms"] = ms.front();
-  item.metrics["max_ms"] = ms.back();
-  item.metrics["runs"] = static_cast<double>(ms.size());
+  t.min_ms = ms.front();
+  t.max_ms = ms.back();
+  t.runs = ms.size();
+  return t;
 }
 
 double MsSince(Clock::time_point t0) {
@@ -129,11 +134,7 @@ void CheckIdentity(tpm::Tpm& t, const tpm::TpmInfo& info, TpmCheckReport& rep) {
         absl::StrFormat("%s (0x%08x), vendor string '%s'", info.manufacturer, info.manufacturer_id,
                         info.vendor));
   r.Add("identity.firmware", "identity", CheckResult::kPass, info.firmware_version);
-  auto prop = [&](uint32_t p) -> uint32_t {
-    auto it = info.properties.find(p);
-    return it == info.properties.end() ? 0 : it->second;
-  };
-  const uint32_t family = prop(TPM2_PT_FAMILY_INDICATOR);
+  const uint32_t family = info.Property(TPM2_PT_FAMILY_INDICATOR);
   if (family != 0x322e3000) {  // "2.0\0"
     r.Add("identity.spec", "identity", CheckResult::kFail,
           absl::StrCat("family indicator ", info.spec, " is not TPM 2.0"),
@@ -171,10 +172,6 @@ void CheckIdentity(tpm::Tpm& t, const tpm::TpmInfo& info, TpmCheckReport& rep) {
 void CheckCapabilities(tpm::Tpm& t, const tpm::TpmInfo& info, const TPML_PCR_SELECTION* pcrs,
                        const std::string& pcrs_text, TpmCheckReport& rep) {
   Report r(&rep);
-  auto prop = [&](uint32_t p) -> uint32_t {
-    auto it = info.properties.find(p);
-    return it == info.properties.end() ? 0 : it->second;
-  };
 
   // Algorithms the hwid_tpm flow and the provider use.
   absl::StatusOr<std::vector<tpm::AlgorithmInfo>> algs = t.GetAlgorithms();
@@ -203,16 +200,16 @@ void CheckCapabilities(tpm::Tpm& t, const tpm::TpmInfo& info, const TPML_PCR_SEL
     std::vector<std::string> missing, missing_rec, names;
     for (const auto& [alg, why] : required) {
       if (have.count(alg) == 0) {
-        missing.push_back(absl::StrCat(AlgName(alg), " (", why, ")"));
+        missing.push_back(absl::StrCat(wire::AlgName(alg), " (", why, ")"));
       }
     }
     for (const auto& [alg, why] : recommended) {
       if (have.count(alg) == 0) {
-        missing_rec.push_back(absl::StrCat(AlgName(alg), " (", why, ")"));
+        missing_rec.push_back(absl::StrCat(wire::AlgName(alg), " (", why, ")"));
       }
     }
     for (uint16_t a : have) {
-      names.push_back(AlgName(a));
+      names.push_back(wire::AlgName(a));
     }
     if (!missing.empty()) {
       r.Add("capabilities.algorithms", "capabilities", CheckResult::kFail,
@@ -312,9 +309,9 @@ void CheckCapabilities(tpm::Tpm& t, const tpm::TpmInfo& info, const TPML_PCR_SEL
   slots->metrics["slots"] = info.transient_slots;
   slots->metrics["loaded"] = info.loaded_transient;
 
-  const uint32_t sessions_loaded = prop(TPM2_PT_HR_LOADED_MIN);
-  const uint32_t sessions_active = prop(TPM2_PT_ACTIVE_SESSIONS_MAX);
-  const uint32_t sessions_avail = prop(TPM2_PT_HR_LOADED_AVAIL);
+  const uint32_t sessions_loaded = info.Property(TPM2_PT_HR_LOADED_MIN);
+  const uint32_t sessions_active = info.Property(TPM2_PT_ACTIVE_SESSIONS_MAX);
+  const uint32_t sessions_avail = info.Property(TPM2_PT_HR_LOADED_AVAIL);
   CheckItem& sess = r.Add(
       "capabilities.sessions", "capabilities",
       sessions_loaded >= 3 ? CheckResult::kPass : CheckResult::kFail,
@@ -325,10 +322,10 @@ void CheckCapabilities(tpm::Tpm& t, const tpm::TpmInfo& info, const TPML_PCR_SEL
   sess.metrics["loaded_min"] = sessions_loaded;
   sess.metrics["loaded_free"] = sessions_avail;
 
-  const uint32_t persistent = prop(TPM2_PT_HR_PERSISTENT);
-  const uint32_t persistent_avail = prop(TPM2_PT_HR_PERSISTENT_AVAIL);
-  const uint32_t nv_indices = prop(TPM2_PT_HR_NV_INDEX);
-  const uint32_t nv_index_max = prop(TPM2_PT_NV_INDEX_MAX);
+  const uint32_t persistent = info.Property(TPM2_PT_HR_PERSISTENT);
+  const uint32_t persistent_avail = info.Property(TPM2_PT_HR_PERSISTENT_AVAIL);
+  const uint32_t nv_indices = info.Property(TPM2_PT_HR_NV_INDEX);
+  const uint32_t nv_index_max = info.Property(TPM2_PT_NV_INDEX_MAX);
   const std::string nv_detail = absl::StrFormat(
       "%u persistent objects, room for about %u more; %u NV indices defined; largest NV index %u "
       "bytes",
@@ -463,7 +460,7 @@ void CheckEkCertificates(tpm::Tpm& t, const std::optional<wire::CaBundle>& bundl
     return;
   }
   // Intermediates stored in the TPM (TCG EK certificate chain range).
-  std::vector<Bytes> nv_intermediates;
+  std::vector<OsslPtr<X509>> nv_intermediates;
   absl::StatusOr<std::vector<tpm::NvChainCertificate>> chain = t.ReadEkChainCertificates();
   if (!chain.ok()) {
     r.Add("ekcert.nv-chain", "ekcert", CheckResult::kWarn,
@@ -489,7 +486,7 @@ void CheckEkCertificates(tpm::Tpm& t, const std::optional<wire::CaBundle>& bundl
       good.push_back(absl::StrCat(tpm::FormatHandle(c.nv_index), " '", wire::SubjectString(x->get()),
                                   "'", c.quirks.empty() ? "" : " (", absl::StrJoin(c.quirks, "; "),
                                   c.quirks.empty() ? "" : ")"));
-      nv_intermediates.push_back(c.der);
+      nv_intermediates.push_back(std::move(*x));
     }
     if (!bad.empty()) {
       r.Add("ekcert.nv-chain", "ekcert", CheckResult::kWarn,
@@ -500,6 +497,23 @@ void CheckEkCertificates(tpm::Tpm& t, const std::optional<wire::CaBundle>& bundl
     } else {
       r.Add("ekcert.nv-chain", "ekcert", CheckResult::kPass,
             absl::StrCat(good.size(), " intermediate(s) in NV: ", absl::StrJoin(good, "; ")));
+    }
+  }
+
+  // The bundle the chains are verified against: the trust bundle plus the NV intermediates
+  // (untrusted helpers, never anchors).
+  wire::CaBundle with_nv;
+  if (bundle.has_value()) {
+    for (const auto& root : bundle->roots) {
+      X509_up_ref(root.get());
+      with_nv.roots.emplace_back(root.get());
+    }
+    for (const auto& inter : bundle->intermediates) {
+      X509_up_ref(inter.get());
+      with_nv.intermediates.emplace_back(inter.get());
+    }
+    for (OsslPtr<X509>& inter : nv_intermediates) {
+      with_nv.intermediates.push_back(std::move(inter));
     }
   }
 
@@ -615,21 +629,6 @@ void CheckEkCertificates(tpm::Tpm& t, const std::optional<wire::CaBundle>& bundl
       r.Add(base + "chain", "ekcert", CheckResult::kSkip,
             absl::StrCat("no trust bundle given (--ca); issuer '", wire::IssuerString(x), "'"));
     } else {
-      wire::CaBundle with_nv;
-      for (const auto& root : bundle->roots) {
-        X509_up_ref(root.get());
-        with_nv.roots.emplace_back(root.get());
-      }
-      for (const auto& inter : bundle->intermediates) {
-        X509_up_ref(inter.get());
-        with_nv.intermediates.emplace_back(inter.get());
-      }
-      for (const Bytes& der : nv_intermediates) {  // untrusted helpers, never anchors
-        absl::StatusOr<OsslPtr<X509>> ic = wire::ParseCertificateDer(der);
-        if (ic.ok()) {
-          with_nv.intermediates.push_back(std::move(*ic));
-        }
-      }
       std::vector<std::string> path;
       absl::Status st = wire::VerifyCertificateChain(x, with_nv, std::nullopt, &path, chain_check_time);
       if (!st.ok()) {
@@ -923,14 +922,13 @@ void CheckPluginFlow(const TpmCheckOptions& o, const std::vector<EkFinding>& fin
       r.Add(id, "attestation", CheckResult::kSkip, "the EK could not be created (see ekcert.*.key)");
       continue;
     }
-    attestation::ServerConfigInput server_in = in;
     // ek_algs names this EK's type (the server's default is rsa-2048 only).
     if (f->ek_pub.has_value()) {
-      server_in.ek_algs = {attestation::EkAlgName(*f->ek_pub)};
+      in.ek_algs = {attestation::EkAlgName(*f->ek_pub)};
     }
     attestation::AttestationResult result;
     const auto t0 = Clock::now();
-    absl::Status st = RunPluginFlow(o, f->spec->name, server_in, &result);
+    absl::Status st = RunPluginFlow(o, f->spec->name, in, &result);
     const double ms = MsSince(t0);
     if (!st.ok()) {
       r.Add(id, "attestation", CheckResult::kFail,
@@ -943,7 +941,7 @@ void CheckPluginFlow(const TpmCheckOptions& o, const std::vector<EkFinding>& fin
           id, "attestation",
           o.ca_path.has_value() || !f->has_cert ? CheckResult::kPass : CheckResult::kWarn,
           absl::StrFormat("admitted (%s, ek_algs = [\"%s\"]) as %s, %u selectors, %.0f ms", mode,
-                          server_in.ek_algs.empty() ? "rsa-2048" : server_in.ek_algs[0],
+                          in.ek_algs.empty() ? "rsa-2048" : in.ek_algs[0],
                           result.spiffe_id, result.selectors.size(), ms),
           "admitted by allowlist only: give --ca with the manufacturer's bundle to check the EK "
           "certificate the way the server will");
@@ -1011,13 +1009,14 @@ void CheckPerformance(tpm::Tpm& t, const TpmCheckOptions& o, const TPML_PCR_SELE
       }
       ms.push_back(MsSince(t0));
     }
-    std::vector<double> sorted = ms;
-    std::sort(sorted.begin(), sorted.end());
+    const Timings tm = Summarize(std::move(ms));
     CheckItem& item = r.Add(id, "performance", CheckResult::kPass,
-                            absl::StrFormat("%s: median %.1f ms (min %.1f, max %.1f, %d runs)",
-                                            what, sorted[sorted.size() / 2], sorted.front(),
-                                            sorted.back(), runs));
-    AddTimings(item, ms);
+                            absl::StrFormat("%s: median %.1f ms (min %.1f, max %.1f, %u runs)",
+                                            what, tm.median_ms, tm.min_ms, tm.max_ms, tm.runs));
+    item.metrics["median_ms"] = tm.median_ms;
+    item.metrics["min_ms"] = tm.min_ms;
+    item.metrics["max_ms"] = tm.max_ms;
+    item.metrics["runs"] = static_cast<double>(tm.runs);
   };
   Bytes digest(32, 0x5a);
   for (wire::KeyAlg alg : {wire::KeyAlg::kEcP256, wire::KeyAlg::kRsa2048}) {

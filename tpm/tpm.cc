@@ -293,29 +293,29 @@ absl::StatusOr<TpmInfo> Tpm::GetInfo() {
       }
     }
   }
-  auto get = [&](uint32_t p) -> uint32_t {
-    auto it = props.find(p);
-    return it == props.end() ? 0 : it->second;
-  };
-  info.manufacturer_id = get(TPM2_PT_MANUFACTURER);
+  info.properties = std::move(props);
+  info.manufacturer_id = info.Property(TPM2_PT_MANUFACTURER);
   info.manufacturer = FourChars(info.manufacturer_id);
-  info.vendor = absl::StrCat(FourChars(get(TPM2_PT_VENDOR_STRING_1)), FourChars(get(TPM2_PT_VENDOR_STRING_2)),
-                             FourChars(get(TPM2_PT_VENDOR_STRING_3)), FourChars(get(TPM2_PT_VENDOR_STRING_4)));
-  uint32_t fw1 = get(TPM2_PT_FIRMWARE_VERSION_1);
-  uint32_t fw2 = get(TPM2_PT_FIRMWARE_VERSION_2);
+  info.vendor = absl::StrCat(FourChars(info.Property(TPM2_PT_VENDOR_STRING_1)),
+                             FourChars(info.Property(TPM2_PT_VENDOR_STRING_2)),
+                             FourChars(info.Property(TPM2_PT_VENDOR_STRING_3)),
+                             FourChars(info.Property(TPM2_PT_VENDOR_STRING_4)));
+  uint32_t fw1 = info.Property(TPM2_PT_FIRMWARE_VERSION_1);
+  uint32_t fw2 = info.Property(TPM2_PT_FIRMWARE_VERSION_2);
   info.firmware_version =
       absl::StrFormat("%u.%u.%u.%u", fw1 >> 16, fw1 & 0xffff, fw2 >> 16, fw2 & 0xffff);
   info.spec = absl::StrFormat("%s level %u revision %u (%u, day %u)",
-                              FourChars(get(TPM2_PT_FAMILY_INDICATOR)), get(TPM2_PT_LEVEL),
-                              get(TPM2_PT_REVISION), get(TPM2_PT_YEAR), get(TPM2_PT_DAY_OF_YEAR));
-  info.in_lockout = (get(TPM2_PT_PERMANENT) & TPMA_PERMANENT_INLOCKOUT) != 0;
-  info.lockout_counter = get(TPM2_PT_LOCKOUT_COUNTER);
-  info.max_auth_fail = get(TPM2_PT_MAX_AUTH_FAIL);
-  info.lockout_interval = get(TPM2_PT_LOCKOUT_INTERVAL);
-  info.lockout_recovery = get(TPM2_PT_LOCKOUT_RECOVERY);
-  info.transient_slots = get(TPM2_PT_HR_TRANSIENT_MIN);
-  info.loaded_transient = get(TPM2_PT_HR_TRANSIENT_MIN) - get(TPM2_PT_HR_TRANSIENT_AVAIL);
-  info.properties = props;
+                              FourChars(info.Property(TPM2_PT_FAMILY_INDICATOR)),
+                              info.Property(TPM2_PT_LEVEL), info.Property(TPM2_PT_REVISION),
+                              info.Property(TPM2_PT_YEAR), info.Property(TPM2_PT_DAY_OF_YEAR));
+  info.in_lockout = (info.Property(TPM2_PT_PERMANENT) & TPMA_PERMANENT_INLOCKOUT) != 0;
+  info.lockout_counter = info.Property(TPM2_PT_LOCKOUT_COUNTER);
+  info.max_auth_fail = info.Property(TPM2_PT_MAX_AUTH_FAIL);
+  info.lockout_interval = info.Property(TPM2_PT_LOCKOUT_INTERVAL);
+  info.lockout_recovery = info.Property(TPM2_PT_LOCKOUT_RECOVERY);
+  info.transient_slots = info.Property(TPM2_PT_HR_TRANSIENT_MIN);
+  info.loaded_transient =
+      info.Property(TPM2_PT_HR_TRANSIENT_MIN) - info.Property(TPM2_PT_HR_TRANSIENT_AVAIL);
 
   TPMS_CAPABILITY_DATA* raw = nullptr;
   TPMI_YES_NO more = TPM2_NO;

@@ -84,6 +84,11 @@ struct TpmInfo {
   // Every TPM2_PT_FIXED and TPM2_PT_VAR property the TPM reported (TPM2_PT_* -> value), for
   // reports that need more than the fields above (NV, sessions, persistent slots).
   std::map<uint32_t, uint32_t> properties;
+  // Property returns properties[pt], 0 when the TPM did not report it.
+  uint32_t Property(uint32_t pt) const {
+    auto it = properties.find(pt);
+    return it == properties.end() ? 0 : it->second;
+  }
 };
 
 // ClockInfo: TPM2_ReadClock's TPMS_TIME_INFO.
