@@ -126,7 +126,7 @@ TEST_F(TpmTest, GetRandom) {
 
 TEST_F(TpmTest, EkCertificatesChainAndMatchTheirEks) {
   ASSERT_OK_AND_ASSIGN(std::vector<EkCertificate> certs, tpm_->ReadEkCertificates());
-  ASSERT_OK_AND_ASSIGN(wire::CaBundle ca, wire::LoadCaBundleFile(testing::GlobalSwtpm().ek_ca_bundle()));
+  ASSERT_OK_AND_ASSIGN(wire::CaBundle ca, wire::LoadTrustBundle(testing::GlobalSwtpm().ek_ca_bundle()));
   std::set<uint32_t> indices;
   for (const EkCertificate& c : certs) {
     SCOPED_TRACE(c.name);
@@ -174,7 +174,7 @@ TEST_F(TpmTest, EkCertificateRejectedByUnrelatedCa) {
   EXPECT_EQ(st.code(), absl::StatusCode::kPermissionDenied);
   EXPECT_THAT(std::string(st.message()), HasSubstr("chain verification failed"));
   // The intermediate alone is never an anchor.
-  ASSERT_OK_AND_ASSIGN(wire::CaBundle good, wire::LoadCaBundleFile(testing::GlobalSwtpm().ek_ca_bundle()));
+  ASSERT_OK_AND_ASSIGN(wire::CaBundle good, wire::LoadTrustBundle(testing::GlobalSwtpm().ek_ca_bundle()));
   wire::CaBundle only_intermediate;
   for (auto& i : good.intermediates) {
     only_intermediate.roots.push_back(OsslPtr<X509>(X509_dup(i.get())));
@@ -200,7 +200,7 @@ class NvCertificateTest : public ::testing::Test {
       GTEST_SKIP() << "tpm2-tools not installed";
     }
     ASSERT_OK_AND_ASSIGN(swtpm_, testing::Swtpm::Start());
-    ASSERT_OK_AND_ASSIGN(wire::CaBundle ca, wire::LoadCaBundleFile(swtpm_->ek_ca_bundle()));
+    ASSERT_OK_AND_ASSIGN(wire::CaBundle ca, wire::LoadTrustBundle(swtpm_->ek_ca_bundle()));
     ASSERT_EQ(ca.intermediates.size(), 1u);
     intermediate_der_ = Der(ca.intermediates[0].get());
     // The template's RSA EK certificate, exactly as DER.

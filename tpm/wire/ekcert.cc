@@ -257,15 +257,6 @@ absl::StatusOr<CaBundle> LoadCaBundlePem(ByteSpan pem) {
   return out;
 }
 
-absl::StatusOr<CaBundle> LoadCaBundleFile(const std::string& path) {
-  ASSIGN_OR_RETURN(Bytes data, ReadFile(path));
-  absl::StatusOr<CaBundle> bundle = LoadCaBundlePem(data);
-  if (!bundle.ok()) {
-    return absl::Status(bundle.status().code(), absl::StrCat(path, ": ", bundle.status().message()));
-  }
-  return bundle;
-}
-
 namespace {
 
 constexpr int kMaxTrustBundleDepth = 16;

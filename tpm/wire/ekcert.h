@@ -65,7 +65,6 @@ struct CaBundle {
 // not at all, never silently cut at a bad block. Text outside the blocks (comments, "subject="
 // lines as community bundles carry) is ignored.
 absl::StatusOr<CaBundle> LoadCaBundlePem(ByteSpan pem);
-absl::StatusOr<CaBundle> LoadCaBundleFile(const std::string& path);
 
 // LoadTrustBundle loads trust anchors and intermediates from `path`: a file (PEM bundle, possibly
 // with text or '#' comment lines between blocks as community bundles have; or one DER

@@ -670,7 +670,7 @@ class NvChainTest : public ::testing::Test {
       GTEST_SKIP() << "tpm2-tools not installed";
     }
     ASSERT_OK_AND_ASSIGN(swtpm_, ::hwid::testing::Swtpm::Start());
-    ASSERT_OK_AND_ASSIGN(wire::CaBundle ca, wire::LoadCaBundleFile(swtpm_->ek_ca_bundle()));
+    ASSERT_OK_AND_ASSIGN(wire::CaBundle ca, wire::LoadTrustBundle(swtpm_->ek_ca_bundle()));
     ASSERT_EQ(ca.intermediates.size(), 1u);
     intermediate_der_ = testing::ToDer(ca.intermediates[0].get());
   }
