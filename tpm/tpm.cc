@@ -409,38 +409,60 @@ absl::StatusOr<Bytes> Tpm::NvRead(uint32_t nv_index) {
   return out;
 }
 
+namespace {
+
+// NvCertificateRead: one certificate NV index as read: the certificate with its NV quirks, or
+// why the index holds none.
+struct NvCertificateRead {
+  wire::NvCertificate cert;
+  absl::Status error;
+};
+
+// ReadNvCertificate reads NV `index` and extracts its DER certificate (wire::ExtractNvCertificate).
+// NotFound (no such index) and Unavailable (the TPM stopped answering) are returned as the status;
+// any other failure goes into `error`, naming the index and `what`.
+absl::StatusOr<NvCertificateRead> ReadNvCertificate(Tpm& tpm, uint32_t index,
+                                                    absl::string_view what) {
+  absl::StatusOr<Bytes> nv = tpm.NvRead(index);
+  if (absl::IsNotFound(nv.status()) || absl::IsUnavailable(nv.status())) {
+    return nv.status();
+  }
+  NvCertificateRead r;
+  if (!nv.ok()) {
+    r.error = nv.status();
+    return r;
+  }
+  r.cert.nv_size = nv->size();
+  absl::StatusOr<wire::NvCertificate> cert = wire::ExtractNvCertificate(*nv);
+  if (!cert.ok()) {
+    r.error = absl::Status(cert.status().code(),
+                           absl::StrCat("NV ", FormatHandle(index), " (", what,
+                                        ") exists but holds no DER certificate: ",
+                                        cert.status().message()));
+    return r;
+  }
+  r.cert = std::move(*cert);
+  return r;
+}
+
+}  // namespace
+
 absl::StatusOr<std::vector<EkCertificate>> Tpm::ReadEkCertificates() {
   std::vector<EkCertificate> out;
   for (const wire::EkSpec& spec : wire::AllEkSpecs()) {
-    absl::StatusOr<Bytes> nv = NvRead(spec.cert_nv_index);
-    if (absl::IsNotFound(nv.status())) {
+    absl::StatusOr<NvCertificateRead> r =
+        ReadNvCertificate(*this, spec.cert_nv_index, absl::StrCat(spec.name, " EK certificate"));
+    if (absl::IsNotFound(r.status())) {
       continue;
     }
-    if (absl::IsUnavailable(nv.status())) {
-      return nv.status();
-    }
-    EkCertificate c{spec.type, spec.name, spec.cert_nv_index, {}};
-    if (!nv.ok()) {
-      c.error = nv.status();
-      out.push_back(std::move(c));
-      continue;
-    }
-    c.nv_size = nv->size();
-    absl::StatusOr<wire::NvCertificate> cert = wire::ExtractNvCertificate(*nv);
-    if (!cert.ok()) {
-      c.error = absl::Status(
-          cert.status().code(),
-          absl::StrCat("NV ", FormatHandle(spec.cert_nv_index), " (", spec.name,
-                       " EK certificate) exists but holds no DER certificate: ",
-                       cert.status().message()));
-      out.push_back(std::move(c));
-      continue;
-    }
-    c.der = std::move(cert->der);
-    c.tcg_wrapper = cert->tcg_wrapper;
-    c.padding_bytes = cert->padding_bytes;
-    c.trailing_bytes = cert->trailing_bytes;
-    c.quirks = std::move(cert->quirks);
+    RETURN_IF_ERROR(r.status());
+    EkCertificate c{spec.type, spec.name, spec.cert_nv_index, std::move(r->cert.der)};
+    c.nv_size = r->cert.nv_size;
+    c.tcg_wrapper = r->cert.tcg_wrapper;
+    c.padding_bytes = r->cert.padding_bytes;
+    c.trailing_bytes = r->cert.trailing_bytes;
+    c.quirks = std::move(r->cert.quirks);
+    c.error = std::move(r->error);
     out.push_back(std::move(c));
   }
   return out;
@@ -451,23 +473,17 @@ absl::StatusOr<std::vector<NvChainCertificate>> Tpm::ReadEkChainCertificates() {
                    ListNvIndices(kEkChainNvFirst, kEkChainNvLast));
   std::vector<NvChainCertificate> out;
   for (uint32_t index : indices) {
-    NvChainCertificate c{index, {}, {}, absl::OkStatus()};
-    absl::StatusOr<Bytes> nv = NvRead(index);
-    if (absl::IsUnavailable(nv.status())) {
-      return nv.status();
+    absl::StatusOr<NvCertificateRead> r = ReadNvCertificate(*this, index, "EK certificate chain");
+    if (absl::IsUnavailable(r.status())) {
+      return r.status();
     }
-    if (!nv.ok()) {
-      c.error = nv.status();
-    } else if (absl::StatusOr<wire::NvCertificate> cert = wire::ExtractNvCertificate(*nv);
-               !cert.ok()) {
-      c.error = absl::Status(cert.status().code(),
-                             absl::StrCat("NV ", FormatHandle(index),
-                                          " (EK certificate chain) exists but holds no DER "
-                                          "certificate: ",
-                                          cert.status().message()));
+    NvChainCertificate c{index, {}, {}, absl::OkStatus()};
+    if (!r.ok()) {
+      c.error = r.status();  // listed but gone meanwhile
     } else {
-      c.der = std::move(cert->der);
-      c.quirks = std::move(cert->quirks);
+      c.der = std::move(r->cert.der);
+      c.quirks = std::move(r->cert.quirks);
+      c.error = std::move(r->error);
     }
     out.push_back(std::move(c));
   }
