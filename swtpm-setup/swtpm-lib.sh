@@ -255,7 +255,7 @@ swtpm_verify_ek_certs() {
 # swtpm_add_p256_ek DIR TCTI: creates the TCG default (L-2) ECC P-256 EK, persists it at
 # 0x81010002, certifies it with the local CA and stores the DER cert at NV 0x01c0000a.
 swtpm_add_p256_ek() {
-  local dir=$1 tcti=$2 x y size
+  local dir=$1 tcti=$2 x y
   local -a tpm_args
   local tmp="$dir/tmp-p256"
   rm -rf "$tmp"
@@ -279,12 +279,7 @@ swtpm_add_p256_ek() {
     swtpm_die "swtpm_localca --type ek (P-256 EK certificate) failed; see $dir/swtpm_setup.log"
   mkdir -p "$dir/ekcerts"
   mv "$tmp/ek.cert" "$dir/ekcerts/ek-secp256r1.crt"
-  size=$(stat -c %s "$dir/ekcerts/ek-secp256r1.crt")
-  timeout 10 tpm2_nvdefine -T "$tcti" "$HWID_EK_P256_NV" -C p -s "$size" \
-    -a "ppwrite|writedefine|ppread|ownerread|authread|no_da|platformcreate" >/dev/null ||
-    swtpm_die "tpm2_nvdefine $HWID_EK_P256_NV failed"
-  timeout 10 tpm2_nvwrite -T "$tcti" "$HWID_EK_P256_NV" -C p -i "$dir/ekcerts/ek-secp256r1.crt" ||
-    swtpm_die "tpm2_nvwrite $HWID_EK_P256_NV failed"
+  swtpm_nv_put "$tcti" "$HWID_EK_P256_NV" "$dir/ekcerts/ek-secp256r1.crt"
   timeout 10 tpm2_flushcontext -T "$tcti" -t -l -s || swtpm_die "tpm2_flushcontext failed"
   rm -rf "$tmp"
   swtpm_say "  added ECC P-256 EK at $HWID_EK_P256_HANDLE, cert at NV $HWID_EK_P256_NV"
